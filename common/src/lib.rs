@@ -1,0 +1,187 @@
+//! Records and constants shared by the eBPF programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and no `bool`, so both sides agree on the
+//! layout byte for byte; the size asserts at the bottom fail the build if that ever drifts.
+//! Records travel through one BPF ring buffer, each starting with a [`Header`] whose `kind`
+//! tags what follows.
+#![no_std]
+
+/// Tags of ring-buffer records ([`Header::kind`]).
+pub mod kind {
+    /// An [`AllocRecord`](super::AllocRecord): a block came into being (or moved, for realloc).
+    pub const ALLOC: u8 = 1;
+    /// A [`FreeRecord`](super::FreeRecord): a block was handed back.
+    pub const FREE: u8 = 2;
+}
+
+/// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocFn {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    ReallocArray = 4,
+    PosixMemalign = 5,
+    AlignedAlloc = 6,
+    Memalign = 7,
+    Valloc = 8,
+    Pvalloc = 9,
+    Free = 10,
+}
+
+impl AllocFn {
+    pub const ALL: [AllocFn; 10] = [
+        AllocFn::Malloc,
+        AllocFn::Calloc,
+        AllocFn::Realloc,
+        AllocFn::ReallocArray,
+        AllocFn::PosixMemalign,
+        AllocFn::AlignedAlloc,
+        AllocFn::Memalign,
+        AllocFn::Valloc,
+        AllocFn::Pvalloc,
+        AllocFn::Free,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<AllocFn> {
+        AllocFn::ALL.iter().copied().find(|f| *f as u8 == v)
+    }
+
+    /// The C symbol of this entry point.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc",
+            AllocFn::Calloc => "calloc",
+            AllocFn::Realloc => "realloc",
+            AllocFn::ReallocArray => "reallocarray",
+            AllocFn::PosixMemalign => "posix_memalign",
+            AllocFn::AlignedAlloc => "aligned_alloc",
+            AllocFn::Memalign => "memalign",
+            AllocFn::Valloc => "valloc",
+            AllocFn::Pvalloc => "pvalloc",
+            AllocFn::Free => "free",
+        }
+    }
+
+    /// Whether this entry point may release a block it was given (realloc's input).
+    pub fn moves(self) -> bool {
+        matches!(self, AllocFn::Realloc | AllocFn::ReallocArray)
+    }
+}
+
+/// Common start of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u8,
+    /// An [`AllocFn`] as `u8`.
+    pub func: u8,
+    pub _pad: u16,
+    /// Process (thread group) id.
+    pub pid: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds at the allocator's return (allocs) or entry (frees).
+    pub ts_ns: u64,
+}
+
+/// An allocation that succeeded, or a realloc that moved or released its input.
+///
+/// For realloc-like functions `old_addr` is the block passed in (0 for `realloc(NULL, n)`) and
+/// `addr` the block returned; `addr == 0` with `size == 0` means `realloc(p, 0)` freed `p`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocRecord {
+    pub hdr: Header,
+    /// Thread id of the allocating thread.
+    pub tid: u32,
+    /// Id of the user stack in the `STACKS` map, or a negative errno when it could not be taken.
+    pub stack_id: i32,
+    pub addr: u64,
+    pub old_addr: u64,
+    /// Bytes requested (`nmemb * size` for calloc and reallocarray).
+    pub size: u64,
+    /// How many calls this record stands for: 1 now, more once sampling exists.
+    pub weight: u64,
+}
+
+/// A block handed back to the allocator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeRecord {
+    pub hdr: Header,
+    pub addr: u64,
+}
+
+/// Per-CPU counters (index into the `COUNTERS` map) of what happened in the kernel, and above
+/// all of what could not be recorded.
+pub mod counter {
+    /// Allocation records dropped because the ring buffer was full.
+    pub const RING_FULL_ALLOC: u32 = 0;
+    /// Free records dropped because the ring buffer was full.
+    pub const RING_FULL_FREE: u32 = 1;
+    /// Allocations whose stack hashed onto a different stack already in the stack map.
+    pub const STACK_COLLISION: u32 = 2;
+    /// Allocations whose stack could not be taken for another reason (map full, fault).
+    pub const STACK_FAILED: u32 = 3;
+    /// Allocator calls missed because the in-flight map (entry → return) was full.
+    pub const INFLIGHT_FULL: u32 = 4;
+    /// posix_memalign calls whose result could not be read from the out-pointer.
+    pub const MEMPTR_FAULT: u32 = 5;
+    /// Allocation records the kernel tried to send (successful allocations and releasing reallocs).
+    pub const ALLOCS: u32 = 6;
+    /// Free records the kernel tried to send (`free(p)` with `p != NULL`).
+    pub const FREES: u32 = 7;
+    /// Allocator calls made from inside another allocator call on the same thread (its
+    /// implementation, e.g. glibc's `realloc(NULL, n)` calling `malloc`): not counted twice.
+    pub const NESTED: u32 = 8;
+    /// Allocation calls that failed (returned NULL / an error): nothing to track.
+    pub const FAILED: u32 = 9;
+    /// Returns that matched no recorded entry at the same stack depth.
+    pub const UNMATCHED_RETURN: u32 = 10;
+    /// Number of counters.
+    pub const COUNT: u32 = 11;
+}
+
+/// Names of the map and programs userspace looks up in the object.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const STACKS: &str = "STACKS";
+    pub const INFLIGHT: &str = "INFLIGHT";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Load-time settings (read-only globals of the eBPF object).
+pub mod globals {
+    /// `u32`: only this process (tgid) is traced; 0 traces every process.
+    pub const FILTER_PID: &str = "FILTER_PID";
+    /// `u64`: submit with a wakeup once this many bytes wait in the ring (the drain watermark).
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+}
+
+/// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Entry state kept between an allocator call's entry and its return, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InFlight {
+    /// Stack pointer at entry: the return matches when its stack pointer is this + 8.
+    pub sp: u64,
+    pub size: u64,
+    /// realloc's input block, or posix_memalign's out-pointer.
+    pub ptr: u64,
+    pub func: u8,
+    pub _pad: [u8; 7],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data: repr(C), explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::InFlight {}
+}
+
+const _: () = assert!(core::mem::size_of::<Header>() == 16);
+const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

@@ -1,0 +1,217 @@
+//! Maps, settings and the shared logic of the allocator probes.
+//!
+//! In-flight state: one slot per thread holds the *outermost* allocator call in progress, with
+//! its stack pointer. A call that enters while an outer call on the same thread is still running
+//! at a shallower (or the same, for a tail call) stack depth is the allocator's own
+//! implementation (glibc's `realloc(NULL, n)` calls `malloc`, `reallocarray` calls `realloc`) and
+//! is skipped, so it can neither clobber the outer call's state nor be counted twice. A return is
+//! matched to the slot by its stack pointer (entry sp + 8), so inner returns never consume the
+//! outer call's state. (A signal handler cannot re-enter glibc's malloc: it would deadlock on the
+//! arena lock, so "nested means implementation" holds.)
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use tracer_common::{AllocFn, AllocRecord, FreeRecord, Header, InFlight, counter, kind};
+
+/// Sizes here are defaults; userspace sets the real ones before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+#[map]
+static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[unsafe(no_mangle)]
+static FILTER_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const EEXIST: i64 = 17;
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        // Per-CPU slot: no other writer while this program runs on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The pid_tgid of the current thread when its process is traced.
+#[inline(always)]
+fn traced() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let filter = unsafe { core::ptr::read_volatile(&FILTER_PID) };
+    if filter != 0 && (pid_tgid >> 32) as u32 != filter {
+        return None;
+    }
+    Some(pid_tgid)
+}
+
+/// Submit without waking the reader unless the watermark is reached: userspace drains on a
+/// timer, and a wakeup per event would cost more than the event itself.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let watermark = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= watermark {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// An outer allocator call is running on this thread at a depth at or above `sp`.
+#[inline(always)]
+fn nested_in_outer_call(pid_tgid: u64, sp: u64) -> bool {
+    match INFLIGHT.get_ptr(pid_tgid) {
+        Some(outer) => unsafe { (*outer).sp >= sp },
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
+    let Some(pid_tgid) = traced() else { return };
+    let sp = unsafe { (*ctx.regs).rsp };
+    if nested_in_outer_call(pid_tgid, sp) {
+        bump(counter::NESTED);
+        return;
+    }
+    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    let slot = InFlight {
+        sp,
+        size,
+        ptr,
+        func,
+        _pad: [0; 7],
+    };
+    if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn leave(ctx: &RetProbeContext) {
+    let Some(pid_tgid) = traced() else { return };
+    let sp = unsafe { (*ctx.regs).rsp };
+    let Some(slot) = INFLIGHT.get_ptr(pid_tgid) else {
+        return;
+    };
+    let call = unsafe { *slot };
+    if call.sp.wrapping_add(8) != sp {
+        // An inner (skipped) call's return, or state left by a call whose return was missed.
+        if call.sp.wrapping_add(8) > sp {
+            return;
+        }
+        bump(counter::UNMATCHED_RETURN);
+        let _ = INFLIGHT.remove(pid_tgid);
+        return;
+    }
+    let _ = INFLIGHT.remove(pid_tgid);
+    let ret: u64 = ctx.ret();
+
+    let mut addr = ret;
+    if call.func == AllocFn::PosixMemalign as u8 {
+        // Returns 0 on success, with the block stored through the out-pointer.
+        addr = 0;
+        if ret as u32 == 0 {
+            match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+                Ok(a) => addr = a,
+                Err(_) => {
+                    bump(counter::MEMPTR_FAULT);
+                    return;
+                }
+            }
+        }
+    }
+    let moves = call.func == AllocFn::Realloc as u8 || call.func == AllocFn::ReallocArray as u8;
+    let old_addr = if moves { call.ptr } else { 0 };
+    // realloc(p, 0) frees p and returns NULL; any other NULL is a failure that changed nothing.
+    let released = moves && addr == 0 && call.size == 0 && old_addr != 0;
+    if addr == 0 && !released {
+        bump(counter::FAILED);
+        return;
+    }
+    bump(counter::ALLOCS);
+
+    // Taken at the return: the walk starts at the caller's return address, so the immediate
+    // caller is always the first frame whatever the allocator's prologue looks like.
+    let stack_id = if addr != 0 {
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                let e = e as i64;
+                bump(if e == -EEXIST {
+                    counter::STACK_COLLISION
+                } else {
+                    counter::STACK_FAILED
+                });
+                e as i32
+            }
+        }
+    } else {
+        0
+    };
+
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<AllocRecord>(0) else {
+        bump(counter::RING_FULL_ALLOC);
+        return;
+    };
+    entry.write(AllocRecord {
+        hdr: Header {
+            kind: kind::ALLOC,
+            func: call.func,
+            _pad: 0,
+            pid: (pid_tgid >> 32) as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        tid: pid_tgid as u32,
+        stack_id,
+        addr,
+        old_addr,
+        size: call.size,
+        weight: 1,
+    });
+    entry.submit(flags);
+}
+
+#[inline(always)]
+pub fn free(ctx: &ProbeContext, ptr: u64) {
+    if ptr == 0 {
+        return;
+    }
+    let Some(pid_tgid) = traced() else { return };
+    let sp = unsafe { (*ctx.regs).rsp };
+    if nested_in_outer_call(pid_tgid, sp) {
+        // realloc(p, 0) freeing p itself: the realloc record says so.
+        bump(counter::NESTED);
+        return;
+    }
+    bump(counter::FREES);
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<FreeRecord>(0) else {
+        bump(counter::RING_FULL_FREE);
+        return;
+    };
+    entry.write(FreeRecord {
+        hdr: Header {
+            kind: kind::FREE,
+            func: AllocFn::Free as u8,
+            _pad: 0,
+            pid: (pid_tgid >> 32) as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        addr: ptr,
+    });
+    entry.submit(flags);
+}

@@ -1,0 +1,92 @@
+//! Probe entry points only: each is a line or two calling the helpers in `alloc.rs`.
+//!
+//! Entry probes are grouped by argument shape; the uprobe cookie says which allocator function
+//! a program is attached to, so one program serves e.g. malloc, valloc and pvalloc.
+//! Needs a kernel with uprobes, BPF ring buffers (5.8) and uprobe cookies (5.15).
+#![no_std]
+#![no_main]
+
+mod alloc;
+
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+/// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+#[uprobe]
+pub fn size_arg0(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    alloc::enter(&ctx, size, 0);
+    0
+}
+
+/// `calloc(nmemb, size)`.
+#[uprobe]
+pub fn calloc(ctx: ProbeContext) -> u32 {
+    let n = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    alloc::enter(&ctx, n.wrapping_mul(size) /* overflow makes the call fail: no record */, 0);
+    0
+}
+
+/// `realloc(ptr, size)`.
+#[uprobe]
+pub fn realloc(ctx: ProbeContext) -> u32 {
+    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    alloc::enter(&ctx, size, ptr);
+    0
+}
+
+/// `reallocarray(ptr, nmemb, size)`.
+#[uprobe]
+pub fn reallocarray(ctx: ProbeContext) -> u32 {
+    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let n = ctx.arg::<u64>(1).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    alloc::enter(&ctx, n.wrapping_mul(size) /* overflow makes the call fail: no record */, ptr);
+    0
+}
+
+/// `memalign(alignment, size)`, `aligned_alloc(alignment, size)`.
+#[uprobe]
+pub fn size_arg1(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    alloc::enter(&ctx, size, 0);
+    0
+}
+
+/// `posix_memalign(memptr, alignment, size)`: the block comes back through `*memptr`.
+#[uprobe]
+pub fn posix_memalign(ctx: ProbeContext) -> u32 {
+    let memptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    alloc::enter(&ctx, size, memptr);
+    0
+}
+
+/// Return of every allocation function above.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    alloc::leave(&ctx);
+    0
+}
+
+/// `free(ptr)`.
+#[uprobe]
+pub fn free(ctx: ProbeContext) -> u32 {
+    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    alloc::free(&ctx, ptr);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,450 @@
+//! The books: every live block per process, call sites with their totals, snapshots and diffs.
+//!
+//! Plain synchronous code that owns all state: no kernel, no locks, no I/O, so every rule here
+//! is unit-tested. Blocks are keyed by (process, address) in an ordered map so that "which live
+//! block holds address X" is one range lookup.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::collector::{Alloc, Event};
+
+/// Identifies a call site: one process, one user stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey {
+    pub pid: u32,
+    /// Stack id from the collector; all allocations whose stack was not taken share
+    /// [`SiteKey::NO_STACK`].
+    pub stack_id: i32,
+}
+
+impl SiteKey {
+    pub const NO_STACK: i32 = -1;
+}
+
+/// Index of a site in [`Ledger::sites`].
+pub type SiteId = usize;
+
+/// A call site and what it has done since tracing began.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Site {
+    pub key: Option<SiteKey>,
+    /// Return addresses, innermost first: the allocator's caller, its caller, ... (the
+    /// allocator itself is not included). Empty when the stack was not available.
+    pub frames: Vec<u64>,
+    pub counts: Counts,
+}
+
+/// What a site (or the whole process) has done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    /// Allocations made (weighted), and their bytes.
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    /// Blocks of this site that were freed (or moved away by realloc).
+    pub frees: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub size: u64,
+    pub site: SiteId,
+    pub ts_ns: u64,
+    pub weight: u64,
+}
+
+/// Things the books noticed that are not errors but say how complete they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    pub alloc_events: u64,
+    pub free_events: u64,
+    /// Frees (or realloc inputs) of blocks allocated before tracing began, or whose allocation
+    /// was lost.
+    pub unknown_frees: u64,
+    /// An allocation returned an address that was still live in the books: its free was lost.
+    pub reused_live: u64,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    live: BTreeMap<(u32, u64), Block>,
+    sites: Vec<Site>,
+    index: HashMap<SiteKey, SiteId>,
+    pub stats: LedgerStats,
+}
+
+/// Per-site counts at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ts_ns: u64,
+    pub sites: Vec<Counts>,
+}
+
+/// Change of one site between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteDelta {
+    pub site: SiteId,
+    pub now: Counts,
+    pub delta_objects: i64,
+    pub delta_bytes: i64,
+    pub delta_allocs: u64,
+    pub delta_frees: u64,
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    pub fn site(&self, id: SiteId) -> &Site {
+        &self.sites[id]
+    }
+
+    /// The site for `key`, created on first sight with the frames `frames_of` gives for it.
+    pub fn intern(&mut self, key: SiteKey, frames_of: impl FnOnce(&SiteKey) -> Vec<u64>) -> SiteId {
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let frames = if key.stack_id < 0 { Vec::new() } else { frames_of(&key) };
+        let id = self.sites.len();
+        self.sites.push(Site {
+            key: Some(key),
+            frames,
+            counts: Counts::default(),
+        });
+        self.index.insert(key, id);
+        id
+    }
+
+    /// Applies one event. `frames_of` is asked for the frames of a stack seen the first time.
+    pub fn apply(&mut self, ev: &Event, frames_of: impl FnOnce(&SiteKey) -> Vec<u64>) {
+        match ev {
+            Event::Free { pid, addr, .. } => {
+                self.stats.free_events += 1;
+                if !self.release(*pid, *addr) {
+                    self.stats.unknown_frees += 1;
+                }
+            }
+            Event::Alloc(a) => self.alloc(a, frames_of),
+        }
+    }
+
+    fn alloc(&mut self, a: &Alloc, frames_of: impl FnOnce(&SiteKey) -> Vec<u64>) {
+        self.stats.alloc_events += 1;
+        // realloc: the input block is gone once the call succeeded (moved or released).
+        if a.old_addr != 0 && !self.release(a.pid, a.old_addr) {
+            self.stats.unknown_frees += 1;
+        }
+        if a.addr == 0 {
+            return; // realloc(p, 0): released only
+        }
+        let stack_id = if a.stack_id < 0 { SiteKey::NO_STACK } else { a.stack_id };
+        let site = self.intern(SiteKey { pid: a.pid, stack_id }, frames_of);
+        if self.release(a.pid, a.addr) {
+            // The allocator handed out an address we still hold as live: its free was lost.
+            self.stats.reused_live += 1;
+        }
+        let weight = a.weight.max(1);
+        let c = &mut self.sites[site].counts;
+        c.live_objects += weight;
+        c.live_bytes += a.size * weight;
+        c.allocs += weight;
+        c.alloc_bytes += a.size * weight;
+        self.live.insert(
+            (a.pid, a.addr),
+            Block {
+                size: a.size,
+                site,
+                ts_ns: a.ts_ns,
+                weight,
+            },
+        );
+    }
+
+    /// Drops a live block; false when the books did not hold it.
+    fn release(&mut self, pid: u32, addr: u64) -> bool {
+        match self.live.remove(&(pid, addr)) {
+            Some(b) => {
+                let c = &mut self.sites[b.site].counts;
+                c.live_objects -= b.weight;
+                c.live_bytes -= b.size * b.weight;
+                c.frees += b.weight;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live block of `pid` that contains `addr`, with its start address.
+    pub fn block_containing(&self, pid: u32, addr: u64) -> Option<(u64, &Block)> {
+        let ((p, start), b) = self.live.range(..=(pid, addr)).next_back()?;
+        (*p == pid && addr < start + b.size.max(1)).then_some((*start, b))
+    }
+
+    /// Live blocks of one process, by address.
+    pub fn live_blocks(&self, pid: u32) -> impl Iterator<Item = (u64, &Block)> {
+        self.live
+            .range((pid, 0)..=(pid, u64::MAX))
+            .map(|((_, a), b)| (*a, b))
+    }
+
+    /// Totals over every site.
+    pub fn totals(&self) -> Counts {
+        self.sites.iter().fold(Counts::default(), |acc, s| add(acc, s.counts))
+    }
+
+    pub fn snapshot(&self, ts_ns: u64) -> Snapshot {
+        Snapshot {
+            ts_ns,
+            sites: self.sites.iter().map(|s| s.counts).collect(),
+        }
+    }
+}
+
+fn add(a: Counts, b: Counts) -> Counts {
+    Counts {
+        live_objects: a.live_objects + b.live_objects,
+        live_bytes: a.live_bytes + b.live_bytes,
+        allocs: a.allocs + b.allocs,
+        alloc_bytes: a.alloc_bytes + b.alloc_bytes,
+        frees: a.frees + b.frees,
+    }
+}
+
+impl Snapshot {
+    /// Per-site change from `prev` to `self`, for every site that allocated or freed anything
+    /// in between (sites created after `prev` count from zero).
+    pub fn diff(&self, prev: &Snapshot) -> Vec<SiteDelta> {
+        let zero = Counts::default();
+        self.sites
+            .iter()
+            .enumerate()
+            .filter_map(|(site, now)| {
+                let before = prev.sites.get(site).unwrap_or(&zero);
+                let d = SiteDelta {
+                    site,
+                    now: *now,
+                    delta_objects: now.live_objects as i64 - before.live_objects as i64,
+                    delta_bytes: now.live_bytes as i64 - before.live_bytes as i64,
+                    delta_allocs: now.allocs - before.allocs,
+                    delta_frees: now.frees - before.frees,
+                };
+                (d.delta_allocs != 0 || d.delta_frees != 0).then_some(d)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::AllocFn;
+
+    use super::*;
+
+    const PID: u32 = 42;
+
+    fn alloc(func: AllocFn, addr: u64, old_addr: u64, size: u64, stack_id: i32) -> Event {
+        Event::Alloc(Alloc {
+            pid: PID,
+            tid: PID,
+            ts_ns: 1,
+            func,
+            addr,
+            old_addr,
+            size,
+            weight: 1,
+            stack_id,
+        })
+    }
+    fn malloc(addr: u64, size: u64, stack: i32) -> Event {
+        alloc(AllocFn::Malloc, addr, 0, size, stack)
+    }
+    fn free(addr: u64) -> Event {
+        Event::Free {
+            pid: PID,
+            ts_ns: 2,
+            addr,
+        }
+    }
+    fn frames(k: &SiteKey) -> Vec<u64> {
+        vec![0x1000 + k.stack_id as u64, 0x2000]
+    }
+    fn run(events: &[Event]) -> Ledger {
+        let mut l = Ledger::new();
+        for e in events {
+            l.apply(e, frames);
+        }
+        l
+    }
+
+    #[test]
+    fn malloc_then_free_leaves_nothing() {
+        let l = run(&[malloc(0x10, 64, 1), free(0x10)]);
+        assert_eq!(l.totals().live_bytes, 0);
+        assert_eq!(l.totals().allocs, 1);
+        assert_eq!(l.totals().frees, 1);
+        assert_eq!(l.sites()[0].frames, vec![0x1001, 0x2000]);
+    }
+
+    #[test]
+    fn sites_are_split_by_stack_and_process() {
+        let mut l = run(&[malloc(0x10, 64, 1), malloc(0x20, 64, 2), malloc(0x30, 8, 1)]);
+        l.apply(
+            &Event::Alloc(Alloc {
+                pid: PID + 1,
+                tid: 1,
+                ts_ns: 0,
+                func: AllocFn::Malloc,
+                addr: 0x10,
+                old_addr: 0,
+                size: 1,
+                weight: 1,
+                stack_id: 1,
+            }),
+            frames,
+        );
+        assert_eq!(l.sites().len(), 3);
+        assert_eq!(l.sites()[0].counts.live_bytes, 72);
+        assert_eq!(l.sites()[0].counts.live_objects, 2);
+        assert_eq!(l.sites()[1].counts.live_bytes, 64);
+        // Same address in two processes: two blocks.
+        assert_eq!(l.live_blocks(PID).count(), 3);
+        assert_eq!(l.live_blocks(PID + 1).count(), 1);
+    }
+
+    #[test]
+    fn realloc_moves_the_block_to_the_new_site() {
+        let l = run(&[
+            malloc(0x10, 64, 1),
+            alloc(AllocFn::Realloc, 0x80, 0x10, 128, 2),
+        ]);
+        assert_eq!(l.sites()[0].counts.live_bytes, 0);
+        assert_eq!(l.sites()[0].counts.frees, 1);
+        assert_eq!(l.sites()[1].counts.live_bytes, 128);
+        assert_eq!(l.totals().live_objects, 1);
+        assert_eq!(l.stats.unknown_frees, 0);
+    }
+
+    #[test]
+    fn realloc_in_place_keeps_one_block() {
+        let l = run(&[
+            malloc(0x10, 64, 1),
+            alloc(AllocFn::Realloc, 0x10, 0x10, 96, 1),
+            alloc(AllocFn::Realloc, 0x10, 0x10, 128, 1),
+        ]);
+        assert_eq!(l.totals().live_objects, 1);
+        assert_eq!(l.totals().live_bytes, 128);
+        assert_eq!(l.stats.reused_live, 0);
+    }
+
+    #[test]
+    fn realloc_null_is_an_allocation() {
+        let l = run(&[alloc(AllocFn::Realloc, 0x10, 0, 32, 1)]);
+        assert_eq!(l.totals().live_bytes, 32);
+        assert_eq!(l.stats.unknown_frees, 0);
+    }
+
+    #[test]
+    fn realloc_to_zero_releases_the_block() {
+        let l = run(&[malloc(0x10, 64, 1), alloc(AllocFn::Realloc, 0, 0x10, 0, 2)]);
+        assert_eq!(l.totals().live_bytes, 0);
+        assert_eq!(l.totals().live_objects, 0);
+        // No site is created for the release itself.
+        assert_eq!(l.sites().len(), 1);
+    }
+
+    #[test]
+    fn reallocarray_and_the_other_functions_count_like_malloc() {
+        let l = run(&[
+            alloc(AllocFn::Calloc, 0x10, 0, 400, 1),
+            alloc(AllocFn::PosixMemalign, 0x1000, 0, 100, 1),
+            alloc(AllocFn::AlignedAlloc, 0x2000, 0, 64, 1),
+            alloc(AllocFn::ReallocArray, 0x3000, 0x10, 800, 1),
+        ]);
+        assert_eq!(l.totals().live_bytes, 100 + 64 + 800);
+        assert_eq!(l.totals().live_objects, 3);
+    }
+
+    #[test]
+    fn unknown_frees_are_counted_not_applied() {
+        let l = run(&[free(0x99), malloc(0x10, 8, 1), free(0x10), free(0x10)]);
+        assert_eq!(l.stats.unknown_frees, 2);
+        assert_eq!(l.totals().live_bytes, 0);
+        assert_eq!(l.totals().frees, 1);
+    }
+
+    #[test]
+    fn an_address_handed_out_twice_means_a_lost_free() {
+        let l = run(&[malloc(0x10, 8, 1), malloc(0x10, 16, 2)]);
+        assert_eq!(l.stats.reused_live, 1);
+        assert_eq!(l.totals().live_objects, 1);
+        assert_eq!(l.totals().live_bytes, 16);
+    }
+
+    #[test]
+    fn allocations_without_a_stack_share_one_site_without_frames() {
+        let l = run(&[malloc(0x10, 8, -17), malloc(0x20, 8, -14)]);
+        assert_eq!(l.sites().len(), 1);
+        assert!(l.sites()[0].frames.is_empty());
+        assert_eq!(l.sites()[0].counts.live_objects, 2);
+    }
+
+    #[test]
+    fn weights_scale_objects_and_bytes() {
+        let mut e = malloc(0x10, 8, 1);
+        if let Event::Alloc(a) = &mut e {
+            a.weight = 10;
+        }
+        let l = run(&[e, free(0x10)]);
+        assert_eq!(l.sites()[0].counts.allocs, 10);
+        assert_eq!(l.sites()[0].counts.alloc_bytes, 80);
+        assert_eq!(l.sites()[0].counts.frees, 10);
+        assert_eq!(l.totals().live_bytes, 0);
+    }
+
+    #[test]
+    fn finds_the_block_holding_an_address() {
+        let l = run(&[malloc(0x100, 64, 1), malloc(0x200, 16, 2)]);
+        assert_eq!(l.block_containing(PID, 0x100).unwrap().0, 0x100);
+        assert_eq!(l.block_containing(PID, 0x13f).unwrap().0, 0x100);
+        assert!(l.block_containing(PID, 0x140).is_none());
+        assert_eq!(l.block_containing(PID, 0x20f).unwrap().1.site, 1);
+        assert!(l.block_containing(PID, 0x50).is_none());
+        assert!(l.block_containing(PID + 1, 0x100).is_none());
+    }
+
+    #[test]
+    fn diff_reports_changed_sites_only() {
+        let mut l = run(&[malloc(0x10, 64, 1), malloc(0x20, 32, 2)]);
+        let s1 = l.snapshot(1);
+        for e in [malloc(0x30, 64, 1), malloc(0x40, 64, 1), free(0x20), malloc(0x50, 10, 3)] {
+            l.apply(&e, frames);
+        }
+        let s2 = l.snapshot(2);
+        let d = s2.diff(&s1);
+        let by: HashMap<_, _> = d.iter().map(|d| (d.site, *d)).collect();
+        assert_eq!(by.len(), 3);
+        assert_eq!((by[&0].delta_objects, by[&0].delta_bytes), (2, 128));
+        assert_eq!((by[&1].delta_objects, by[&1].delta_bytes), (-1, -32));
+        assert_eq!((by[&2].delta_objects, by[&2].delta_bytes, by[&2].now.live_bytes), (1, 10, 10));
+        // Nothing happened since: no rows.
+        assert!(l.snapshot(3).diff(&s2).is_empty());
+    }
+
+    #[test]
+    fn churn_shows_activity_but_no_growth() {
+        let mut l = Ledger::new();
+        let s1 = l.snapshot(0);
+        for i in 0..100u64 {
+            l.apply(&malloc(0x1000 + i, 32, 7), frames);
+            l.apply(&free(0x1000 + i), frames);
+        }
+        let d = l.snapshot(1).diff(&s1);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].delta_bytes, d[0].delta_allocs, d[0].delta_frees), (0, 100, 100));
+    }
+}

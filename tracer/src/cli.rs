@@ -1,0 +1,159 @@
+//! Command-line flags as the user typed them (clap). `config` turns them into validated settings.
+use std::ffi::OsString;
+
+use clap::{Parser, ValueEnum};
+
+/// Trace a process's memory allocations with eBPF and show what keeps growing: is there a
+/// leak, what leaks, where.
+///
+/// Attach to a running process with --pid, or start one with `tracer [OPTIONS] -- CMD ARGS...`
+/// (probes are in place before its first allocation). Every interval, prints the growth per
+/// call site; at the end (target exit, Ctrl-C, SIGTERM or --duration), what is still
+/// outstanding. Needs root (CAP_BPF and CAP_PERFMON).
+#[derive(Parser, Debug)]
+#[command(name = "tracer", version, max_term_width = 100)]
+#[command(after_help = "Exit status: 0 success, 1 error (message on stderr), 2 bad usage.")]
+pub struct Cli {
+    /// Attach to this running process.
+    #[arg(short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// Seconds between growth reports.
+    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub interval: f64,
+
+    /// Stop after this many seconds and print the final report.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<f64>,
+
+    /// Show at most this many call sites per report.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Output format: a table for people, or one JSON object per report (one per line).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Size of the kernel→user ring buffer (bytes; K/M/G suffixes): a power of two, at least one
+    /// page. Raise it when the report counts events lost to a full ring.
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    /// Distinct user stacks the kernel can hold. Raise it when the report counts stack
+    /// collisions or failures.
+    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub stack_slots: u32,
+
+    /// The command to start and trace, with its arguments (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 5 or 0.5)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    if v > 1e9 {
+        return Err(format!("'{s}' seconds is too long"));
+    }
+    Ok(v)
+}
+
+/// Parses a byte size such as `4096`, `64K`, `8M`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let mult = match t[i..].to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "" => 1,
+                _ => return Err(format!("'{s}' is not a size (use e.g. 4096, 64K, 8M)")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (use e.g. 4096, 64K, 8M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    let page = page_size();
+    if n < page || !n.is_power_of_two() {
+        return Err(format!(
+            "the ring buffer size must be a power of two of at least one page ({page} bytes), e.g. 64K or 8M; got {n}"
+        ));
+    }
+    if n > 1 << 30 {
+        return Err(format!("the ring buffer size {n} is over the 1G limit"));
+    }
+    Ok(n as u32)
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two_of_pages() {
+        assert!(parse_ring_size("1000").unwrap_err().contains("ring buffer"));
+        assert!(parse_ring_size("12K").is_err());
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("16M"), Ok(16 << 20));
+    }
+
+    #[test]
+    fn seconds_must_be_positive_numbers() {
+        assert!(parse_secs("zero").is_err());
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("nan").is_err());
+        assert_eq!(parse_secs("0.5"), Ok(0.5));
+    }
+
+    #[test]
+    fn command_after_double_dash_keeps_its_flags() {
+        let cli = Cli::try_parse_from(["tracer", "-i", "2", "--", "prog", "--flag", "-x"]).unwrap();
+        assert_eq!(cli.command, ["prog", "--flag", "-x"]);
+        assert_eq!(cli.interval, 2.0);
+    }
+
+    #[test]
+    fn bad_interval_names_the_flag() {
+        let err = Cli::try_parse_from(["tracer", "--pid", "1", "-i", "zero"]).unwrap_err();
+        assert!(err.to_string().contains("--interval"), "{err}");
+    }
+}

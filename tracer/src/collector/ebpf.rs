@@ -1,0 +1,315 @@
+//! The kernel collector: loads the embedded eBPF object, attaches the probe table to the
+//! allocator, drains the ring buffer and reads the drop counters.
+//!
+//! Needs: root (or CAP_BPF + CAP_PERFMON), a kernel with uprobes, BPF ring buffers (5.8) and
+//! uprobe cookies (5.15).
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    os::fd::AsRawFd,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use tracer_common::{AllocFn, counter, globals, names};
+
+use super::{
+    DecodeError, Event, decode,
+    probes::{PROBES, RETURN_PROGRAM, entry_programs},
+    target::AllocatorLib,
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+pub struct Settings {
+    /// Only this process is traced (0: every process).
+    pub filter_pid: u32,
+    pub ring_size: u32,
+    pub stack_slots: u32,
+}
+
+/// Cumulative counters read from the kernel (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters(pub [u64; counter::COUNT as usize]);
+
+impl KernelCounters {
+    pub fn get(&self, idx: u32) -> u64 {
+        self.0[idx as usize]
+    }
+}
+
+pub struct EbpfCollector {
+    ebpf: Ebpf,
+    ring: tokio::io::unix::AsyncFd<RawFdWrap>,
+    ring_buf: RingBuf<MapData>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Records that could not be decoded, by reason (never fatal).
+    pub bad_records: u64,
+}
+
+/// AsyncFd needs an owner of the fd; the ring buffer itself stays with the collector.
+pub struct RawFdWrap(std::os::fd::RawFd);
+impl AsRawFd for RawFdWrap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// Turns load failures into what a user can act on.
+fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let lower = text.to_lowercase();
+    if lower.contains("operation not permitted") || lower.contains("permission denied") {
+        anyhow!(
+            "the kernel refused to load tracer's eBPF programs ({text}). tracer needs root, or the \
+             CAP_BPF and CAP_PERFMON capabilities: run it with sudo"
+        )
+    } else if lower.contains("function not implemented") || lower.contains("invalid argument") {
+        anyhow!(
+            "this kernel cannot load tracer's eBPF programs ({text}). tracer needs a kernel (5.15 or \
+             newer) built with CONFIG_BPF_SYSCALL, CONFIG_BPF_EVENTS and CONFIG_UPROBE_EVENTS"
+        )
+    } else {
+        anyhow!("loading tracer's eBPF programs failed: {text}")
+    }
+}
+
+impl EbpfCollector {
+    /// Loads the programs and maps (nothing is attached yet).
+    pub fn load(s: &Settings) -> Result<EbpfCollector> {
+        preflight()?;
+        let wakeup = (s.ring_size as u64 / 4).max(1);
+        #[allow(deprecated)]
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::FILTER_PID, &s.filter_pid, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup, true)
+            .map_max_entries(names::EVENTS, s.ring_size)
+            .map_max_entries(names::STACKS, s.stack_slots)
+            .load(EBPF_OBJECT)
+            .map_err(explain_load_error)?;
+        for name in entry_programs().into_iter().chain([RETURN_PROGRAM]) {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| anyhow!("the kernel's verifier rejected program {name}: {e}"))?;
+        }
+        let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+        let stacks = StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
+        // SAFETY: the ring buffer's fd stays open while the AsyncFd lives: `ring` is declared
+        // before `ring_buf` in EbpfCollector, so it is dropped (deregistered) first.
+        let ring = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                RawFdWrap(ring_buf.as_raw_fd()),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .context("cannot poll the ring buffer")?;
+        Ok(EbpfCollector {
+            ebpf,
+            ring,
+            ring_buf,
+            stacks,
+            counters,
+            bad_records: 0,
+        })
+    }
+
+    /// Attaches the probe table to `lib`, for one process or (pid None) every process.
+    /// Returns warnings (optional functions missing).
+    pub fn attach(&mut self, lib: &AllocatorLib, pid: Option<u32>) -> Result<Vec<String>> {
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let mut warnings = Vec::new();
+        // Functions at the same address (glibc's aligned_alloc is memalign) get one probe.
+        let mut by_offset: HashMap<u64, AllocFn> = HashMap::new();
+        let mut plan = Vec::new();
+        for p in PROBES {
+            match lib.functions.get(&p.func) {
+                Some(&off) => {
+                    if by_offset.insert(off, p.func).is_none() {
+                        plan.push((p, off));
+                    }
+                }
+                None if p.required => bail!(
+                    "{} does not define {}: it is not an allocator tracer can follow",
+                    lib.path.display(),
+                    p.func.symbol()
+                ),
+                None => warnings.push(format!(
+                    "{} has no {}; calls to it (if any) are not traced",
+                    lib.path.display(),
+                    p.func.symbol()
+                )),
+            }
+        }
+        // Returns first: every entry the programs record then has its return probed too.
+        for (p, off) in plan.iter().filter(|(p, _)| p.has_return) {
+            self.attach_one(RETURN_PROGRAM, p.func, *off, lib, scope)?;
+        }
+        for (p, off) in &plan {
+            self.attach_one(p.entry, p.func, *off, lib, scope)?;
+        }
+        Ok(warnings)
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &str,
+        func: AllocFn,
+        offset: u64,
+        lib: &AllocatorLib,
+        scope: UProbeScope,
+    ) -> Result<()> {
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing"))?
+            .try_into()?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(func as u64),
+        };
+        prog.attach(point, &lib.open_path, scope)
+            .map_err(|e| explain_attach_error(e, func, offset, lib))?;
+        Ok(())
+    }
+
+    /// Waits until the kernel signals the watermark or `timeout` passes.
+    pub async fn wait(&self, timeout: std::time::Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.ring.readable()).await {
+            guard.clear_ready();
+        }
+    }
+
+    /// Drains every record waiting in the ring buffer into `sink`; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring_buf.next() {
+            n += 1;
+            match decode(&item) {
+                Ok(ev) => sink(ev),
+                Err(DecodeError::Short { .. } | DecodeError::UnknownKind(_) | DecodeError::UnknownFunc(_)) => {
+                    self.bad_records += 1
+                }
+            }
+        }
+        n
+    }
+
+    /// Frames (innermost first) of a stack id.
+    pub fn stack(&self, id: i32) -> Vec<u64> {
+        if id < 0 {
+            return Vec::new();
+        }
+        match self.stacks.get(&(id as u32), 0) {
+            Ok(st) => st.frames().iter().map(|f| f.ip).filter(|&ip| ip != 0).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let mut out = KernelCounters::default();
+        for i in 0..counter::COUNT {
+            if let Ok(vals) = self.counters.get(&i, 0) {
+                out.0[i as usize] = vals.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+/// Root or CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), and a kernel with uprobes: checked first so
+/// the user gets one clear sentence instead of a syscall error.
+fn preflight() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |c: u64| cap_eff & (1 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        bail!(
+            "tracer needs root, or the CAP_BPF and CAP_PERFMON capabilities, to load eBPF programs \
+             and attach uprobes: run it with sudo"
+        );
+    }
+    if !std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        bail!(
+            "this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe): tracer \
+             needs a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS"
+        );
+    }
+    Ok(())
+}
+
+fn explain_attach_error(e: ProgramError, func: AllocFn, offset: u64, lib: &AllocatorLib) -> anyhow::Error {
+    let text = format!("{e}");
+    let io = match &e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(|io| io.raw_os_error()),
+    };
+    let what = format!("{} in {} (offset {offset:#x})", func.symbol(), lib.path.display());
+    match io {
+        Some(libc::ESRCH) => anyhow!("the target process exited while tracer was attaching to {what}"),
+        Some(libc::EINVAL) => {
+            let others = other_uprobe_users(lib, offset);
+            anyhow!(
+                "the kernel refused a uprobe on {what} (EINVAL). This happens when another tool \
+                 already probes the same function with a different reference counter (bcc's \
+                 memleak from python3-bpfcc 0.26 does); stop that tool and run tracer again.{others}"
+            )
+        }
+        Some(libc::EPERM | libc::EACCES) => anyhow!(
+            "permission denied attaching a uprobe to {what}: run tracer as root (sudo)"
+        ),
+        _ => anyhow!("attaching a uprobe to {what} failed: {text}"),
+    }
+}
+
+/// Names the tracefs uprobe events on the same function, and bcc's pid when the event name
+/// carries it (`..._bcc_<pid>`).
+fn other_uprobe_users(lib: &AllocatorLib, offset: u64) -> String {
+    let Ok(events) = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/uprobe_events"))
+    else {
+        return String::new();
+    };
+    let needle = format!("{}:{offset:#x}", lib.path.display());
+    let needle_alt = format!("{}:0x{offset:016x}", lib.path.display());
+    let mut found = BTreeMap::new();
+    for l in events.lines().filter(|l| l.contains(&needle) || l.contains(&needle_alt)) {
+        let name = l.split_whitespace().next().unwrap_or(l).to_string();
+        let pid = name.rsplit("_bcc_").next().filter(|p| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
+        found.insert(name.clone(), pid.map(str::to_string));
+    }
+    if found.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = found
+        .into_iter()
+        .map(|(n, p)| match p {
+            Some(p) => format!("{n} (bcc, pid {p})"),
+            None => n,
+        })
+        .collect();
+    format!(" Other uprobes on it: {}.", list.join(", "))
+}

@@ -1,0 +1,203 @@
+//! Starting the traced command so that no allocation is missed: the child is forked and held
+//! before `execve` until the probes are attached to it, then released.
+//!
+//! Between fork and exec the child only calls async-signal-safe functions (read, execve,
+//! write, _exit); everything it needs is prepared before the fork.
+use std::{
+    ffi::{CString, OsString},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// A forked child waiting for [`HeldChild::release`] before it runs the command.
+pub struct HeldChild {
+    pub pid: u32,
+    go: libc::c_int,
+    exec_err: libc::c_int,
+}
+
+fn cstring(s: &[u8], what: &str) -> Result<CString> {
+    CString::new(s).with_context(|| format!("{what} contains a NUL byte"))
+}
+
+fn pipe_cloexec() -> Result<[libc::c_int; 2]> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    Ok(fds)
+}
+
+/// Forks a child that will run `program` with `argv` (argv[0] included) once released.
+pub fn spawn_held(program: &Path, argv: &[OsString]) -> Result<HeldChild> {
+    let prog = cstring(program.as_os_str().as_bytes(), "the program path")?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| cstring(a.as_bytes(), "an argument"))
+        .collect::<Result<_>>()?;
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let [go_r, go_w] = pipe_cloexec()?;
+    let [err_r, err_w] = pipe_cloexec()?;
+    // SAFETY: fork in a process that has not started other threads yet (the runtime is built
+    // after launch); the child below only makes async-signal-safe calls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: child side, async-signal-safe calls only, ends in execv or _exit.
+        unsafe {
+            libc::close(go_w);
+            libc::close(err_r);
+            let mut b = 0u8;
+            // Wait for the go byte; EOF means the tracer gave up (or died): do not run.
+            loop {
+                let n = libc::read(go_r, (&raw mut b).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(127);
+            }
+            libc::execv(prog.as_ptr(), arg_ptrs.as_ptr());
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: closing our copies of the child's ends.
+    unsafe {
+        libc::close(go_r);
+        libc::close(err_w);
+    }
+    Ok(HeldChild {
+        pid: pid as u32,
+        go: go_w,
+        exec_err: err_r,
+    })
+}
+
+impl HeldChild {
+    /// Lets the child exec; returns once the exec has succeeded (or fails with its error).
+    pub fn release(self, program: &Path) -> Result<u32> {
+        let pid = self.pid;
+        // SAFETY: fds owned by self; buffers valid for their lengths.
+        let (n, errno) = unsafe {
+            libc::write(self.go, [1u8].as_ptr().cast(), 1);
+            libc::close(self.go);
+            let mut buf = [0u8; 4];
+            let n = loop {
+                let n = libc::read(self.exec_err, buf.as_mut_ptr().cast(), 4);
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break n;
+            };
+            libc::close(self.exec_err);
+            std::mem::forget(self);
+            (n, i32::from_ne_bytes(buf))
+        };
+        if n == 4 {
+            reap(pid);
+            bail!(
+                "cannot execute {}: {}",
+                program.display(),
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+        Ok(pid)
+    }
+}
+
+impl Drop for HeldChild {
+    /// Not released (attach failed): closing the gate makes the child exit without running.
+    fn drop(&mut self) {
+        // SAFETY: fds owned by self.
+        unsafe {
+            libc::close(self.go);
+            libc::close(self.exec_err);
+        }
+        reap(self.pid);
+    }
+}
+
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// The child's status if it has ended (reaping it), without blocking.
+pub fn try_wait(pid: u32) -> Option<ExitStatus> {
+    let mut status = 0;
+    // SAFETY: waiting for our own child without blocking.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    if r != pid as i32 {
+        return None;
+    }
+    if libc::WIFEXITED(status) {
+        Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(ExitStatus::Signal(libc::WTERMSIG(status)))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_child_runs_and_reports_its_status() {
+        let child = spawn_held(Path::new("/bin/sh"), &["sh".into(), "-c".into(), "exit 3".into()]).unwrap();
+        let pid = child.release(Path::new("/bin/sh")).unwrap();
+        let status = loop {
+            if let Some(s) = try_wait(pid) {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, ExitStatus::Code(3));
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let child = spawn_held(Path::new("/proc/self/nonexistent"), &["x".into()]).unwrap();
+        let e = child.release(Path::new("/proc/self/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("cannot execute") && e.contains("nonexistent"), "{e}");
+    }
+
+    #[test]
+    fn a_child_never_released_does_not_run() {
+        let marker = std::env::temp_dir().join(format!("tracer-held-{}", std::process::id()));
+        let script = format!("touch {}", marker.display());
+        let child = spawn_held(Path::new("/bin/sh"), &["sh".into(), "-c".into(), script.into()]).unwrap();
+        drop(child);
+        assert!(!marker.exists());
+    }
+}

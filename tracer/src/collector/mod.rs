@@ -1,0 +1,158 @@
+//! Collectors turn what the kernel (or, later, a recording) saw into [`Event`]s.
+//!
+//! The eBPF collector (`ebpf`) loads the probes, attaches them to the allocator the target
+//! really uses (`target`, `probes`) and drains the ring buffer on a timer. [`decode`] is the
+//! one place that reads the wire format of `tracer-common`.
+pub mod ebpf;
+pub mod launch;
+pub mod probes;
+pub mod target;
+
+use tracer_common::{AllocFn, AllocRecord, FreeRecord, Header, kind};
+
+/// One thing an allocator did, as the aggregator consumes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Alloc(Alloc),
+    Free { pid: u32, ts_ns: u64, addr: u64 },
+}
+
+/// A successful allocation, or a realloc that moved (`old_addr` → `addr`) or released
+/// (`addr == 0`, `size == 0`) its input block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alloc {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub func: AllocFn,
+    pub addr: u64,
+    pub old_addr: u64,
+    pub size: u64,
+    pub weight: u64,
+    /// Stack id in the collector's stack table; negative (an errno) when none was taken.
+    pub stack_id: i32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than its kind requires.
+    Short { kind: u8, len: usize },
+    /// A kind this build does not know (a newer kernel side?): counted, not fatal.
+    UnknownKind(u8),
+    UnknownFunc(u8),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a repr(C) record of integers (any bit pattern is valid);
+    // read_unaligned because ring-buffer data is only 8-byte aligned by convention.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let hdr: Header = read(bytes).ok_or(DecodeError::Short {
+        kind: bytes.first().copied().unwrap_or(0),
+        len: bytes.len(),
+    })?;
+    let short = || DecodeError::Short {
+        kind: hdr.kind,
+        len: bytes.len(),
+    };
+    match hdr.kind {
+        kind::ALLOC => {
+            let r: AllocRecord = read(bytes).ok_or_else(short)?;
+            let func = AllocFn::from_u8(r.hdr.func).ok_or(DecodeError::UnknownFunc(r.hdr.func))?;
+            Ok(Event::Alloc(Alloc {
+                pid: r.hdr.pid,
+                tid: r.tid,
+                ts_ns: r.hdr.ts_ns,
+                func,
+                addr: r.addr,
+                old_addr: r.old_addr,
+                size: r.size,
+                weight: r.weight.max(1),
+                stack_id: r.stack_id,
+            }))
+        }
+        kind::FREE => {
+            let r: FreeRecord = read(bytes).ok_or_else(short)?;
+            Ok(Event::Free {
+                pid: r.hdr.pid,
+                ts_ns: r.hdr.ts_ns,
+                addr: r.addr,
+            })
+        }
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) POD value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_alloc_and_free_records() {
+        let a = AllocRecord {
+            hdr: Header {
+                kind: kind::ALLOC,
+                func: AllocFn::Calloc as u8,
+                _pad: 0,
+                pid: 7,
+                ts_ns: 99,
+            },
+            tid: 8,
+            stack_id: 3,
+            addr: 0x1000,
+            old_addr: 0,
+            size: 400,
+            weight: 1,
+        };
+        match decode(&bytes(&a)).unwrap() {
+            Event::Alloc(x) => {
+                assert_eq!((x.pid, x.tid, x.func, x.addr, x.size, x.stack_id), (7, 8, AllocFn::Calloc, 0x1000, 400, 3))
+            }
+            e => panic!("{e:?}"),
+        }
+        let f = FreeRecord {
+            hdr: Header {
+                kind: kind::FREE,
+                func: AllocFn::Free as u8,
+                _pad: 0,
+                pid: 7,
+                ts_ns: 5,
+            },
+            addr: 0x1000,
+        };
+        assert_eq!(
+            decode(&bytes(&f)).unwrap(),
+            Event::Free {
+                pid: 7,
+                ts_ns: 5,
+                addr: 0x1000
+            }
+        );
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert!(matches!(decode(&[]), Err(DecodeError::Short { .. })));
+        let mut b = vec![0u8; 24];
+        b[0] = kind::ALLOC;
+        assert!(matches!(decode(&b), Err(DecodeError::Short { kind: 1, len: 24 })));
+        b[0] = 200;
+        assert_eq!(decode(&b), Err(DecodeError::UnknownKind(200)));
+        let mut b = vec![0u8; 56];
+        b[0] = kind::ALLOC;
+        b[1] = 77;
+        assert_eq!(decode(&b), Err(DecodeError::UnknownFunc(77)));
+    }
+}

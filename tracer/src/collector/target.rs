@@ -1,0 +1,290 @@
+//! Which ELF file serves a process's `malloc`, and where its allocator functions are.
+//!
+//! The probes go on the allocator the target actually calls: the executable itself when it is
+//! static (or defines malloc), a preloaded or linked allocator library, else the C library.
+//! Paths are opened through `/proc/PID/root` so a target in another mount namespace works.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use object::{Object, ObjectSegment, ObjectSymbol};
+use tracer_common::AllocFn;
+
+/// An ELF file with allocator functions, ready to probe.
+#[derive(Debug, Clone)]
+pub struct AllocatorLib {
+    /// The path as the target process sees it.
+    pub path: PathBuf,
+    /// Where this process can open it (through `/proc/PID/root` when attaching to a pid).
+    pub open_path: PathBuf,
+    /// File offset of each allocator function the file defines.
+    pub functions: BTreeMap<AllocFn, u64>,
+}
+
+/// Reads an ELF file and finds the allocator functions it defines (dynamic symbols first,
+/// then the full symbol table for static binaries).
+pub fn allocator_functions(path: &Path) -> Result<BTreeMap<AllocFn, u64>> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{} is not an ELF file we can read", path.display()))?;
+    let mut found = BTreeMap::new();
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        if !sym.is_definition() || sym.address() == 0 {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        let Some(func) = AllocFn::ALL.iter().copied().find(|f| f.symbol() == name) else {
+            continue;
+        };
+        if found.contains_key(&func) {
+            continue;
+        }
+        if let Some(off) = file_offset(&file, sym.address()) {
+            found.insert(func, off);
+        }
+    }
+    Ok(found)
+}
+
+fn file_offset(file: &object::File, vaddr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (start, size) = (seg.address(), seg.size());
+        let (off, fsize) = seg.file_range();
+        (vaddr >= start && vaddr < start + size && vaddr - start < fsize).then(|| off + (vaddr - start))
+    })
+}
+
+fn is_libc(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
+}
+
+fn is_loader(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with("ld-linux") || name.starts_with("ld64.so")
+}
+
+/// Picks the allocator among candidate files in symbol lookup order (the executable first):
+/// the first file defining both `malloc` and `free`, except that the C library yields to a
+/// later allocator library (a preload or link whose order maps do not reveal) and the dynamic
+/// loader's private malloc never counts.
+pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib>> {
+    let mut libc = None;
+    for (i, (path, open_path)) in candidates.into_iter().enumerate() {
+        if is_loader(&path) {
+            continue;
+        }
+        let functions = match allocator_functions(&open_path) {
+            Ok(f) => f,
+            Err(e) if i == 0 => return Err(e),
+            Err(_) => continue,
+        };
+        if !(functions.contains_key(&AllocFn::Malloc) && functions.contains_key(&AllocFn::Free)) {
+            continue;
+        }
+        let lib = AllocatorLib {
+            path,
+            open_path,
+            functions,
+        };
+        if i > 0 && is_libc(&lib.path) {
+            libc.get_or_insert(lib);
+            continue;
+        }
+        return Ok(Some(lib));
+    }
+    Ok(libc)
+}
+
+/// The allocator of a running process, from its memory map.
+pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
+    let proc = procfs::process::Process::new(pid as i32)
+        .map_err(|_| anyhow::anyhow!("no process with pid {pid} (it does not exist or has already exited)"))?;
+    let stat = proc.stat().with_context(|| format!("process {pid} exited while being inspected"))?;
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    if stat.flags & PF_KTHREAD != 0 {
+        bail!(
+            "pid {pid} ({}) is a kernel thread: it has no user-space memory map and no malloc to trace; \
+             give the pid of a user process",
+            stat.comm
+        );
+    }
+    let maps = proc.maps().map_err(|e| match e {
+        procfs::ProcError::PermissionDenied(_) => anyhow::anyhow!(
+            "permission denied reading /proc/{pid}/maps: tracer must run as root (sudo)"
+        ),
+        procfs::ProcError::NotFound(_) => anyhow::anyhow!("process {pid} exited while being inspected"),
+        e => anyhow::anyhow!("cannot read /proc/{pid}/maps: {e}"),
+    })?;
+    let exe = proc.exe().ok();
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(exe) = &exe {
+        files.push(exe.clone());
+    }
+    for m in maps.iter() {
+        if let procfs::process::MMapPath::Path(p) = &m.pathname {
+            if !files.contains(p) {
+                files.push(p.clone());
+            }
+        }
+    }
+    if files.is_empty() {
+        bail!("process {pid} has no mapped files: it is exiting or is not a user process");
+    }
+    let candidates = files
+        .into_iter()
+        .map(|p| {
+            let open = root.join(p.strip_prefix("/").unwrap_or(&p));
+            (p, open)
+        })
+        .collect();
+    choose(candidates)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "process {pid} maps no file that defines malloc and free (a Go program, or an allocator \
+             tracer does not know yet): nothing to probe"
+        )
+    })
+}
+
+/// The allocator a program will use once started, found before it runs: the executable itself
+/// when static, else the libraries its dynamic loader lists, in load order.
+pub fn for_program(program: &Path) -> Result<AllocatorLib> {
+    let data = std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
+    let file = object::File::parse(&*data).with_context(|| {
+        format!("{} is not an ELF executable (scripts are not supported yet: trace the interpreter, e.g. `-- python3 script.py`)", program.display())
+    })?;
+    let interp = interpreter(&file);
+    drop(file);
+    let mut candidates = vec![(program.to_path_buf(), program.to_path_buf())];
+    if let Some(interp) = interp {
+        // What `ldd` does: the loader lists the libraries it would load, honouring
+        // LD_LIBRARY_PATH and LD_PRELOAD, without running the program.
+        let out = Command::new(&interp)
+            .arg("--list")
+            .arg(program)
+            .output()
+            .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
+        if !out.status.success() {
+            bail!(
+                "the dynamic loader cannot load {}: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for lib in parse_loader_list(&String::from_utf8_lossy(&out.stdout)) {
+            candidates.push((lib.clone(), lib));
+        }
+    }
+    choose(candidates)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} does not use a C-library malloc tracer can probe (no malloc and free in it or its libraries)",
+            program.display()
+        )
+    })
+}
+
+fn interpreter(file: &object::File) -> Option<PathBuf> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let object::File::Elf64(elf) = file else { return None };
+    let elf: &ElfFile64 = elf;
+    let endian = elf.endian();
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(endian) == object::elf::PT_INTERP {
+            let bytes = ph.data(endian, elf.data()).ok()?;
+            let s = std::str::from_utf8(bytes).ok()?.trim_end_matches('\0');
+            return Some(PathBuf::from(s));
+        }
+    }
+    None
+}
+
+/// Library paths from `ld.so --list` output (`name => /path (0x...)` or `/path (0x...)`).
+pub fn parse_loader_list(out: &str) -> Vec<PathBuf> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.split_once("=>").map(|(_, r)| r.trim()).unwrap_or(l);
+            let path = rest.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loader_list() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibjemalloc.so.2 => /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f1)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f2)\n\
+                   \tlibmissing.so => not found\n";
+        assert_eq!(
+            parse_loader_list(out),
+            vec![
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    fn system_libc() -> PathBuf {
+        let out = Command::new("/bin/sh").arg("-c").arg("ldd /bin/sh").output().unwrap();
+        parse_loader_list(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .find(|p| is_libc(p))
+            .expect("a libc in ldd /bin/sh")
+    }
+
+    #[test]
+    fn finds_allocator_functions_in_the_system_libc() {
+        let f = allocator_functions(&system_libc()).unwrap();
+        for func in [AllocFn::Malloc, AllocFn::Free, AllocFn::Calloc, AllocFn::Realloc] {
+            assert!(f.contains_key(&func), "{func:?} missing");
+        }
+        // Offsets are distinct for distinct functions (malloc is not free).
+        assert_ne!(f[&AllocFn::Malloc], f[&AllocFn::Free]);
+    }
+
+    #[test]
+    fn a_dynamic_program_uses_its_libc() {
+        let lib = for_program(Path::new("/bin/sh")).unwrap();
+        assert!(is_libc(&lib.path), "{:?}", lib.path);
+    }
+
+    #[test]
+    fn this_process_uses_its_libc() {
+        let lib = for_pid(std::process::id()).unwrap();
+        assert!(is_libc(&lib.path), "{:?}", lib.path);
+        assert!(lib.open_path.starts_with("/proc/"));
+    }
+
+    #[test]
+    fn no_such_pid_is_a_clear_error() {
+        let e = for_pid(4_194_300).unwrap_err().to_string();
+        assert!(e.contains("4194300") && e.contains("no process"), "{e}");
+    }
+
+    #[test]
+    fn a_kernel_thread_is_refused() {
+        // pid 2 is kthreadd on Linux.
+        let e = for_pid(2).unwrap_err().to_string();
+        assert!(e.contains("kernel thread"), "{e}");
+    }
+
+    #[test]
+    fn a_non_elf_program_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tracer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("script.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        let e = for_program(&script).unwrap_err().to_string();
+        assert!(e.contains("not an ELF"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,150 @@
+//! Validated settings: every check on the flags happens here, before any work starts.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+
+use crate::cli::{Cli, Format};
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Attach to a running process.
+    Pid(u32),
+    /// Start this program (already resolved through PATH) with these arguments.
+    Launch {
+        program: PathBuf,
+        argv: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub target: Target,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub top: usize,
+    pub format: Format,
+    pub ring_size: u32,
+    pub stack_slots: u32,
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config> {
+        let target = match (cli.pid, cli.command.is_empty()) {
+            (Some(_), false) => {
+                bail!("give either --pid PID or a command after `--`, not both")
+            }
+            (Some(pid), true) => Target::Pid(pid),
+            (None, false) => {
+                let program = resolve_program(&cli.command[0])?;
+                Target::Launch {
+                    program,
+                    argv: cli.command,
+                }
+            }
+            (None, true) => bail!(
+                "no target: give --pid PID to attach to a running process, or start one with \
+                 `tracer [OPTIONS] -- CMD ARGS...`. (Tracing every process, with no target, is \
+                 not available yet.)"
+            ),
+        };
+        if cli.top == 0 {
+            bail!("--top must be at least 1");
+        }
+        Ok(Config {
+            target,
+            interval: Duration::from_secs_f64(cli.interval),
+            duration: cli.duration.map(Duration::from_secs_f64),
+            top: cli.top,
+            format: cli.format,
+            ring_size: cli.ring_size,
+            stack_slots: cli.stack_slots,
+        })
+    }
+}
+
+/// Finds the program as execvp would: a name with a slash is a path, anything else is looked
+/// up in PATH.
+pub fn resolve_program(name: &OsString) -> Result<PathBuf> {
+    let p = Path::new(name);
+    let shown = p.display();
+    if name.is_empty() {
+        bail!("the command after `--` is empty");
+    }
+    let candidate = if p.components().count() > 1 || name.to_string_lossy().contains('/') {
+        Some(p.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(p))
+                .find(|c| is_executable(c))
+        })
+    };
+    match candidate {
+        Some(c) if c.is_file() => {
+            if !is_executable(&c) {
+                bail!("{} is not executable (check its permissions)", c.display());
+            }
+            Ok(c)
+        }
+        Some(c) if c.exists() => bail!("{} is not a regular file", c.display()),
+        Some(c) => bail!("{}: no such file: check the command's path", c.display()),
+        None => bail!("{shown}: command not found in PATH"),
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config> {
+        Config::from_cli(Cli::try_parse_from(args).unwrap())
+    }
+
+    #[test]
+    fn needs_a_target() {
+        let e = cfg(&["tracer"]).unwrap_err().to_string();
+        assert!(e.contains("--pid"), "{e}");
+    }
+
+    #[test]
+    fn pid_and_command_exclude_each_other() {
+        assert!(cfg(&["tracer", "--pid", "1", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let e = cfg(&["tracer", "--", "/nonexistent/prog"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/prog"), "{e}");
+        let e = cfg(&["tracer", "--", "no-such-command-here"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-command-here") && e.contains("PATH"), "{e}");
+    }
+
+    #[test]
+    fn program_is_found_in_path() {
+        let c = cfg(&["tracer", "-i", "1", "--", "sh", "-c", "true"]).unwrap();
+        match c.target {
+            Target::Launch { program, argv } => {
+                assert!(program.ends_with("sh"));
+                assert_eq!(argv.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `tracer`: parse the flags, validate them into a config, run, turn the outcome into an exit
+//! code. Errors are printed once, here, as a sentence saying what to do.
+mod aggregate;
+mod app;
+mod cli;
+mod collector;
+mod config;
+mod report;
+mod signals;
+mod symbolize;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = config::Config::from_cli(cli).and_then(app::run);
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The report model and its reporters. A reporter is a pure function from a [`Report`] to a
+//! writer; building the model from the books happens in [`build`].
+pub mod json;
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::symbolize::Frame;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    /// Growth over the last interval.
+    Interval,
+    /// What is still outstanding at the end; deltas count from the start of tracing.
+    Final,
+}
+
+/// Live and changed objects and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    pub delta_objects: i64,
+    pub delta_bytes: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteReport {
+    /// Innermost first; the allocator itself is not included.
+    pub frames: Vec<Frame>,
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    pub delta_objects: i64,
+    pub delta_bytes: i64,
+    /// Allocations and frees of this site within the report's window.
+    pub allocs: u64,
+    pub frees: u64,
+}
+
+/// Counters of events seen, received and dropped (cumulative since tracing began).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    /// Allocation records the kernel produced (successful calls).
+    pub allocs: u64,
+    /// Free records the kernel produced (`free(p)`, p not NULL).
+    pub frees: u64,
+    pub received_allocs: u64,
+    pub received_frees: u64,
+    /// Allocator calls made inside another allocator call (its implementation): not counted.
+    pub nested: u64,
+    /// Allocation calls that failed (returned NULL): nothing to track.
+    pub failed: u64,
+    /// Frees of blocks the books did not hold (allocated before tracing began, or lost).
+    pub unknown_frees: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub kind: ReportKind,
+    /// Seconds since tracing began.
+    pub elapsed_s: f64,
+    /// Seconds this report's deltas cover.
+    pub window_s: f64,
+    pub pid: u32,
+    pub command: String,
+    /// The file whose allocator functions are probed.
+    pub allocator: String,
+    /// Events that could not be recorded, by cause (cumulative). See [`lost_hints`].
+    pub lost: BTreeMap<&'static str, u64>,
+    pub events: EventCounts,
+    pub totals: Totals,
+    /// The top sites (by Δbytes for intervals, by live bytes for the final report).
+    pub sites: Vec<SiteReport>,
+    /// Sites that qualified but were cut by --top.
+    pub sites_omitted: usize,
+    /// How the launched command ended (final report of launch mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// Settings a report mentions when telling how to avoid losses.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitSettings {
+    pub ring_size: u32,
+    pub stack_slots: u32,
+}
+
+/// One sentence per kind of loss, naming the flag that fixes it.
+pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> Vec<String> {
+    let get = |k: &str| lost.get(k).copied().unwrap_or(0);
+    let mut out = Vec::new();
+    let ring = get("ring_full_allocs") + get("ring_full_frees");
+    if ring > 0 {
+        out.push(format!(
+            "{} events lost ({} allocations, {} frees): the ring buffer ({}) was full; raise --ring-size (e.g. --ring-size {})",
+            group(ring),
+            group(get("ring_full_allocs")),
+            group(get("ring_full_frees")),
+            size_name(limits.ring_size as u64),
+            size_name((limits.ring_size as u64 * 4).min(1 << 30)),
+        ));
+    }
+    let stacks = get("stack_collisions") + get("stack_failures");
+    if stacks > 0 {
+        out.push(format!(
+            "{} allocations recorded without their stack (stack map of {} slots full or colliding): raise --stack-slots (e.g. --stack-slots {})",
+            group(stacks),
+            limits.stack_slots,
+            (limits.stack_slots as u64 * 4).min(1_048_576)
+        ));
+    }
+    if get("inflight_full") > 0 {
+        out.push(format!(
+            "{} allocator calls missed: more threads were inside the allocator at once than the in-flight table holds",
+            group(get("inflight_full"))
+        ));
+    }
+    if get("memptr_faults") > 0 {
+        out.push(format!(
+            "{} posix_memalign results could not be read from the target's memory",
+            group(get("memptr_faults"))
+        ));
+    }
+    if get("bad_records") > 0 {
+        out.push(format!("{} ring records could not be decoded", group(get("bad_records"))));
+    }
+    out
+}
+
+/// `12,345`
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `+12,345` / `-7` / `0`
+pub fn signed(n: i64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n > 0 => format!("+{}", group(n as u64)),
+        n => format!("-{}", group(n.unsigned_abs())),
+    }
+}
+
+/// `4 KiB`, `8 MiB`, `1000 B`
+pub fn size_name(n: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    if n >= 1 << 10 {
+        return format!("{:.1} KiB", n as f64 / 1024.0);
+    }
+    format!("{n} B")
+}
+
+/// A small report for reporter tests.
+#[cfg(test)]
+pub(crate) fn sample_report() -> Report {
+    Report {
+        kind: ReportKind::Interval,
+        elapsed_s: 4.0,
+        window_s: 2.0,
+        pid: 42,
+        command: "leaky".into(),
+        allocator: "/lib/libc.so.6".into(),
+        lost: BTreeMap::from([("ring_full_allocs", 3), ("ring_full_frees", 0)]),
+        events: EventCounts::default(),
+        totals: Totals {
+            live_objects: 10,
+            live_bytes: 640,
+            delta_objects: 2,
+            delta_bytes: 128,
+        },
+        sites: vec![SiteReport {
+            frames: vec![Frame {
+                addr: 0x401136,
+                function: Some("leak_fixed".into()),
+                file: Some("/src/leaky.c".into()),
+                line: Some(42),
+                module: Some("/bin/leaky".into()),
+                offset: 0x1136,
+                inlined: false,
+            }],
+            live_objects: 10,
+            live_bytes: 640,
+            delta_objects: 2,
+            delta_bytes: 128,
+            allocs: 2,
+            frees: 0,
+        }],
+        sites_omitted: 0,
+        exit_code: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+        assert_eq!(signed(12800), "+12,800");
+        assert_eq!(signed(-5), "-5");
+        assert_eq!(size_name(4096), "4 KiB");
+        assert_eq!(size_name(8 << 20), "8 MiB");
+        assert_eq!(size_name(1000), "1000 B");
+    }
+
+    #[test]
+    fn every_loss_names_its_flag() {
+        let limits = LimitSettings {
+            ring_size: 4096,
+            stack_slots: 1024,
+        };
+        let mut lost = BTreeMap::new();
+        assert!(lost_hints(&lost, limits).is_empty());
+        lost.insert("ring_full_allocs", 10);
+        lost.insert("ring_full_frees", 5);
+        lost.insert("stack_collisions", 2);
+        let h = lost_hints(&lost, limits);
+        assert_eq!(h.len(), 2);
+        assert!(h[0].contains("15 events lost") && h[0].contains("--ring-size") && h[0].contains("4 KiB"), "{}", h[0]);
+        assert!(h[1].contains("--stack-slots 4096"), "{}", h[1]);
+    }
+}

@@ -1,0 +1,180 @@
+//! Table reporter for people: one row per call site, the totals, and what was lost.
+//! prettytable-rs lives only here.
+use std::io::Write;
+
+use prettytable::{Cell, Row, Table, format};
+
+use super::{LimitSettings, Report, ReportKind, group, lost_hints, signed};
+use crate::symbolize::Frame;
+
+/// How many frames name a site in the table: the allocator's caller and two more.
+const SITE_FRAMES: usize = 3;
+
+/// `leak_shared (leaky.c:70) ← path_a ← main`: the first frame with its line, callers by name.
+pub fn site_label(frames: &[Frame]) -> String {
+    if frames.is_empty() {
+        return "[stack unavailable]".into();
+    }
+    let mut parts = vec![frames[0].short()];
+    for f in frames.iter().skip(1).take(SITE_FRAMES - 1) {
+        parts.push(match &f.function {
+            Some(name) => name.clone(),
+            None => f.short(),
+        });
+    }
+    parts.join(" ← ")
+}
+
+pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
+    let t = &report.totals;
+    match report.kind {
+        ReportKind::Interval => writeln!(
+            out,
+            "[{:.1}s] pid {} ({}): {} B in {} blocks over {:.1}s; live {} B in {} blocks",
+            report.elapsed_s,
+            report.pid,
+            report.command,
+            signed(t.delta_bytes),
+            signed(t.delta_objects),
+            report.window_s,
+            group(t.live_bytes),
+            group(t.live_objects),
+        )?,
+        ReportKind::Final => writeln!(
+            out,
+            "[{:.1}s] final report, pid {} ({}){}: outstanding {} B in {} blocks",
+            report.elapsed_s,
+            report.pid,
+            report.command,
+            match report.exit_code {
+                Some(c) => format!(", exited with status {c}"),
+                None => String::new(),
+            },
+            group(t.live_bytes),
+            group(t.live_objects),
+        )?,
+    }
+    let mut table = Table::new();
+    table.set_format(*format::consts::FORMAT_BOX_CHARS);
+    let titles = match report.kind {
+        ReportKind::Interval => ["site", "Δobjects", "Δbytes", "live objects", "live bytes"],
+        ReportKind::Final => ["site (outstanding)", "objects", "bytes", "allocs", "frees"],
+    };
+    table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
+    for s in &report.sites {
+        let cells = match report.kind {
+            ReportKind::Interval => [
+                site_label(&s.frames),
+                signed(s.delta_objects),
+                signed(s.delta_bytes),
+                group(s.live_objects),
+                group(s.live_bytes),
+            ],
+            ReportKind::Final => [
+                site_label(&s.frames),
+                group(s.live_objects),
+                group(s.live_bytes),
+                group(s.allocs),
+                group(s.frees),
+            ],
+        };
+        let mut row = Row::new(vec![Cell::new(&cells[0])]);
+        for c in &cells[1..] {
+            row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
+        }
+        table.add_row(row);
+    }
+    let total_label = if report.sites_omitted > 0 {
+        format!("TOTAL (all sites; {} more not shown, see --top)", report.sites_omitted)
+    } else {
+        "TOTAL".to_string()
+    };
+    let total = match report.kind {
+        ReportKind::Interval => [
+            total_label,
+            signed(t.delta_objects),
+            signed(t.delta_bytes),
+            group(t.live_objects),
+            group(t.live_bytes),
+        ],
+        ReportKind::Final => [
+            total_label,
+            group(t.live_objects),
+            group(t.live_bytes),
+            group(report.events.received_allocs),
+            group(report.events.received_frees),
+        ],
+    };
+    let mut row = Row::new(vec![Cell::new(&total[0])]);
+    for c in &total[1..] {
+        row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
+    }
+    table.add_row(row);
+    if report.sites.is_empty() && report.kind == ReportKind::Interval {
+        writeln!(out, "no call site allocated or freed anything in this interval")?;
+    } else {
+        table.print(out)?;
+    }
+    let hints = lost_hints(&report.lost, limits);
+    if hints.is_empty() {
+        writeln!(out, "lost events: none")?;
+    } else {
+        for h in hints {
+            writeln!(out, "lost events: {h}")?;
+        }
+    }
+    writeln!(out)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample_report;
+
+    const LIMITS: LimitSettings = LimitSettings {
+        ring_size: 4096,
+        stack_slots: 16384,
+    };
+
+    fn render(r: &Report) -> String {
+        let mut buf = Vec::new();
+        write(r, LIMITS, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn interval_table_has_sites_totals_and_losses() {
+        let text = render(&sample_report());
+        assert!(text.contains("leak_fixed (leaky.c:42)"), "{text}");
+        assert!(text.contains("+128"), "{text}");
+        assert!(text.contains("TOTAL"), "{text}");
+        assert!(text.contains("Δbytes"), "{text}");
+        assert!(text.contains("lost events: 3 events lost") && text.contains("--ring-size"), "{text}");
+    }
+
+    #[test]
+    fn final_table_shows_outstanding() {
+        let mut r = sample_report();
+        r.kind = ReportKind::Final;
+        r.exit_code = Some(0);
+        r.lost.clear();
+        let text = render(&r);
+        assert!(text.contains("final report") && text.contains("exited with status 0"), "{text}");
+        assert!(text.contains("site (outstanding)"), "{text}");
+        assert!(text.contains("lost events: none"), "{text}");
+    }
+
+    #[test]
+    fn site_label_names_the_caller_and_its_callers() {
+        let f = |name: &str, line: Option<u32>| Frame {
+            function: Some(name.into()),
+            file: line.map(|_| "/x/leaky.c".into()),
+            line,
+            ..Frame::default()
+        };
+        let frames = vec![f("leak_shared", Some(70)), f("path_a", Some(80)), f("main", Some(150)), f("__libc_start_main", None)];
+        assert_eq!(site_label(&frames), "leak_shared (leaky.c:70) ← path_a ← main");
+        assert_eq!(site_label(&[]), "[stack unavailable]");
+    }
+}

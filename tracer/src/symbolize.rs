@@ -1,0 +1,278 @@
+//! Turns return addresses into function, file:line and module, per process, with caches.
+//!
+//! A process's memory map is captured while it lives ([`Symbolizer::refresh`]) and kept after
+//! it exits, so the final report still symbolizes. Addresses are translated to (file, file
+//! offset) with that map and symbolized by blazesym from the ELF file itself (DWARF for lines
+//! and inlined frames, demangled names). A miss is data, not an error: the frame keeps its
+//! module and offset.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer as Blaze,
+    source::{Elf, Source},
+};
+use serde::Serialize;
+
+/// One frame of a symbolized stack. Inlined calls give several frames for one address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// The raw return address in the process, as a hex string.
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Path of the ELF file holding the address, as the process sees it.
+    pub module: Option<String>,
+    /// Offset of the address in that file.
+    #[serde(serialize_with = "hex")]
+    pub offset: u64,
+    /// This frame was inlined into the next one (same address).
+    pub inlined: bool,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+impl Frame {
+    /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
+    pub fn short(&self) -> String {
+        let base = |p: &str| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
+        match (&self.function, &self.file, self.line) {
+            (Some(f), Some(file), Some(line)) => format!("{f} ({}:{line})", base(file)),
+            (Some(f), _, _) => f.clone(),
+            (None, _, _) => match &self.module {
+                Some(m) => format!("{}+{:#x}", base(m), self.offset),
+                None => format!("[unknown] {:#x}", self.addr),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The path as the process sees it.
+    pub path: PathBuf,
+    /// Where tracer can open it (through /proc/PID/root while the process lives).
+    pub open_path: PathBuf,
+}
+
+pub struct Symbolizer {
+    blaze: Blaze,
+    maps: HashMap<u32, Vec<Mapping>>,
+    cache: HashMap<(u32, u64), Arc<Vec<Frame>>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Symbolizer {
+        Symbolizer {
+            blaze: Blaze::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            maps: HashMap::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Re-reads the process's memory map while it lives; keeps the last one once it is gone.
+    pub fn refresh(&mut self, pid: u32) -> bool {
+        match read_maps(pid) {
+            Some(m) if !m.is_empty() => {
+                self.maps.insert(pid, m);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Installs a memory map directly (replay, tests).
+    pub fn set_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
+        self.maps.insert(pid, maps);
+    }
+
+    pub fn knows(&self, pid: u32, addr: u64) -> bool {
+        self.mapping(pid, addr).is_some()
+    }
+
+    fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
+        self.maps.get(&pid)?.iter().find(|m| addr >= m.start && addr < m.end)
+    }
+
+    /// Symbolizes return addresses of `pid` (innermost first) into frames, innermost first.
+    pub fn stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for &a in addrs {
+            out.extend(self.addr(pid, a).iter().cloned());
+        }
+        out
+    }
+
+    /// Frames for one return address (several when calls were inlined there).
+    pub fn addr(&mut self, pid: u32, addr: u64) -> Arc<Vec<Frame>> {
+        if let Some(f) = self.cache.get(&(pid, addr)) {
+            return f.clone();
+        }
+        let frames = Arc::new(self.resolve(pid, addr));
+        self.cache.insert((pid, addr), frames.clone());
+        frames
+    }
+
+    fn resolve(&self, pid: u32, addr: u64) -> Vec<Frame> {
+        let Some(m) = self.mapping(pid, addr) else {
+            return vec![Frame {
+                addr,
+                ..Frame::default()
+            }];
+        };
+        let offset = addr - m.start + m.offset;
+        let module = m.path.to_string_lossy().into_owned();
+        let unknown = Frame {
+            addr,
+            module: Some(module.clone()),
+            offset,
+            ..Frame::default()
+        };
+        // A return address points after the call: look up the call instruction itself.
+        let lookup = offset.saturating_sub(1);
+        let open = if m.open_path.exists() { &m.open_path } else { &m.path };
+        let src = Source::Elf(Elf::new(open));
+        let Ok(sym) = self.blaze.symbolize_single(&src, Input::FileOffset(lookup)) else {
+            return vec![unknown];
+        };
+        let Symbolized::Sym(sym) = sym else {
+            return vec![unknown];
+        };
+        let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
+            ci.map(|ci| {
+                let file = match &ci.dir {
+                    Some(d) if !d.as_os_str().is_empty() => d.join(&*ci.file),
+                    _ => PathBuf::from(&*ci.file),
+                };
+                (Some(file.to_string_lossy().into_owned()), ci.line)
+            })
+            .unwrap_or((None, None))
+        };
+        let mut frames = Vec::new();
+        for inl in sym.inlined.iter().rev() {
+            let (file, line) = code(inl.code_info.as_ref());
+            frames.push(Frame {
+                addr,
+                function: Some(inl.name.to_string()),
+                file,
+                line,
+                module: Some(module.clone()),
+                offset,
+                inlined: true,
+            });
+        }
+        let (file, line) = code(sym.code_info.as_deref());
+        frames.push(Frame {
+            addr,
+            function: Some(sym.name.to_string()),
+            file,
+            line,
+            module: Some(module),
+            offset,
+            inlined: false,
+        });
+        frames
+    }
+}
+
+/// File-backed mappings of a live process, opened through its root.
+pub fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+    let proc = procfs::process::Process::new(pid as i32).ok()?;
+    let maps = proc.maps().ok()?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    Some(
+        maps.iter()
+            .filter_map(|m| match &m.pathname {
+                procfs::process::MMapPath::Path(p) => Some(Mapping {
+                    start: m.address.0,
+                    end: m.address.1,
+                    offset: m.offset,
+                    path: p.clone(),
+                    open_path: root.join(p.strip_prefix("/").unwrap_or(p)),
+                }),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker_function() -> u64 {
+        std::hint::black_box(marker_function as *const () as u64)
+    }
+
+    #[test]
+    fn symbolizes_a_function_of_this_test_binary() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        assert!(s.refresh(pid));
+        // An address inside marker_function (+1 because lookups use addr - 1).
+        let addr = marker_function() + 1;
+        let frames = s.addr(pid, addr);
+        let f = frames.last().unwrap();
+        assert!(f.function.as_deref().unwrap_or("").contains("marker_function"), "{f:?}");
+        assert!(f.file.as_deref().unwrap_or("").ends_with("symbolize.rs"), "{f:?}");
+        assert!(f.line.unwrap_or(0) > 0);
+        assert!(f.module.is_some());
+    }
+
+    #[test]
+    fn an_unmapped_address_is_a_frame_not_an_error() {
+        let mut s = Symbolizer::new();
+        let f = s.addr(1_234_567, 0x1234);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].function, None);
+        assert_eq!(f[0].short(), "[unknown] 0x1234");
+    }
+
+    #[test]
+    fn a_file_without_symbols_gives_module_and_offset() {
+        let mut s = Symbolizer::new();
+        s.set_maps(
+            9,
+            vec![Mapping {
+                start: 0x1000,
+                end: 0x2000,
+                offset: 0x3000,
+                path: "/nonexistent/libgone.so".into(),
+                open_path: "/nonexistent/libgone.so".into(),
+            }],
+        );
+        let f = s.addr(9, 0x1010);
+        assert_eq!(f[0].short(), "libgone.so+0x3010");
+    }
+
+    #[test]
+    fn maps_are_kept_after_the_process_is_gone() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        assert!(s.refresh(pid));
+        assert!(!s.refresh(4_194_301));
+        assert!(s.knows(pid, marker_function()));
+    }
+}
