@@ -1,0 +1,176 @@
+//! Harness for the end-to-end tests: builds the C victims, runs the release `tracer` binary on
+//! them as a user would, and parses its JSON reports and the victims' printed truth.
+//!
+//! These tests need root (they load eBPF). Outside CI they skip with a message when not root;
+//! with `CI=true` a test that cannot load BPF fails instead, so CI can never pass by skipping.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Mutex,
+};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The tracer under test: `TRACER_BIN`, or the workspace's release build.
+pub fn tracer() -> PathBuf {
+    let p = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/tracer"));
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --release` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// True when the tests may load BPF. Not root: skip (false) locally, fail under CI=true.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: CI=true but not root: cannot load BPF, and CI must not skip");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF (run scripts/test as root)");
+    false
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Compiles a C victim (tests/victims or tests/workloads) with gcc, once per test run.
+pub fn victim(source: &str, flags: &[&str]) -> PathBuf {
+    let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src = root().join("tests").join(source);
+    let stem = Path::new(source)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let tag = if flags.contains(&"-fno-omit-frame-pointer") {
+        "fp"
+    } else {
+        "nofp"
+    };
+    let dir = root().join("target/test-victims");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{stem}-{tag}"));
+    let fresh = out
+        .metadata()
+        .and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?))
+        .unwrap_or(false);
+    if !fresh {
+        let st = Command::new("gcc")
+            .args(flags)
+            .arg("-pthread")
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc (scripts/setup installs it)");
+        assert!(st.success(), "gcc failed on {}", src.display());
+    }
+    out
+}
+
+pub const FP: &[&str] = &["-O2", "-g", "-fno-omit-frame-pointer"];
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON reports (one object per line) in a tracer's stdout.
+pub fn reports(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+/// `TRUTH <site> LEAK blocks=B bytes=N` lines → site → (blocks, bytes).
+pub fn truth_leaks(text: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut t = BTreeMap::new();
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 5 && w[0] == "TRUTH" && w[2] == "LEAK" {
+            let num = |s: &str, k: &str| s.strip_prefix(k).and_then(|v| v.parse().ok());
+            if let (Some(b), Some(n)) = (num(w[3], "blocks="), num(w[4], "bytes=")) {
+                t.insert(w[1].to_string(), (b, n));
+            }
+        }
+    }
+    t
+}
+
+/// `TRUTH <site> OK ...` sites.
+pub fn truth_ok(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 3 && w[0] == "TRUTH" && w[2] == "OK").then(|| w[1].to_string())
+        })
+        .collect()
+}
+
+pub fn functions(site: &Value) -> Vec<String> {
+    site["frames"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .map(|f| f["function"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The victim site a report row belongs to: its first frame's function, with the caller for
+/// leaky's shared site (`leak_shared<-path_a`).
+pub fn site_name(site: &Value) -> String {
+    let f = functions(site);
+    match f.first().map(String::as_str) {
+        Some("leak_shared") => format!("leak_shared<-{}", f.get(1).cloned().unwrap_or_default()),
+        Some(name) => name.to_string(),
+        None => "[no frames]".into(),
+    }
+}
+
+/// Sum of a numeric field per victim site.
+pub fn by_site(report: &Value, field: &str) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    for s in report["sites"].as_array().into_iter().flatten() {
+        *m.entry(site_name(s)).or_insert(0) += s[field].as_i64().unwrap_or(0);
+    }
+    m
+}
+
+/// Line number of the first line in a source file containing `needle` after `after`.
+pub fn line_of(source: &str, after: &str, needle: &str) -> u64 {
+    let text = std::fs::read_to_string(root().join("tests").join(source)).unwrap();
+    let mut seen = false;
+    for (i, l) in text.lines().enumerate() {
+        if l.contains(after) {
+            seen = true;
+        }
+        if seen && l.contains(needle) {
+            return i as u64 + 1;
+        }
+    }
+    panic!("{needle} after {after} not in {source}");
+}

@@ -9,16 +9,16 @@
 //! outer call's state. (A signal handler cannot re-enter glibc's malloc: it would deadlock on the
 //! arena lock, so "nested means implementation" holds.)
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use tracer_common::{AllocFn, AllocRecord, FreeRecord, Header, InFlight, counter, kind};
+use tracer_common::{counter, kind, AllocFn, AllocRecord, FreeRecord, Header, InFlight};
 
 /// Sizes here are defaults; userspace sets the real ones before load.
 #[map]

@@ -26,7 +26,11 @@ pub fn size_arg0(ctx: ProbeContext) -> u32 {
 pub fn calloc(ctx: ProbeContext) -> u32 {
     let n = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter(&ctx, n.wrapping_mul(size) /* overflow makes the call fail: no record */, 0);
+    alloc::enter(
+        &ctx,
+        n.wrapping_mul(size), /* overflow makes the call fail: no record */
+        0,
+    );
     0
 }
 
@@ -45,7 +49,11 @@ pub fn reallocarray(ctx: ProbeContext) -> u32 {
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter(&ctx, n.wrapping_mul(size) /* overflow makes the call fail: no record */, ptr);
+    alloc::enter(
+        &ctx,
+        n.wrapping_mul(size), /* overflow makes the call fail: no record */
+        ptr,
+    );
     0
 }
 

@@ -8,10 +8,9 @@ use crate::{
     aggregate::{Ledger, Snapshot},
     cli::Format,
     collector::{
-        Event,
         ebpf::{EbpfCollector, KernelCounters, Settings},
         launch::{self, ExitStatus},
-        target,
+        target, Event,
     },
     config::{Config, Target},
     report::{self, EventCounts, LimitSettings, Report, ReportKind, SiteReport, Totals},
@@ -171,9 +170,11 @@ impl Session<'_> {
         }
         // New call sites: make sure their addresses are in the cached memory map while the
         // process still lives (a library loaded since the last look).
-        let unknown = self.ledger.sites()[before..]
-            .iter()
-            .any(|s| s.frames.iter().any(|&a| !self.symbolizer.knows(self.pid, a)));
+        let unknown = self.ledger.sites()[before..].iter().any(|s| {
+            s.frames
+                .iter()
+                .any(|&a| !self.symbolizer.knows(self.pid, a))
+        });
         if unknown {
             self.symbolizer.refresh(self.pid);
         }
@@ -202,26 +203,50 @@ impl Session<'_> {
         (lost, events)
     }
 
-    fn report(&mut self, kind: ReportKind, window: Duration, rows: Vec<SiteRow>, totals: Totals) -> Report {
+    /// Symbolizes the rows, merges those whose stacks read the same (e.g. the copies of an
+    /// unrolled loop's call), sorts them with `order` and keeps the top N.
+    fn report(
+        &mut self,
+        kind: ReportKind,
+        window: Duration,
+        rows: Vec<SiteRow>,
+        totals: Totals,
+        order: fn(&SiteReport, &SiteReport) -> std::cmp::Ordering,
+    ) -> Report {
         let (lost, events) = self.counters();
-        let omitted = rows.len().saturating_sub(self.cfg.top);
-        let sites = rows
-            .into_iter()
-            .take(self.cfg.top)
-            .map(|r| {
-                let site = self.ledger.site(r.site);
-                let frames = self.symbolizer.stack(self.pid, &site.frames.clone());
-                SiteReport {
-                    frames,
-                    live_objects: r.live_objects,
-                    live_bytes: r.live_bytes,
-                    delta_objects: r.delta_objects,
-                    delta_bytes: r.delta_bytes,
-                    allocs: r.allocs,
-                    frees: r.frees,
+        let mut sites: Vec<SiteReport> = Vec::new();
+        let mut index: std::collections::HashMap<Vec<String>, usize> = Default::default();
+        for r in rows {
+            let addrs = self.ledger.site(r.site).frames.clone();
+            let frames = self.symbolizer.stack(self.pid, &addrs);
+            let key: Vec<String> = frames.iter().map(source_key).collect();
+            match index.get(&key) {
+                Some(&i) => {
+                    let s = &mut sites[i];
+                    s.live_objects += r.live_objects;
+                    s.live_bytes += r.live_bytes;
+                    s.delta_objects += r.delta_objects;
+                    s.delta_bytes += r.delta_bytes;
+                    s.allocs += r.allocs;
+                    s.frees += r.frees;
                 }
-            })
-            .collect();
+                None => {
+                    index.insert(key, sites.len());
+                    sites.push(SiteReport {
+                        frames,
+                        live_objects: r.live_objects,
+                        live_bytes: r.live_bytes,
+                        delta_objects: r.delta_objects,
+                        delta_bytes: r.delta_bytes,
+                        allocs: r.allocs,
+                        frees: r.frees,
+                    });
+                }
+            }
+        }
+        sites.sort_by(order);
+        let omitted = sites.len().saturating_sub(self.cfg.top);
+        sites.truncate(self.cfg.top);
         Report {
             kind,
             elapsed_s: round3(self.start.elapsed().as_secs_f64()),
@@ -239,7 +264,7 @@ impl Session<'_> {
     }
 
     fn interval_report(&mut self, now: &Snapshot, prev: &Snapshot, window: Duration) -> Report {
-        let mut rows: Vec<SiteRow> = now
+        let rows: Vec<SiteRow> = now
             .diff(prev)
             .into_iter()
             .filter(|d| d.delta_bytes != 0 || d.delta_objects != 0)
@@ -253,20 +278,27 @@ impl Session<'_> {
                 frees: d.delta_frees,
             })
             .collect();
-        rows.sort_by(|a, b| b.delta_bytes.cmp(&a.delta_bytes).then(b.delta_objects.cmp(&a.delta_objects)));
         let t = self.ledger.totals();
-        let (dobj, dbytes) = now.diff(prev).iter().fold((0i64, 0i64), |(o, b), d| (o + d.delta_objects, b + d.delta_bytes));
-        let totals = Totals {
+        let mut totals = Totals {
             live_objects: t.live_objects,
             live_bytes: t.live_bytes,
-            delta_objects: dobj,
-            delta_bytes: dbytes,
+            ..Totals::default()
         };
-        self.report(ReportKind::Interval, window, rows, totals)
+        for d in now.diff(prev) {
+            totals.delta_objects += d.delta_objects;
+            totals.delta_bytes += d.delta_bytes;
+            totals.allocs += d.delta_allocs;
+            totals.frees += d.delta_frees;
+        }
+        self.report(ReportKind::Interval, window, rows, totals, |a, b| {
+            b.delta_bytes
+                .cmp(&a.delta_bytes)
+                .then(b.delta_objects.cmp(&a.delta_objects))
+        })
     }
 
     fn final_report(&mut self, exit_code: Option<i32>) -> Report {
-        let mut rows: Vec<SiteRow> = self
+        let rows: Vec<SiteRow> = self
             .ledger
             .sites()
             .iter()
@@ -282,15 +314,26 @@ impl Session<'_> {
                 frees: s.counts.frees,
             })
             .collect();
-        rows.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(b.live_objects.cmp(&a.live_objects)));
         let t = self.ledger.totals();
         let totals = Totals {
             live_objects: t.live_objects,
             live_bytes: t.live_bytes,
             delta_objects: t.live_objects as i64,
             delta_bytes: t.live_bytes as i64,
+            allocs: t.allocs,
+            frees: t.frees,
         };
-        let mut r = self.report(ReportKind::Final, self.start.elapsed(), rows, totals);
+        let mut r = self.report(
+            ReportKind::Final,
+            self.start.elapsed(),
+            rows,
+            totals,
+            |a, b| {
+                b.live_bytes
+                    .cmp(&a.live_bytes)
+                    .then(b.live_objects.cmp(&a.live_objects))
+            },
+        );
         r.exit_code = exit_code;
         r
     }
@@ -334,6 +377,22 @@ struct SiteRow {
     frees: u64,
 }
 
+/// What a frame reads as in source terms: two stacks with equal keys are one site to a reader.
+fn source_key(f: &crate::symbolize::Frame) -> String {
+    match (&f.function, &f.file, f.line) {
+        (Some(func), file, line) => format!(
+            "{func}|{}|{}",
+            file.as_deref().unwrap_or(""),
+            line.unwrap_or(0)
+        ),
+        (None, _, _) => format!(
+            "{}+{:#x}",
+            f.module.as_deref().unwrap_or("?"),
+            if f.module.is_some() { f.offset } else { f.addr }
+        ),
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -347,8 +406,10 @@ fn comm(pid: u32) -> String {
 /// The process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(true),
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(true),
         Err(_) => false,
     }
 }
-

@@ -88,7 +88,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a size (use e.g. 4096, 64K, 8M)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -108,7 +109,11 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
 }
 
 #[cfg(test)]

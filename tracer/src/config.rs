@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{bail, Result};
 
 use crate::cli::{Cli, Format};
 
@@ -133,7 +133,10 @@ mod tests {
         let e = cfg(&["tracer", "--", "no-such-command-here"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no-such-command-here") && e.contains("PATH"), "{e}");
+        assert!(
+            e.contains("no-such-command-here") && e.contains("PATH"),
+            "{e}"
+        );
     }
 
     #[test]

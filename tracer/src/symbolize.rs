@@ -12,8 +12,8 @@ use std::{
 };
 
 use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer as Blaze,
     source::{Elf, Source},
+    Input, Symbolized, Symbolizer as Blaze,
 };
 use serde::Serialize;
 
@@ -42,7 +42,12 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 impl Frame {
     /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
     pub fn short(&self) -> String {
-        let base = |p: &str| Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
+        let base = |p: &str| {
+            Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.to_string())
+        };
         match (&self.function, &self.file, self.line) {
             (Some(f), Some(file), Some(line)) => format!("{f} ({}:{line})", base(file)),
             (Some(f), _, _) => f.clone(),
@@ -102,7 +107,8 @@ impl Symbolizer {
         }
     }
 
-    /// Installs a memory map directly (replay, tests).
+    /// Installs a memory map directly (tests; replay later).
+    #[cfg(test)]
     pub fn set_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
         self.maps.insert(pid, maps);
     }
@@ -112,7 +118,10 @@ impl Symbolizer {
     }
 
     fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
-        self.maps.get(&pid)?.iter().find(|m| addr >= m.start && addr < m.end)
+        self.maps
+            .get(&pid)?
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
     }
 
     /// Symbolizes return addresses of `pid` (innermost first) into frames, innermost first.
@@ -151,7 +160,11 @@ impl Symbolizer {
         };
         // A return address points after the call: look up the call instruction itself.
         let lookup = offset.saturating_sub(1);
-        let open = if m.open_path.exists() { &m.open_path } else { &m.path };
+        let open = if m.open_path.exists() {
+            &m.open_path
+        } else {
+            &m.path
+        };
         let src = Source::Elf(Elf::new(open));
         let Ok(sym) = self.blaze.symbolize_single(&src, Input::FileOffset(lookup)) else {
             return vec![unknown];
@@ -235,8 +248,17 @@ mod tests {
         let addr = marker_function() + 1;
         let frames = s.addr(pid, addr);
         let f = frames.last().unwrap();
-        assert!(f.function.as_deref().unwrap_or("").contains("marker_function"), "{f:?}");
-        assert!(f.file.as_deref().unwrap_or("").ends_with("symbolize.rs"), "{f:?}");
+        assert!(
+            f.function
+                .as_deref()
+                .unwrap_or("")
+                .contains("marker_function"),
+            "{f:?}"
+        );
+        assert!(
+            f.file.as_deref().unwrap_or("").ends_with("symbolize.rs"),
+            "{f:?}"
+        );
         assert!(f.line.unwrap_or(0) > 0);
         assert!(f.module.is_some());
     }

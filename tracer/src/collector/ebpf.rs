@@ -9,21 +9,22 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        ProgramError, UProbe,
     },
+    Ebpf, EbpfLoader,
 };
-use tracer_common::{AllocFn, counter, globals, names};
+use tracer_common::{counter, globals, names, AllocFn};
 
 use super::{
-    DecodeError, Event, decode,
-    probes::{PROBES, RETURN_PROGRAM, entry_programs},
+    decode,
+    probes::{entry_programs, PROBES, RETURN_PROGRAM},
     target::AllocatorLib,
+    DecodeError, Event,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -104,8 +105,10 @@ impl EbpfCollector {
                 .map_err(|e| anyhow!("the kernel's verifier rejected program {name}: {e}"))?;
         }
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
-        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
+        let stacks =
+            StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
         // SAFETY: the ring buffer's fd stays open while the AsyncFd lives: `ring` is declared
         // before `ring_buf` in EbpfCollector, so it is dropped (deregistered) first.
         let ring = unsafe {
@@ -201,9 +204,11 @@ impl EbpfCollector {
             n += 1;
             match decode(&item) {
                 Ok(ev) => sink(ev),
-                Err(DecodeError::Short { .. } | DecodeError::UnknownKind(_) | DecodeError::UnknownFunc(_)) => {
-                    self.bad_records += 1
-                }
+                Err(
+                    DecodeError::Short { .. }
+                    | DecodeError::UnknownKind(_)
+                    | DecodeError::UnknownFunc(_),
+                ) => self.bad_records += 1,
             }
         }
         n
@@ -215,7 +220,12 @@ impl EbpfCollector {
             return Vec::new();
         }
         match self.stacks.get(&(id as u32), 0) {
-            Ok(st) => st.frames().iter().map(|f| f.ip).filter(|&ip| ip != 0).collect(),
+            Ok(st) => st
+                .frames()
+                .iter()
+                .map(|f| f.ip)
+                .filter(|&ip| ip != 0)
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -259,7 +269,12 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn explain_attach_error(e: ProgramError, func: AllocFn, offset: u64, lib: &AllocatorLib) -> anyhow::Error {
+fn explain_attach_error(
+    e: ProgramError,
+    func: AllocFn,
+    offset: u64,
+    lib: &AllocatorLib,
+) -> anyhow::Error {
     let text = format!("{e}");
     let io = match &e {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
@@ -267,9 +282,15 @@ fn explain_attach_error(e: ProgramError, func: AllocFn, offset: u64, lib: &Alloc
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .and_then(|io| io.raw_os_error()),
     };
-    let what = format!("{} in {} (offset {offset:#x})", func.symbol(), lib.path.display());
+    let what = format!(
+        "{} in {} (offset {offset:#x})",
+        func.symbol(),
+        lib.path.display()
+    );
     match io {
-        Some(libc::ESRCH) => anyhow!("the target process exited while tracer was attaching to {what}"),
+        Some(libc::ESRCH) => {
+            anyhow!("the target process exited while tracer was attaching to {what}")
+        }
         Some(libc::EINVAL) => {
             let others = other_uprobe_users(lib, offset);
             anyhow!(
@@ -278,9 +299,9 @@ fn explain_attach_error(e: ProgramError, func: AllocFn, offset: u64, lib: &Alloc
                  memleak from python3-bpfcc 0.26 does); stop that tool and run tracer again.{others}"
             )
         }
-        Some(libc::EPERM | libc::EACCES) => anyhow!(
-            "permission denied attaching a uprobe to {what}: run tracer as root (sudo)"
-        ),
+        Some(libc::EPERM | libc::EACCES) => {
+            anyhow!("permission denied attaching a uprobe to {what}: run tracer as root (sudo)")
+        }
         _ => anyhow!("attaching a uprobe to {what} failed: {text}"),
     }
 }
@@ -296,9 +317,15 @@ fn other_uprobe_users(lib: &AllocatorLib, offset: u64) -> String {
     let needle = format!("{}:{offset:#x}", lib.path.display());
     let needle_alt = format!("{}:0x{offset:016x}", lib.path.display());
     let mut found = BTreeMap::new();
-    for l in events.lines().filter(|l| l.contains(&needle) || l.contains(&needle_alt)) {
+    for l in events
+        .lines()
+        .filter(|l| l.contains(&needle) || l.contains(&needle_alt))
+    {
         let name = l.split_whitespace().next().unwrap_or(l).to_string();
-        let pid = name.rsplit("_bcc_").next().filter(|p| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
+        let pid = name
+            .rsplit("_bcc_")
+            .next()
+            .filter(|p| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
         found.insert(name.clone(), pid.map(str::to_string));
     }
     if found.is_empty() {

@@ -9,7 +9,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 
 /// A forked child waiting for [`HeldChild::release`] before it runs the command.
 pub struct HeldChild {
@@ -174,7 +174,11 @@ mod tests {
 
     #[test]
     fn released_child_runs_and_reports_its_status() {
-        let child = spawn_held(Path::new("/bin/sh"), &["sh".into(), "-c".into(), "exit 3".into()]).unwrap();
+        let child = spawn_held(
+            Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), "exit 3".into()],
+        )
+        .unwrap();
         let pid = child.release(Path::new("/bin/sh")).unwrap();
         let status = loop {
             if let Some(s) = try_wait(pid) {
@@ -188,15 +192,25 @@ mod tests {
     #[test]
     fn exec_failure_is_reported() {
         let child = spawn_held(Path::new("/proc/self/nonexistent"), &["x".into()]).unwrap();
-        let e = child.release(Path::new("/proc/self/nonexistent")).unwrap_err().to_string();
-        assert!(e.contains("cannot execute") && e.contains("nonexistent"), "{e}");
+        let e = child
+            .release(Path::new("/proc/self/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot execute") && e.contains("nonexistent"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_child_never_released_does_not_run() {
         let marker = std::env::temp_dir().join(format!("tracer-held-{}", std::process::id()));
         let script = format!("touch {}", marker.display());
-        let child = spawn_held(Path::new("/bin/sh"), &["sh".into(), "-c".into(), script.into()]).unwrap();
+        let child = spawn_held(
+            Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), script.into()],
+        )
+        .unwrap();
         drop(child);
         assert!(!marker.exists());
     }

@@ -8,7 +8,7 @@ pub mod launch;
 pub mod probes;
 pub mod target;
 
-use tracer_common::{AllocFn, AllocRecord, FreeRecord, Header, kind};
+use tracer_common::{kind, AllocFn, AllocRecord, FreeRecord, Header};
 
 /// One thing an allocator did, as the aggregator consumes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,10 @@ pub struct Alloc {
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// The record is shorter than its kind requires.
-    Short { kind: u8, len: usize },
+    Short {
+        kind: u8,
+        len: usize,
+    },
     /// A kind this build does not know (a newer kernel side?): counted, not fatal.
     UnknownKind(u8),
     UnknownFunc(u8),
@@ -95,8 +98,10 @@ mod tests {
 
     fn bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) POD value.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
@@ -118,7 +123,10 @@ mod tests {
         };
         match decode(&bytes(&a)).unwrap() {
             Event::Alloc(x) => {
-                assert_eq!((x.pid, x.tid, x.func, x.addr, x.size, x.stack_id), (7, 8, AllocFn::Calloc, 0x1000, 400, 3))
+                assert_eq!(
+                    (x.pid, x.tid, x.func, x.addr, x.size, x.stack_id),
+                    (7, 8, AllocFn::Calloc, 0x1000, 400, 3)
+                )
             }
             e => panic!("{e:?}"),
         }
@@ -147,7 +155,10 @@ mod tests {
         assert!(matches!(decode(&[]), Err(DecodeError::Short { .. })));
         let mut b = vec![0u8; 24];
         b[0] = kind::ALLOC;
-        assert!(matches!(decode(&b), Err(DecodeError::Short { kind: 1, len: 24 })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::Short { kind: 1, len: 24 })
+        ));
         b[0] = 200;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(200)));
         let mut b = vec![0u8; 56];

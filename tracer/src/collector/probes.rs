@@ -54,7 +54,10 @@ mod tests {
             assert_eq!(PROBES.iter().filter(|p| p.func == f).count(), 1, "{f:?}");
         }
         assert!(PROBES.iter().filter(|p| p.required).all(|p| {
-            matches!(p.func, AllocFn::Malloc | AllocFn::Free | AllocFn::Calloc | AllocFn::Realloc)
+            matches!(
+                p.func,
+                AllocFn::Malloc | AllocFn::Free | AllocFn::Calloc | AllocFn::Realloc
+            )
         }));
     }
 }

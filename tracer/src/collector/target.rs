@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
 use tracer_common::AllocFn;
 
@@ -53,17 +53,24 @@ fn file_offset(file: &object::File, vaddr: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (start, size) = (seg.address(), seg.size());
         let (off, fsize) = seg.file_range();
-        (vaddr >= start && vaddr < start + size && vaddr - start < fsize).then(|| off + (vaddr - start))
+        (vaddr >= start && vaddr < start + size && vaddr - start < fsize)
+            .then(|| off + (vaddr - start))
     })
 }
 
 fn is_libc(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
 }
 
 fn is_loader(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.starts_with("ld-linux") || name.starts_with("ld64.so")
 }
 
@@ -101,9 +108,12 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
 
 /// The allocator of a running process, from its memory map.
 pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
-    let proc = procfs::process::Process::new(pid as i32)
-        .map_err(|_| anyhow::anyhow!("no process with pid {pid} (it does not exist or has already exited)"))?;
-    let stat = proc.stat().with_context(|| format!("process {pid} exited while being inspected"))?;
+    let proc = procfs::process::Process::new(pid as i32).map_err(|_| {
+        anyhow::anyhow!("no process with pid {pid} (it does not exist or has already exited)")
+    })?;
+    let stat = proc
+        .stat()
+        .with_context(|| format!("process {pid} exited while being inspected"))?;
     const PF_KTHREAD: u32 = 0x0020_0000;
     if stat.flags & PF_KTHREAD != 0 {
         bail!(
@@ -116,7 +126,9 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
         procfs::ProcError::PermissionDenied(_) => anyhow::anyhow!(
             "permission denied reading /proc/{pid}/maps: tracer must run as root (sudo)"
         ),
-        procfs::ProcError::NotFound(_) => anyhow::anyhow!("process {pid} exited while being inspected"),
+        procfs::ProcError::NotFound(_) => {
+            anyhow::anyhow!("process {pid} exited while being inspected")
+        }
         e => anyhow::anyhow!("cannot read /proc/{pid}/maps: {e}"),
     })?;
     let exe = proc.exe().ok();
@@ -153,7 +165,8 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
 /// The allocator a program will use once started, found before it runs: the executable itself
 /// when static, else the libraries its dynamic loader lists, in load order.
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
-    let data = std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
+    let data =
+        std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
     let file = object::File::parse(&*data).with_context(|| {
         format!("{} is not an ELF executable (scripts are not supported yet: trace the interpreter, e.g. `-- python3 script.py`)", program.display())
     })?;
@@ -189,7 +202,9 @@ pub fn for_program(program: &Path) -> Result<AllocatorLib> {
 
 fn interpreter(file: &object::File) -> Option<PathBuf> {
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let object::File::Elf64(elf) = file else { return None };
+    let object::File::Elf64(elf) = file else {
+        return None;
+    };
     let elf: &ElfFile64 = elf;
     let endian = elf.endian();
     for ph in elf.elf_program_headers() {
@@ -234,7 +249,11 @@ mod tests {
     }
 
     fn system_libc() -> PathBuf {
-        let out = Command::new("/bin/sh").arg("-c").arg("ldd /bin/sh").output().unwrap();
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("ldd /bin/sh")
+            .output()
+            .unwrap();
         parse_loader_list(&String::from_utf8_lossy(&out.stdout))
             .into_iter()
             .find(|p| is_libc(p))
@@ -244,7 +263,12 @@ mod tests {
     #[test]
     fn finds_allocator_functions_in_the_system_libc() {
         let f = allocator_functions(&system_libc()).unwrap();
-        for func in [AllocFn::Malloc, AllocFn::Free, AllocFn::Calloc, AllocFn::Realloc] {
+        for func in [
+            AllocFn::Malloc,
+            AllocFn::Free,
+            AllocFn::Calloc,
+            AllocFn::Realloc,
+        ] {
             assert!(f.contains_key(&func), "{func:?} missing");
         }
         // Offsets are distinct for distinct functions (malloc is not free).

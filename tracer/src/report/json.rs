@@ -13,7 +13,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ReportKind, sample_report as sample};
+    use crate::report::{sample_report as sample, ReportKind};
 
     #[test]
     fn one_line_with_the_contract_fields() {

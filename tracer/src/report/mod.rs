@@ -25,6 +25,9 @@ pub struct Totals {
     pub live_bytes: u64,
     pub delta_objects: i64,
     pub delta_bytes: i64,
+    /// Allocations and releases (frees, blocks moved by realloc) within the report's window.
+    pub allocs: u64,
+    pub frees: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -125,7 +128,10 @@ pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> 
         ));
     }
     if get("bad_records") > 0 {
-        out.push(format!("{} ring records could not be decoded", group(get("bad_records"))));
+        out.push(format!(
+            "{} ring records could not be decoded",
+            group(get("bad_records"))
+        ));
     }
     out
 }
@@ -135,7 +141,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -155,7 +161,7 @@ pub fn signed(n: i64) -> String {
 /// `4 KiB`, `8 MiB`, `1000 B`
 pub fn size_name(n: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{} {unit}", n >> shift);
         }
     }
@@ -182,6 +188,8 @@ pub(crate) fn sample_report() -> Report {
             live_bytes: 640,
             delta_objects: 2,
             delta_bytes: 128,
+            allocs: 2,
+            frees: 0,
         },
         sites: vec![SiteReport {
             frames: vec![Frame {
@@ -235,7 +243,13 @@ mod tests {
         lost.insert("stack_collisions", 2);
         let h = lost_hints(&lost, limits);
         assert_eq!(h.len(), 2);
-        assert!(h[0].contains("15 events lost") && h[0].contains("--ring-size") && h[0].contains("4 KiB"), "{}", h[0]);
+        assert!(
+            h[0].contains("15 events lost")
+                && h[0].contains("--ring-size")
+                && h[0].contains("4 KiB"),
+            "{}",
+            h[0]
+        );
         assert!(h[1].contains("--stack-slots 4096"), "{}", h[1]);
     }
 }

@@ -2,27 +2,48 @@
 //! prettytable-rs lives only here.
 use std::io::Write;
 
-use prettytable::{Cell, Row, Table, format};
+use prettytable::{format, Cell, Row, Table};
 
-use super::{LimitSettings, Report, ReportKind, group, lost_hints, signed};
+use super::{group, lost_hints, signed, LimitSettings, Report, ReportKind};
 use crate::symbolize::Frame;
 
 /// How many frames name a site in the table: the allocator's caller and two more.
 const SITE_FRAMES: usize = 3;
 
-/// `leak_shared (leaky.c:70) ← path_a ← main`: the first frame with its line, callers by name.
+/// `leak_shared (leaky.c:70) ← path_a:80 ← main:150`: the first frame with its file and line,
+/// callers by name and line.
 pub fn site_label(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[stack unavailable]".into();
     }
     let mut parts = vec![frames[0].short()];
     for f in frames.iter().skip(1).take(SITE_FRAMES - 1) {
-        parts.push(match &f.function {
-            Some(name) => name.clone(),
-            None => f.short(),
+        parts.push(match (&f.function, f.line) {
+            (Some(name), Some(line)) => format!("{name}:{line}"),
+            (Some(name), None) => name.clone(),
+            (None, _) => f.short(),
         });
     }
     parts.join(" ← ")
+}
+
+/// Box-drawn borders, a line under the titles and above the totals, none between sites.
+fn box_format() -> format::TableFormat {
+    use format::{LinePosition, LineSeparator};
+    format::FormatBuilder::new()
+        .column_separator('│')
+        .borders('│')
+        .separators(&[LinePosition::Top], LineSeparator::new('─', '┬', '┌', '┐'))
+        .separators(
+            &[LinePosition::Title],
+            LineSeparator::new('─', '┼', '├', '┤'),
+        )
+        .separators(
+            &[LinePosition::Bottom],
+            LineSeparator::new('─', '┴', '└', '┘'),
+        )
+        .padding(1, 1)
+        .build()
 }
 
 pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
@@ -55,7 +76,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
         )?,
     }
     let mut table = Table::new();
-    table.set_format(*format::consts::FORMAT_BOX_CHARS);
+    table.set_format(box_format());
     let titles = match report.kind {
         ReportKind::Interval => ["site", "Δobjects", "Δbytes", "live objects", "live bytes"],
         ReportKind::Final => ["site (outstanding)", "objects", "bytes", "allocs", "frees"],
@@ -85,7 +106,10 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
         table.add_row(row);
     }
     let total_label = if report.sites_omitted > 0 {
-        format!("TOTAL (all sites; {} more not shown, see --top)", report.sites_omitted)
+        format!(
+            "TOTAL (all sites; {} more not shown, see --top)",
+            report.sites_omitted
+        )
     } else {
         "TOTAL".to_string()
     };
@@ -101,8 +125,8 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
             total_label,
             group(t.live_objects),
             group(t.live_bytes),
-            group(report.events.received_allocs),
-            group(report.events.received_frees),
+            group(t.allocs),
+            group(t.frees),
         ],
     };
     let mut row = Row::new(vec![Cell::new(&total[0])]);
@@ -111,7 +135,10 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     }
     table.add_row(row);
     if report.sites.is_empty() && report.kind == ReportKind::Interval {
-        writeln!(out, "no call site allocated or freed anything in this interval")?;
+        writeln!(
+            out,
+            "no call site allocated or freed anything in this interval"
+        )?;
     } else {
         table.print(out)?;
     }
@@ -150,7 +177,10 @@ mod tests {
         assert!(text.contains("+128"), "{text}");
         assert!(text.contains("TOTAL"), "{text}");
         assert!(text.contains("Δbytes"), "{text}");
-        assert!(text.contains("lost events: 3 events lost") && text.contains("--ring-size"), "{text}");
+        assert!(
+            text.contains("lost events: 3 events lost") && text.contains("--ring-size"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -160,7 +190,10 @@ mod tests {
         r.exit_code = Some(0);
         r.lost.clear();
         let text = render(&r);
-        assert!(text.contains("final report") && text.contains("exited with status 0"), "{text}");
+        assert!(
+            text.contains("final report") && text.contains("exited with status 0"),
+            "{text}"
+        );
         assert!(text.contains("site (outstanding)"), "{text}");
         assert!(text.contains("lost events: none"), "{text}");
     }
@@ -173,8 +206,16 @@ mod tests {
             line,
             ..Frame::default()
         };
-        let frames = vec![f("leak_shared", Some(70)), f("path_a", Some(80)), f("main", Some(150)), f("__libc_start_main", None)];
-        assert_eq!(site_label(&frames), "leak_shared (leaky.c:70) ← path_a ← main");
+        let frames = vec![
+            f("leak_shared", Some(70)),
+            f("path_a", Some(80)),
+            f("main", Some(150)),
+            f("__libc_start_main", None),
+        ];
+        assert_eq!(
+            site_label(&frames),
+            "leak_shared (leaky.c:70) ← path_a:80 ← main:150"
+        );
         assert_eq!(site_label(&[]), "[stack unavailable]");
     }
 }

@@ -1,0 +1,156 @@
+//! `tracer -- CMD`: probes in place before the first allocation, so the books are exact.
+use std::process::Command;
+
+use tracer_tests::*;
+
+#[test]
+fn leaky_outstanding_at_exit_equals_its_truth() {
+    if !privileged("leaky_outstanding_at_exit_equals_its_truth") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    let out = run(Command::new(tracer())
+        .args(["--format", "json", "-i", "1", "--"])
+        .arg(&leaky)
+        .args(["3", "0"]));
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "tracer failed: {se}");
+    let truth = truth_leaks(&so);
+    assert_eq!(truth.len(), 5, "leaky printed no truth: {so}");
+    let reps = reports(&so);
+    let fin = reps
+        .iter()
+        .rfind(|r| r["kind"] == "final")
+        .expect("a final report");
+    assert_eq!(fin["exit_code"], 0);
+    let live_b = by_site(fin, "live_bytes");
+    let live_o = by_site(fin, "live_objects");
+    for (site, (blocks, bytes)) in &truth {
+        assert_eq!(
+            live_b.get(site).copied(),
+            Some(*bytes as i64),
+            "{site} bytes; sites {live_b:?}"
+        );
+        assert_eq!(
+            live_o.get(site).copied(),
+            Some(*blocks as i64),
+            "{site} blocks"
+        );
+    }
+    for not_leaking in ["temp_churn", "cache_insert"] {
+        assert_eq!(
+            live_b.get(not_leaking).copied().unwrap_or(0),
+            0,
+            "{not_leaking} outstanding"
+        );
+    }
+    // Nothing lost, and every event the kernel produced was received.
+    assert!(
+        fin["lost"].as_object().unwrap().values().all(|v| v == 0),
+        "{}",
+        fin["lost"]
+    );
+    assert_eq!(fin["events"]["allocs"], fin["events"]["received_allocs"]);
+    assert_eq!(fin["events"]["frees"], fin["events"]["received_frees"]);
+    // leaky's own calls are all seen (libc's stdio adds a few).
+    let calls: Vec<u64> = so
+        .lines()
+        .find(|l| l.starts_with("TRUTH calls"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.split_once('=').and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    let (malloc, calloc, realloc, free) = (calls[0], calls[1], calls[2], calls[3]);
+    let allocs = fin["events"]["allocs"].as_u64().unwrap();
+    assert!(
+        allocs >= malloc + calloc + realloc && allocs <= malloc + calloc + realloc + 5,
+        "allocs {allocs}"
+    );
+    let frees = fin["events"]["frees"].as_u64().unwrap();
+    assert!(
+        frees >= free && frees <= free + 5,
+        "frees {frees} vs {free}"
+    );
+}
+
+#[test]
+fn every_allocator_entry_point_is_followed_exactly() {
+    if !privileged("every_allocator_entry_point_is_followed_exactly") {
+        return;
+    }
+    let allocs = victim("victims/allocs.c", FP);
+    let out = run(Command::new(tracer())
+        .args(["--format", "json", "-n", "100", "--"])
+        .arg(&allocs)
+        .arg("100"));
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "tracer failed: {se}");
+    let truth = truth_leaks(&so);
+    assert_eq!(truth.len(), 9, "{so}");
+    let fin = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    let live_b = by_site(&fin, "live_bytes");
+    let live_o = by_site(&fin, "live_objects");
+    for (site, (blocks, bytes)) in &truth {
+        assert_eq!(
+            live_b.get(site).copied(),
+            Some(*bytes as i64),
+            "{site} bytes; {live_b:?}"
+        );
+        assert_eq!(
+            live_o.get(site).copied(),
+            Some(*blocks as i64),
+            "{site} blocks"
+        );
+    }
+    // realloc(p, 0) released p, failed allocations counted nothing, a block freed on another
+    // thread was matched.
+    for ok in truth_ok(&so) {
+        assert_eq!(
+            live_b.get(&ok).copied().unwrap_or(0),
+            0,
+            "{ok} shows outstanding bytes"
+        );
+    }
+    assert!(
+        fin["events"]["failed"].as_u64().unwrap() >= 200,
+        "failed calls: {}",
+        fin["events"]
+    );
+    // glibc frees each exiting thread's tcache, which it allocated internally (not through
+    // malloc): such frees are unknown to any uprobe tracer. 20 threads ran; nothing else may be.
+    let threads = 20;
+    assert!(
+        fin["events"]["unknown_frees"].as_u64().unwrap() <= 2 * threads,
+        "{}",
+        fin["events"]
+    );
+}
+
+#[test]
+fn arguments_and_exit_status_pass_through() {
+    if !privileged("arguments_and_exit_status_pass_through") {
+        return;
+    }
+    let out = run(Command::new(tracer()).args([
+        "--format",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$1|$2\"; exit 7",
+        "sh",
+        "a b",
+        "--flag",
+    ]));
+    let so = stdout(&out);
+    assert!(so.contains("a b|--flag"), "{so}");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let fin = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    assert_eq!(fin["exit_code"], 7);
+}

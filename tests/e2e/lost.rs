@@ -1,0 +1,55 @@
+//! A ring buffer too small for the event rate: losses are counted, reported and explained.
+use std::process::Command;
+
+use tracer_tests::*;
+
+#[test]
+fn a_tiny_ring_counts_what_it_loses() {
+    if !privileged("a_tiny_ring_counts_what_it_loses") {
+        return;
+    }
+    let churn = victim("workloads/churn.c", FP);
+    let out = run(Command::new(tracer())
+        .args(["--ring-size", "4096", "--format", "json", "--"])
+        .arg(&churn)
+        .args(["200000", "1", "3"]));
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{se}");
+    let fin = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    let lost = &fin["lost"];
+    let ev = &fin["events"];
+    let lost_allocs = lost["ring_full_allocs"].as_u64().unwrap();
+    let lost_frees = lost["ring_full_frees"].as_u64().unwrap();
+    assert!(
+        lost_allocs + lost_frees > 0,
+        "nothing lost with a 4 KiB ring: {fin}"
+    );
+    // Every allocation and free the kernel saw was either received or counted as lost.
+    assert_eq!(
+        ev["allocs"].as_u64().unwrap(),
+        ev["received_allocs"].as_u64().unwrap() + lost_allocs,
+        "{ev}"
+    );
+    assert_eq!(
+        ev["frees"].as_u64().unwrap(),
+        ev["received_frees"].as_u64().unwrap() + lost_frees,
+        "{ev}"
+    );
+    // And the kernel saw all of churn's operations.
+    let ops: u64 = so
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ops=").and_then(|v| v.parse().ok()))
+        .expect("churn's ops line");
+    assert!(
+        ev["allocs"].as_u64().unwrap() >= ops,
+        "allocs {} < ops {ops}",
+        ev["allocs"]
+    );
+    assert!(
+        se.contains("--ring-size"),
+        "stderr does not name the flag: {se}"
+    );
+}
