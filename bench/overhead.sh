@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Overhead benchmark on churn (malloc/free pairs as fast as possible), all in one run:
+#   untraced           churn alone
+#   floor              bpftrace with empty uprobes on malloc entry+return and free (the cost of
+#                      the traps alone: no tool that does not modify the target can be cheaper)
+#   tracer             tracer --pid (attached the same way as the floor)
+# Prints every run, then medians and ratios. Needs root, a release build, bpftrace.
+#   usage: bench/overhead.sh   env: REPS=5 SECS=3 THREADS=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-5}; SECS=${SECS:-3}; THREADS=${THREADS:-1}
+TRACER=${TRACER:-target/release/tracer}
+[ -x "$TRACER" ] || { echo "no $TRACER: cargo build --release first" >&2; exit 1; }
+command -v bpftrace >/dev/null || { echo "bpftrace missing: scripts/setup installs it" >&2; exit 1; }
+mkdir -p target/bench
+CHURN=target/bench/churn
+gcc -O2 -g -fno-omit-frame-pointer -pthread -o "$CHURN" tests/workloads/churn.c
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+wait_for() { # FILE REGEX TIMEOUT_S
+    for _ in $(seq 1 $(( $3 * 20 ))); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for /$2/ in $1" >&2; return 1
+}
+
+# run MODE -> prints "ops_per_sec lost"
+run() {
+    local mode=$1 log=$tmp/churn.txt tlog=$tmp/tool.txt tout=$tmp/tool.out cp tp="" lost=0
+    : > "$log"; : > "$tlog"; : > "$tout"
+    CHURN_WAIT=1 "$CHURN" 1000000000000 "$THREADS" "$SECS" > "$log" 2>&1 &
+    cp=$!
+    wait_for "$log" 'waiting for SIGUSR1' 10
+    local libc
+    libc=$(awk '$NF ~ /libc\.so/ {print $NF; exit}' "/proc/$cp/maps")
+    case $mode in
+      floor)
+        bpftrace -p "$cp" -e "uprobe:$libc:malloc {} uretprobe:$libc:malloc {} uprobe:$libc:free {}" > "$tlog" 2>&1 &
+        tp=$!; wait_for "$tlog" 'Attaching' 30; sleep 1 ;;
+      tracer)
+        "$TRACER" --pid "$cp" -i 60 --format json > "$tout" 2> "$tlog" &
+        tp=$!; wait_for "$tlog" 'tracing pid' 30 ;;
+    esac
+    kill -USR1 "$cp"; wait "$cp" || true
+    if [ -n "$tp" ]; then kill -INT "$tp" 2>/dev/null || true; wait "$tp" 2>/dev/null || true; fi
+    if [ "$mode" = tracer ]; then
+        lost=$(python3 -c "
+import json,sys
+r=[json.loads(l) for l in open('$tout') if l.startswith('{')]
+print(sum(r[-1]['lost'].values()) if r else -1)")
+    fi
+    echo "$(grep -oE 'ops_per_sec=[0-9]+' "$log" | cut -d= -f2) $lost"
+}
+
+echo "mode,rep,ops_per_sec,lost" > "$tmp/results.csv"
+for rep in $(seq 1 "$REPS"); do
+    # Rotate the order so drift in the machine does not favour one mode.
+    case $(( rep % 3 )) in 1) order="untraced floor tracer";; 2) order="floor tracer untraced";; *) order="tracer untraced floor";; esac
+    for mode in $order; do
+        read -r ops lost < <(run "$mode")
+        echo "$mode,$rep,$ops,$lost" | tee -a "$tmp/results.csv"
+    done
+done
+python3 - "$tmp/results.csv" "$THREADS" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+ops = {m: [float(r["ops_per_sec"]) for r in rows if r["mode"] == m] for m in ("untraced", "floor", "tracer")}
+med = {m: statistics.median(v) for m, v in ops.items()}
+lost = sum(int(r["lost"]) for r in rows if r["mode"] == "tracer")
+reps = len(ops["tracer"])
+print(f"\nchurn, {sys.argv[2]} thread(s), {reps} repetitions, median ops/s:")
+for m in ("untraced", "floor", "tracer"):
+    print(f"  {m:9s} {med[m]:>12,.0f}   (min {min(ops[m]):,.0f}, max {max(ops[m]):,.0f})")
+by_rep = lambda a, b: [x / y for x, y in zip(ops[a], ops[b])]
+print(f"  tracer / floor    = {med['tracer'] / med['floor']:.3f}  (per repetition: {', '.join(f'{r:.2f}' for r in by_rep('tracer', 'floor'))})")
+print(f"  floor / untraced  = {med['floor'] / med['untraced']:.4f}")
+print(f"  tracer / untraced = {med['tracer'] / med['untraced']:.4f}")
+print(f"  events lost by tracer over all runs: {lost}")
+PY
