@@ -23,20 +23,8 @@ fn leaky_outstanding_at_exit_equals_its_truth() {
         .rfind(|r| r["kind"] == "final")
         .expect("a final report");
     assert_eq!(fin["exit_code"], 0);
+    assert_outstanding_is_truth(fin, &truth);
     let live_b = by_site(fin, "live_bytes");
-    let live_o = by_site(fin, "live_objects");
-    for (site, (blocks, bytes)) in &truth {
-        assert_eq!(
-            live_b.get(site).copied(),
-            Some(*bytes as i64),
-            "{site} bytes; sites {live_b:?}"
-        );
-        assert_eq!(
-            live_o.get(site).copied(),
-            Some(*blocks as i64),
-            "{site} blocks"
-        );
-    }
     for not_leaking in ["temp_churn", "cache_insert"] {
         assert_eq!(
             live_b.get(not_leaking).copied().unwrap_or(0),
@@ -91,20 +79,8 @@ fn every_allocator_entry_point_is_followed_exactly() {
         .into_iter()
         .rfind(|r| r["kind"] == "final")
         .unwrap();
+    assert_outstanding_is_truth(&fin, &truth);
     let live_b = by_site(&fin, "live_bytes");
-    let live_o = by_site(&fin, "live_objects");
-    for (site, (blocks, bytes)) in &truth {
-        assert_eq!(
-            live_b.get(site).copied(),
-            Some(*bytes as i64),
-            "{site} bytes; {live_b:?}"
-        );
-        assert_eq!(
-            live_o.get(site).copied(),
-            Some(*blocks as i64),
-            "{site} blocks"
-        );
-    }
     // realloc(p, 0) released p, failed allocations counted nothing, a block freed on another
     // thread was matched.
     for ok in truth_ok(&so) {

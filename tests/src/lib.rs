@@ -174,3 +174,21 @@ pub fn line_of(source: &str, after: &str, needle: &str) -> u64 {
     }
     panic!("{needle} after {after} not in {source}");
 }
+
+/// Asserts that a final report's outstanding bytes and blocks per site equal the victim's truth.
+pub fn assert_outstanding_is_truth(fin: &Value, truth: &BTreeMap<String, (u64, u64)>) {
+    let live_b = by_site(fin, "live_bytes");
+    let live_o = by_site(fin, "live_objects");
+    for (site, (blocks, bytes)) in truth {
+        assert_eq!(
+            live_b.get(site).copied(),
+            Some(*bytes as i64),
+            "{site} bytes; sites {live_b:?}"
+        );
+        assert_eq!(
+            live_o.get(site).copied(),
+            Some(*blocks as i64),
+            "{site} blocks; sites {live_o:?}"
+        );
+    }
+}

@@ -165,10 +165,26 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
 /// The allocator a program will use once started, found before it runs: the executable itself
 /// when static, else the libraries its dynamic loader lists, in load order.
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
+    for_program_depth(program, 0)
+}
+
+fn for_program_depth(program: &Path, depth: u32) -> Result<AllocatorLib> {
     let data =
         std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
+    if let Some(interp) = script_interpreter(&data) {
+        // A script runs its interpreter: that is whose allocator the probes go on.
+        if depth > 3 {
+            bail!("{}: too many levels of #! interpreters", program.display());
+        }
+        let interp = crate::config::resolve_program(&interp.into_os_string())
+            .with_context(|| format!("the interpreter of {}", program.display()))?;
+        return for_program_depth(&interp, depth + 1);
+    }
     let file = object::File::parse(&*data).with_context(|| {
-        format!("{} is not an ELF executable (scripts are not supported yet: trace the interpreter, e.g. `-- python3 script.py`)", program.display())
+        format!(
+            "{} is neither an ELF executable nor a #! script",
+            program.display()
+        )
     })?;
     let interp = interpreter(&file);
     drop(file);
@@ -198,6 +214,20 @@ pub fn for_program(program: &Path) -> Result<AllocatorLib> {
             program.display()
         )
     })
+}
+
+/// The interpreter named by a `#!` line (`/usr/bin/env NAME` names NAME, found in PATH).
+fn script_interpreter(data: &[u8]) -> Option<PathBuf> {
+    let line = data.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    if Path::new(first).file_name().is_some_and(|n| n == "env") {
+        let name = words.find(|w| !w.starts_with('-'))?;
+        return Some(PathBuf::from(name));
+    }
+    Some(PathBuf::from(first))
 }
 
 fn interpreter(file: &object::File) -> Option<PathBuf> {
@@ -302,13 +332,34 @@ mod tests {
     }
 
     #[test]
-    fn a_non_elf_program_is_refused() {
+    fn a_script_is_traced_through_its_interpreter() {
         let dir = std::env::temp_dir().join(format!("tracer-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("script.sh");
-        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        assert!(is_libc(&for_program(&script).unwrap().path));
+        std::fs::write(&script, "#!/usr/bin/env sh\necho hi\n").unwrap();
+        assert!(is_libc(&for_program(&script).unwrap().path));
+        std::fs::write(&script, "not a program\n").unwrap();
         let e = for_program(&script).unwrap_err().to_string();
-        assert!(e.contains("not an ELF"), "{e}");
+        assert!(e.contains("neither an ELF"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn reads_shebang_lines() {
+        assert_eq!(
+            script_interpreter(b"#!/bin/sh\n"),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            script_interpreter(b"#! /usr/bin/python3 -u\nx"),
+            Some(PathBuf::from("/usr/bin/python3"))
+        );
+        assert_eq!(
+            script_interpreter(b"#!/usr/bin/env -S python3 -u\n"),
+            Some(PathBuf::from("python3"))
+        );
+        assert_eq!(script_interpreter(b"\x7fELF"), None);
     }
 }

@@ -46,6 +46,31 @@ fn box_format() -> format::TableFormat {
         .build()
 }
 
+/// A label and its numbers (live objects, live bytes, Δobjects, Δbytes, allocs, frees), in
+/// the columns of the report's kind.
+fn row(kind: ReportKind, label: String, n: (u64, u64, i64, i64, u64, u64)) -> Row {
+    let (live_objects, live_bytes, delta_objects, delta_bytes, allocs, frees) = n;
+    let numbers = match kind {
+        ReportKind::Interval => [
+            signed(delta_objects),
+            signed(delta_bytes),
+            group(live_objects),
+            group(live_bytes),
+        ],
+        ReportKind::Final => [
+            group(live_objects),
+            group(live_bytes),
+            group(allocs),
+            group(frees),
+        ],
+    };
+    let mut row = Row::new(vec![Cell::new(&label)]);
+    for c in &numbers {
+        row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
+    }
+    row
+}
+
 pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
     let t = &report.totals;
     match report.kind {
@@ -83,27 +108,15 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     };
     table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
     for s in &report.sites {
-        let cells = match report.kind {
-            ReportKind::Interval => [
-                site_label(&s.frames),
-                signed(s.delta_objects),
-                signed(s.delta_bytes),
-                group(s.live_objects),
-                group(s.live_bytes),
-            ],
-            ReportKind::Final => [
-                site_label(&s.frames),
-                group(s.live_objects),
-                group(s.live_bytes),
-                group(s.allocs),
-                group(s.frees),
-            ],
-        };
-        let mut row = Row::new(vec![Cell::new(&cells[0])]);
-        for c in &cells[1..] {
-            row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
-        }
-        table.add_row(row);
+        let n = (
+            s.live_objects,
+            s.live_bytes,
+            s.delta_objects,
+            s.delta_bytes,
+            s.allocs,
+            s.frees,
+        );
+        table.add_row(row(report.kind, site_label(&s.frames), n));
     }
     let total_label = if report.sites_omitted > 0 {
         format!(
@@ -113,27 +126,15 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     } else {
         "TOTAL".to_string()
     };
-    let total = match report.kind {
-        ReportKind::Interval => [
-            total_label,
-            signed(t.delta_objects),
-            signed(t.delta_bytes),
-            group(t.live_objects),
-            group(t.live_bytes),
-        ],
-        ReportKind::Final => [
-            total_label,
-            group(t.live_objects),
-            group(t.live_bytes),
-            group(t.allocs),
-            group(t.frees),
-        ],
-    };
-    let mut row = Row::new(vec![Cell::new(&total[0])]);
-    for c in &total[1..] {
-        row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
-    }
-    table.add_row(row);
+    let n = (
+        t.live_objects,
+        t.live_bytes,
+        t.delta_objects,
+        t.delta_bytes,
+        t.allocs,
+        t.frees,
+    );
+    table.add_row(row(report.kind, total_label, n));
     if report.sites.is_empty() && report.kind == ReportKind::Interval {
         writeln!(
             out,
