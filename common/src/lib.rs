@@ -139,8 +139,10 @@ pub mod counter {
     pub const FAILED: u32 = 9;
     /// Returns that matched no recorded entry at the same stack depth.
     pub const UNMATCHED_RETURN: u32 = 10;
+    /// Times a launched process was held at `exit()` so its memory map could be read.
+    pub const EXIT_STOPS: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -157,6 +159,9 @@ pub mod globals {
     pub const FILTER_PID: &str = "FILTER_PID";
     /// `u64`: submit with a wakeup once this many bytes wait in the ring (the drain watermark).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// `u32`: non-zero makes the traced process stop itself (SIGSTOP) on entering `exit()`, so
+    /// userspace can read its memory map before it is gone; userspace then continues it.
+    pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
 }
 
 /// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).

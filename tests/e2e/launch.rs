@@ -130,3 +130,45 @@ fn arguments_and_exit_status_pass_through() {
         .unwrap();
     assert_eq!(fin["exit_code"], 7);
 }
+
+#[test]
+fn cpp_names_are_demangled_and_symbols_outlive_a_short_process() {
+    if !privileged("cpp_names_are_demangled_and_symbols_outlive_a_short_process") {
+        return;
+    }
+    // Runs for a few milliseconds: its memory map must still be read before it is gone.
+    let widgets = victim("victims/widgets.cpp", FP);
+    let out = run(Command::new(tracer())
+        .args(["--format", "json", "--"])
+        .arg(&widgets)
+        .arg("50"));
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{se}");
+    let fin = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    let live = by_site(&fin, "live_bytes");
+    assert_eq!(
+        live.get("shop::Widget::raw_buffer(unsigned long)").copied(),
+        Some(50 * 24),
+        "{live:?}"
+    );
+    // new Widget: malloc is called by libstdc++'s operator new, shown demangled.
+    assert_eq!(
+        live.get("operator new(unsigned long)").copied(),
+        Some(50 * 48),
+        "{live:?}"
+    );
+    let raw = fin["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| site_name(s).starts_with("shop::Widget::raw_buffer"))
+        .unwrap();
+    assert_eq!(functions(raw).get(1).map(String::as_str), Some("main"));
+    assert!(raw["frames"][0]["file"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with("widgets.cpp"));
+}

@@ -69,15 +69,20 @@ pub fn victim(source: &str, flags: &[&str]) -> PathBuf {
         .and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?))
         .unwrap_or(false);
     if !fresh {
-        let st = Command::new("gcc")
+        let compiler = if source.ends_with(".cpp") {
+            "g++"
+        } else {
+            "gcc"
+        };
+        let st = Command::new(compiler)
             .args(flags)
             .arg("-pthread")
             .arg("-o")
             .arg(&out)
             .arg(&src)
             .status()
-            .expect("gcc (scripts/setup installs it)");
-        assert!(st.success(), "gcc failed on {}", src.display());
+            .expect("gcc/g++ (scripts/setup installs them)");
+        assert!(st.success(), "{compiler} failed on {}", src.display());
     }
     out
 }

@@ -12,6 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -34,6 +35,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 static FILTER_PID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
+#[unsafe(no_mangle)]
+static STOP_AT_EXIT: u32 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const EEXIST: i64 = 17;
@@ -214,4 +217,18 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         addr: ptr,
     });
     entry.submit(flags);
+}
+
+const SIGSTOP: u32 = 19;
+
+/// The traced process is entering `exit()`: stop it (the signal takes effect before the
+/// function runs) so userspace reads its memory map while it still has one, then continues it.
+#[inline(always)]
+pub fn stop_at_exit() {
+    if traced().is_none() || unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) } == 0 {
+        return;
+    }
+    if unsafe { bpf_send_signal(SIGSTOP) } == 0 {
+        bump(counter::EXIT_STOPS);
+    }
 }

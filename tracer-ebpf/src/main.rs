@@ -89,6 +89,13 @@ pub fn free(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `exit(status)` of a launched process: hold it so its memory map can be read first.
+#[uprobe]
+pub fn exit_stop(_ctx: ProbeContext) -> u32 {
+    alloc::stop_at_exit();
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

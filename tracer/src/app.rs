@@ -46,6 +46,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             filter_pid: pid,
             ring_size: cfg.ring_size,
             stack_slots: cfg.stack_slots,
+            stop_at_exit: held.is_some(),
         };
         let mut collector = EbpfCollector::load(&settings)?;
         let warnings = collector.attach(&lib, Some(pid))?;
@@ -75,6 +76,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             start: Instant::now(),
             batch: Vec::with_capacity(4096),
             lost_reported: 0,
+            exit_stops_handled: 0,
         };
         session.symbolizer.refresh(pid);
         session.run(launched).await
@@ -93,6 +95,8 @@ struct Session<'a> {
     batch: Vec<Event>,
     /// Losses already announced on stderr.
     lost_reported: u64,
+    /// Stops at `exit()` already answered with SIGCONT.
+    exit_stops_handled: u64,
 }
 
 enum End {
@@ -122,6 +126,7 @@ impl Session<'_> {
                 break End::Stopped;
             }
             if let Some(child) = launched {
+                self.continue_from_exit(child);
                 if let Some(status) = launch::try_wait(child) {
                     break End::Exited(Some(status));
                 }
@@ -158,6 +163,19 @@ impl Session<'_> {
             Some(s) => s.code(),
             None => 0,
         })
+    }
+
+    /// A launched command that entered `exit()` stopped itself (see `Settings::stop_at_exit`):
+    /// read its memory map while it still has one, then let it finish.
+    fn continue_from_exit(&mut self, child: u32) {
+        let stops = self.collector.counters().get(counter::EXIT_STOPS);
+        if stops > self.exit_stops_handled && state(child) == Some('T') {
+            self.drain();
+            self.symbolizer.refresh(child);
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child as i32, libc::SIGCONT) };
+            self.exit_stops_handled = stops;
+        }
     }
 
     fn drain(&mut self) {
@@ -403,13 +421,13 @@ fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The process state letter from /proc/PID/stat (R, S, T, Z...), None when it is gone.
+fn state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// The process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => false,
-    }
+    state(pid).is_some_and(|s| s != 'Z')
 }

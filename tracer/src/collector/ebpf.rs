@@ -27,6 +27,9 @@ use super::{
     DecodeError, Event,
 };
 
+/// Holds a launched process at `exit()` (see `Settings::stop_at_exit`).
+const EXIT_PROGRAM: &str = "exit_stop";
+
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub struct Settings {
@@ -34,6 +37,9 @@ pub struct Settings {
     pub filter_pid: u32,
     pub ring_size: u32,
     pub stack_slots: u32,
+    /// Hold the process at `exit()` until its memory map is read (launch mode only: a stop is
+    /// visible to the process's parent, which is tracer itself only when it launched it).
+    pub stop_at_exit: bool,
 }
 
 /// Cumulative counters read from the kernel (summed over CPUs).
@@ -92,11 +98,15 @@ impl EbpfCollector {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup, true)
+            .override_global(globals::STOP_AT_EXIT, &u32::from(s.stop_at_exit), true)
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
-        for name in entry_programs().into_iter().chain([RETURN_PROGRAM]) {
+        for name in entry_programs()
+            .into_iter()
+            .chain([RETURN_PROGRAM, EXIT_PROGRAM])
+        {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -164,6 +174,9 @@ impl EbpfCollector {
         }
         for (p, off) in &plan {
             self.attach_one(p.entry, p.func, *off, lib, scope)?;
+        }
+        if let Some(off) = lib.exit {
+            self.attach_one(EXIT_PROGRAM, AllocFn::Free, off, lib, scope)?;
         }
         Ok(warnings)
     }

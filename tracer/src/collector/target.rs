@@ -22,20 +22,27 @@ pub struct AllocatorLib {
     pub open_path: PathBuf,
     /// File offset of each allocator function the file defines.
     pub functions: BTreeMap<AllocFn, u64>,
+    /// File offset of `exit()` when this file defines it (the C library, a static binary).
+    pub exit: Option<u64>,
 }
 
 /// Reads an ELF file and finds the allocator functions it defines (dynamic symbols first,
-/// then the full symbol table for static binaries).
-pub fn allocator_functions(path: &Path) -> Result<BTreeMap<AllocFn, u64>> {
+/// then the full symbol table for static binaries), and `exit`.
+pub fn allocator_functions(path: &Path) -> Result<(BTreeMap<AllocFn, u64>, Option<u64>)> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{} is not an ELF file we can read", path.display()))?;
     let mut found = BTreeMap::new();
+    let mut exit = None;
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         if !sym.is_definition() || sym.address() == 0 {
             continue;
         }
         let Ok(name) = sym.name() else { continue };
+        if name == "exit" && exit.is_none() {
+            exit = file_offset(&file, sym.address());
+            continue;
+        }
         let Some(func) = AllocFn::ALL.iter().copied().find(|f| f.symbol() == name) else {
             continue;
         };
@@ -46,7 +53,7 @@ pub fn allocator_functions(path: &Path) -> Result<BTreeMap<AllocFn, u64>> {
             found.insert(func, off);
         }
     }
-    Ok(found)
+    Ok((found, exit))
 }
 
 fn file_offset(file: &object::File, vaddr: u64) -> Option<u64> {
@@ -84,7 +91,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         if is_loader(&path) {
             continue;
         }
-        let functions = match allocator_functions(&open_path) {
+        let (functions, exit) = match allocator_functions(&open_path) {
             Ok(f) => f,
             Err(e) if i == 0 => return Err(e),
             Err(_) => continue,
@@ -96,6 +103,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
             path,
             open_path,
             functions,
+            exit,
         };
         if i > 0 && is_libc(&lib.path) {
             libc.get_or_insert(lib);
@@ -292,7 +300,8 @@ mod tests {
 
     #[test]
     fn finds_allocator_functions_in_the_system_libc() {
-        let f = allocator_functions(&system_libc()).unwrap();
+        let (f, exit) = allocator_functions(&system_libc()).unwrap();
+        assert!(exit.is_some());
         for func in [
             AllocFn::Malloc,
             AllocFn::Free,
