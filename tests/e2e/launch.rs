@@ -1,6 +1,4 @@
 //! `tracer -- CMD`: probes in place before the first allocation, so the books are exact.
-use std::process::Command;
-
 use tracer_tests::*;
 
 #[test]
@@ -9,19 +7,11 @@ fn leaky_outstanding_at_exit_equals_its_truth() {
         return;
     }
     let leaky = victim("workloads/leaky.c", FP);
-    let out = run(Command::new(tracer())
-        .args(["--format", "json", "-i", "1", "--"])
-        .arg(&leaky)
-        .args(["3", "0"]));
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "tracer failed: {se}");
-    let truth = truth_leaks(&so);
+    let run = launch_json(&["-i", "1"], &leaky, &["3", "0"]);
+    let (so, se, fin) = (&run.stdout, &run.stderr, &run.final_report);
+    assert_eq!(run.code, Some(0), "tracer failed: {se}");
+    let truth = truth_leaks(so);
     assert_eq!(truth.len(), 5, "leaky printed no truth: {so}");
-    let reps = reports(&so);
-    let fin = reps
-        .iter()
-        .rfind(|r| r["kind"] == "final")
-        .expect("a final report");
     assert_eq!(fin["exit_code"], 0);
     assert_outstanding_is_truth(fin, &truth);
     let live_b = by_site(fin, "live_bytes");
@@ -67,23 +57,16 @@ fn every_allocator_entry_point_is_followed_exactly() {
         return;
     }
     let allocs = victim("victims/allocs.c", FP);
-    let out = run(Command::new(tracer())
-        .args(["--format", "json", "-n", "100", "--"])
-        .arg(&allocs)
-        .arg("100"));
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "tracer failed: {se}");
-    let truth = truth_leaks(&so);
+    let run = launch_json(&["-n", "100"], &allocs, &["100"]);
+    let (so, fin) = (&run.stdout, &run.final_report);
+    assert_eq!(run.code, Some(0), "tracer failed: {}", run.stderr);
+    let truth = truth_leaks(so);
     assert_eq!(truth.len(), 9, "{so}");
-    let fin = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .unwrap();
-    assert_outstanding_is_truth(&fin, &truth);
-    let live_b = by_site(&fin, "live_bytes");
+    assert_outstanding_is_truth(fin, &truth);
+    let live_b = by_site(fin, "live_bytes");
     // realloc(p, 0) released p, failed allocations counted nothing, a block freed on another
     // thread was matched.
-    for ok in truth_ok(&so) {
+    for ok in truth_ok(so) {
         assert_eq!(
             live_b.get(&ok).copied().unwrap_or(0),
             0,
@@ -110,24 +93,15 @@ fn arguments_and_exit_status_pass_through() {
     if !privileged("arguments_and_exit_status_pass_through") {
         return;
     }
-    let out = run(Command::new(tracer()).args([
-        "--format",
-        "json",
-        "--",
-        "sh",
-        "-c",
-        "echo \"$1|$2\"; exit 7",
-        "sh",
-        "a b",
-        "--flag",
-    ]));
-    let so = stdout(&out);
-    assert!(so.contains("a b|--flag"), "{so}");
-    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let fin = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .unwrap();
+    let sh = std::path::Path::new("/bin/sh");
+    let run = launch_json(
+        &[],
+        sh,
+        &["-c", "echo \"$1|$2\"; exit 7", "sh", "a b", "--flag"],
+    );
+    assert!(run.stdout.contains("a b|--flag"), "{}", run.stdout);
+    assert_eq!(run.code, Some(7), "{}", run.stderr);
+    let fin = &run.final_report;
     assert_eq!(fin["exit_code"], 7);
 }
 
@@ -138,17 +112,10 @@ fn cpp_names_are_demangled_and_symbols_outlive_a_short_process() {
     }
     // Runs for a few milliseconds: its memory map must still be read before it is gone.
     let widgets = victim("victims/widgets.cpp", FP);
-    let out = run(Command::new(tracer())
-        .args(["--format", "json", "--"])
-        .arg(&widgets)
-        .arg("50"));
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "{se}");
-    let fin = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .unwrap();
-    let live = by_site(&fin, "live_bytes");
+    let run = launch_json(&[], &widgets, &["50"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    let live = by_site(fin, "live_bytes");
     assert_eq!(
         live.get("shop::Widget::raw_buffer(unsigned long)").copied(),
         Some(50 * 24),

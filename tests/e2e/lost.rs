@@ -1,6 +1,4 @@
 //! A ring buffer too small for the event rate: losses are counted, reported and explained.
-use std::process::Command;
-
 use tracer_tests::*;
 
 #[test]
@@ -9,16 +7,9 @@ fn a_tiny_ring_counts_what_it_loses() {
         return;
     }
     let churn = victim("workloads/churn.c", FP);
-    let out = run(Command::new(tracer())
-        .args(["--ring-size", "4096", "--format", "json", "--"])
-        .arg(&churn)
-        .args(["200000", "1", "3"]));
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "{se}");
-    let fin = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .unwrap();
+    let run = launch_json(&["--ring-size", "4096"], &churn, &["200000", "1", "3"]);
+    let (so, se, fin) = (&run.stdout, &run.stderr, &run.final_report);
+    assert_eq!(run.code, Some(0), "{se}");
     let lost = &fin["lost"];
     let ev = &fin["events"];
     let lost_allocs = lost["ring_full_allocs"].as_u64().unwrap();

@@ -197,3 +197,32 @@ pub fn assert_outstanding_is_truth(fin: &Value, truth: &BTreeMap<String, (u64, u
         );
     }
 }
+
+/// What `tracer --format json FLAGS -- PROGRAM ARGS` printed, with its final report.
+pub struct Launched {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+    pub final_report: Value,
+}
+
+/// Launches `program` under the tracer (JSON reports) and returns its output and final report.
+pub fn launch_json(flags: &[&str], program: &Path, args: &[&str]) -> Launched {
+    let out = run(Command::new(tracer())
+        .args(["--format", "json"])
+        .args(flags)
+        .arg("--")
+        .arg(program)
+        .args(args));
+    let (so, se) = (stdout(&out), stderr(&out));
+    let final_report = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap_or_else(|| panic!("no final report (exit {:?}): {se}", out.status.code()));
+    Launched {
+        stdout: so,
+        stderr: se,
+        code: out.status.code(),
+        final_report,
+    }
+}
