@@ -282,31 +282,29 @@ impl Session<'_> {
     }
 
     fn interval_report(&mut self, now: &Snapshot, prev: &Snapshot, window: Duration) -> Report {
-        let rows: Vec<SiteRow> = now
-            .diff(prev)
-            .into_iter()
-            .filter(|d| d.delta_bytes != 0 || d.delta_objects != 0)
-            .map(|d| SiteRow {
-                site: d.site,
-                live_objects: d.now.live_objects,
-                live_bytes: d.now.live_bytes,
-                delta_objects: d.delta_objects,
-                delta_bytes: d.delta_bytes,
-                allocs: d.delta_allocs,
-                frees: d.delta_frees,
-            })
-            .collect();
         let t = self.ledger.totals();
         let mut totals = Totals {
             live_objects: t.live_objects,
             live_bytes: t.live_bytes,
             ..Totals::default()
         };
+        let mut rows = Vec::new();
         for d in now.diff(prev) {
             totals.delta_objects += d.delta_objects;
             totals.delta_bytes += d.delta_bytes;
             totals.allocs += d.delta_allocs;
             totals.frees += d.delta_frees;
+            if d.delta_bytes != 0 || d.delta_objects != 0 {
+                rows.push(SiteRow {
+                    site: d.site,
+                    live_objects: d.now.live_objects,
+                    live_bytes: d.now.live_bytes,
+                    delta_objects: d.delta_objects,
+                    delta_bytes: d.delta_bytes,
+                    allocs: d.delta_allocs,
+                    frees: d.delta_frees,
+                });
+            }
         }
         self.report(ReportKind::Interval, window, rows, totals, |a, b| {
             b.delta_bytes
