@@ -141,8 +141,10 @@ pub mod counter {
     pub const UNMATCHED_RETURN: u32 = 10;
     /// Times a launched process was held at `exit()` so its memory map could be read.
     pub const EXIT_STOPS: u32 = 11;
+    /// Allocations outside the --min-size/--max-size range: not recorded.
+    pub const FILTERED: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -162,6 +164,10 @@ pub mod globals {
     /// `u32`: non-zero makes the traced process stop itself (SIGSTOP) on entering `exit()`, so
     /// userspace can read its memory map before it is gone; userspace then continues it.
     pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
+    /// `u64`, `u64`: only allocations of `MIN_SIZE..=MAX_SIZE` bytes are recorded (a realloc
+    /// out of range still releases its input block).
+    pub const MIN_SIZE: &str = "MIN_SIZE";
+    pub const MAX_SIZE: &str = "MAX_SIZE";
 }
 
 /// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
@@ -177,7 +183,10 @@ pub struct InFlight {
     /// realloc's input block, or posix_memalign's out-pointer.
     pub ptr: u64,
     pub func: u8,
-    pub _pad: [u8; 7],
+    /// Non-zero when the size is outside the recorded range: the return only releases
+    /// realloc's input block.
+    pub filtered: u8,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]

@@ -4,3 +4,4 @@ mod attach;
 mod cli;
 mod launch;
 mod lost;
+mod workflow;

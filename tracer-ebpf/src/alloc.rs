@@ -37,6 +37,10 @@ static FILTER_PID: u32 = 0;
 static WAKEUP_BYTES: u64 = 1 << 20;
 #[unsafe(no_mangle)]
 static STOP_AT_EXIT: u32 = 0;
+#[unsafe(no_mangle)]
+static MIN_SIZE: u64 = 0;
+#[unsafe(no_mangle)]
+static MAX_SIZE: u64 = u64::MAX;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const EEXIST: i64 = 17;
@@ -90,12 +94,17 @@ pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         return;
     }
     let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    // Out-of-range calls keep their slot so that the calls nested in them are still known
+    // as nested; their return does no stack walk and sends nothing but a release.
+    let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
+    let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
     let slot = InFlight {
         sp,
         size,
         ptr,
         func,
-        _pad: [0; 7],
+        filtered: (size < min || size > max) as u8,
+        _pad: [0; 6],
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
@@ -143,6 +152,15 @@ pub fn leave(ctx: &RetProbeContext) {
     if addr == 0 && !released {
         bump(counter::FAILED);
         return;
+    }
+    if call.filtered != 0 {
+        bump(counter::FILTERED);
+        // A successful realloc out of range still took its input block away (moved, or
+        // resized out of the range): send that release alone.
+        if old_addr == 0 {
+            return;
+        }
+        addr = 0;
     }
     bump(counter::ALLOCS);
 

@@ -1,7 +1,7 @@
 //! Command-line flags as the user typed them (clap). `config` turns them into validated settings.
-use std::ffi::OsString;
+use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Trace a process's memory allocations with eBPF and show what keeps growing: is there a
 /// leak, what leaks, where.
@@ -11,28 +11,28 @@ use clap::{Parser, ValueEnum};
 /// call site; at the end (target exit, Ctrl-C, SIGTERM or --duration), what is still
 /// outstanding. Needs root (CAP_BPF and CAP_PERFMON).
 #[derive(Parser, Debug)]
-#[command(name = "tracer", version, max_term_width = 100)]
-#[command(after_help = "Exit status: 0 success, 1 error (message on stderr), 2 bad usage.")]
+#[command(
+    name = "tracer",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+#[command(
+    after_help = "Exit status: 0 success, 1 error (message on stderr), 2 bad usage.\n\
+Marks: send SIGUSR1 to tracer (or press Enter when tracing with --pid from a terminal) to print \
+what changed since the previous mark."
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+
     /// Attach to this running process.
     #[arg(short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
 
-    /// Seconds between growth reports.
-    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    pub interval: f64,
-
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
-
-    /// Show at most this many call sites per report.
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
-
-    /// Output format: a table for people, or one JSON object per report (one per line).
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
 
     /// Size of the kernel→user ring buffer (bytes; K/M/G suffixes): a power of two, at least one
     /// page. Raise it when the report counts events lost to a full ring.
@@ -44,15 +44,136 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub stack_slots: u32,
 
+    /// Record only allocations of at least this many bytes (filtered in the kernel: smaller
+    /// calls cost less). K/M/G suffixes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub min_size: Option<u64>,
+
+    /// Record only allocations of at most this many bytes (filtered in the kernel).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Write the raw event stream (with the memory maps and build ids needed to symbolize it
+    /// later) to FILE, for `tracer replay FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Run the reports from a recording instead of tracing (same as `tracer replay FILE`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration"])]
+    pub replay: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
+
     /// The command to start and trace, with its arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sub {
+    /// Run the whole pipeline again from a recording made with --record: the same reports, no
+    /// root and no kernel needed.
+    #[command(args_override_self = true)]
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+}
+
+/// How reports are made: shared by live tracing and replay.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Seconds between growth reports.
+    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub interval: f64,
+
+    /// Show at most this many call sites per report.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Output format: a table for people, or one JSON object per report (one per line).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Order of the sites: growth in bytes, in objects, or growth rate (bytes/s).
+    #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
+    pub sort: SortKey,
+
+    /// Keep only sites with a frame (function, file or module) matching this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub site: Option<String>,
+
+    /// Ignore the start-up noise of the first SECS seconds (`5`, `5s`) or N intervals (`3i`)
+    /// when judging verdicts.
+    #[arg(long, value_name = "SECS|Ni", default_value = "0", value_parser = parse_warmup)]
+    pub warmup: Warmup,
+
+    /// In the outstanding (final) report, count only blocks at least SECS seconds old.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub older_than: Option<f64>,
+
+    /// Interval reports show growth since tracing began instead of since the last report.
+    #[arg(long)]
+    pub since_attach: bool,
+
+    /// Intervals of history a verdict looks at.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub verdict_window: u32,
+
+    /// Intervals of history needed before a site gets a verdict other than `new`.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub min_intervals: u32,
+
+    /// Share of the window's intervals that must grow for a steady leak (0..1).
+    #[arg(long, value_name = "F", default_value = "0.6", value_parser = parse_fraction)]
+    pub leak_fraction: f64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
     Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    Bytes,
+    Objects,
+    Rate,
+}
+
+/// How much of the start is ignored for verdicts.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Warmup {
+    Secs(f64),
+    Intervals(u32),
+}
+
+fn parse_warmup(s: &str) -> Result<Warmup, String> {
+    let t = s.trim();
+    if let Some(n) = t.strip_suffix('i') {
+        return n
+            .parse::<u32>()
+            .map(Warmup::Intervals)
+            .map_err(|_| format!("'{s}' is not a number of intervals (e.g. 3i)"));
+    }
+    let secs = t.strip_suffix('s').unwrap_or(t);
+    if secs.trim().parse::<f64>().ok() == Some(0.0) {
+        return Ok(Warmup::Secs(0.0));
+    }
+    parse_secs(secs).map(Warmup::Secs)
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' must be a fraction above 0 and at most 1 (e.g. 0.6)"
+        )),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -153,7 +274,38 @@ mod tests {
     fn command_after_double_dash_keeps_its_flags() {
         let cli = Cli::try_parse_from(["tracer", "-i", "2", "--", "prog", "--flag", "-x"]).unwrap();
         assert_eq!(cli.command, ["prog", "--flag", "-x"]);
-        assert_eq!(cli.interval, 2.0);
+        assert_eq!(cli.report.interval, 2.0);
+    }
+
+    #[test]
+    fn replay_takes_the_report_options() {
+        let cli =
+            Cli::try_parse_from(["tracer", "replay", "run.rec", "-i", "1", "--format", "json"])
+                .unwrap();
+        match cli.sub {
+            Some(Sub::Replay { file, report }) => {
+                assert_eq!(file, PathBuf::from("run.rec"));
+                assert_eq!((report.interval, report.format), (1.0, Format::Json));
+            }
+            other => panic!("{other:?}"),
+        }
+        // a command named like the subcommand still runs after `--`
+        let cli = Cli::try_parse_from(["tracer", "--", "replay"]).unwrap();
+        assert!(cli.sub.is_none());
+        assert_eq!(cli.command, ["replay"]);
+        assert!(Cli::try_parse_from(["tracer", "--replay", "x", "--pid", "3"]).is_err());
+    }
+
+    #[test]
+    fn warmup_takes_seconds_or_intervals() {
+        assert_eq!(parse_warmup("5"), Ok(Warmup::Secs(5.0)));
+        assert_eq!(parse_warmup("2.5s"), Ok(Warmup::Secs(2.5)));
+        assert_eq!(parse_warmup("3i"), Ok(Warmup::Intervals(3)));
+        assert_eq!(parse_warmup("0"), Ok(Warmup::Secs(0.0)));
+        assert!(parse_warmup("xi").is_err());
+        assert!(parse_warmup("-1").is_err());
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("0").is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use crate::cli::{Cli, Format};
+use crate::{
+    aggregate::verdict::VerdictParams,
+    cli::{Cli, Format, ReportArgs, SortKey, Sub, Warmup},
+};
 
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -20,19 +23,60 @@ pub enum Target {
     },
 }
 
+/// What to do: trace live, or replay a recording.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub enum Mode {
+    Trace(TraceOptions),
+    Replay(PathBuf),
+}
+
+/// Settings of live tracing (the collector's side).
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
     pub target: Target,
-    pub interval: Duration,
     pub duration: Option<Duration>,
-    pub top: usize,
-    pub format: Format,
     pub ring_size: u32,
     pub stack_slots: u32,
+    pub min_size: u64,
+    pub max_size: u64,
+    pub record: Option<PathBuf>,
+}
+
+/// Settings of the reports (the pipeline above the collector), the same live and in replay.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    pub interval: Duration,
+    pub top: usize,
+    pub format: Format,
+    pub sort: SortKey,
+    pub site: Option<regex_lite::Regex>,
+    pub warmup: Warmup,
+    pub older_than: Option<Duration>,
+    pub since_attach: bool,
+    pub verdict: VerdictParams,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub report: ReportOptions,
 }
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config> {
+        if let Some(Sub::Replay { file, report }) = cli.sub {
+            return Ok(Config {
+                mode: Mode::Replay(file),
+                report: ReportOptions::from_args(report)?,
+            });
+        }
+        let report = ReportOptions::from_args(cli.report)?;
+        if let Some(file) = cli.replay {
+            return Ok(Config {
+                mode: Mode::Replay(file),
+                report,
+            });
+        }
         let target = match (cli.pid, cli.command.is_empty()) {
             (Some(_), false) => {
                 bail!("give either --pid PID or a command after `--`, not both")
@@ -51,17 +95,51 @@ impl Config {
                  not available yet.)"
             ),
         };
-        if cli.top == 0 {
-            bail!("--top must be at least 1");
+        let min_size = cli.min_size.unwrap_or(0);
+        let max_size = cli.max_size.unwrap_or(u64::MAX);
+        if min_size > max_size {
+            bail!("--min-size ({min_size}) is above --max-size ({max_size}): nothing would be recorded");
         }
         Ok(Config {
-            target,
-            interval: Duration::from_secs_f64(cli.interval),
-            duration: cli.duration.map(Duration::from_secs_f64),
-            top: cli.top,
-            format: cli.format,
-            ring_size: cli.ring_size,
-            stack_slots: cli.stack_slots,
+            mode: Mode::Trace(TraceOptions {
+                target,
+                duration: cli.duration.map(Duration::from_secs_f64),
+                ring_size: cli.ring_size,
+                stack_slots: cli.stack_slots,
+                min_size,
+                max_size,
+                record: cli.record,
+            }),
+            report,
+        })
+    }
+}
+
+impl ReportOptions {
+    pub fn from_args(a: ReportArgs) -> Result<ReportOptions> {
+        if a.top == 0 {
+            bail!("--top must be at least 1");
+        }
+        let site = match &a.site {
+            Some(re) => Some(regex_lite::Regex::new(re).map_err(|e| {
+                anyhow::anyhow!("--site '{re}' is not a valid regular expression: {e}")
+            })?),
+            None => None,
+        };
+        Ok(ReportOptions {
+            interval: Duration::from_secs_f64(a.interval),
+            top: a.top,
+            format: a.format,
+            sort: a.sort,
+            site,
+            warmup: a.warmup,
+            older_than: a.older_than.map(Duration::from_secs_f64),
+            since_attach: a.since_attach,
+            verdict: VerdictParams {
+                window: a.verdict_window as usize,
+                min_intervals: a.min_intervals as usize,
+                leak_fraction: a.leak_fraction,
+            },
         })
     }
 }
@@ -142,12 +220,38 @@ mod tests {
     #[test]
     fn program_is_found_in_path() {
         let c = cfg(&["tracer", "-i", "1", "--", "sh", "-c", "true"]).unwrap();
-        match c.target {
-            Target::Launch { program, argv } => {
+        match c.mode {
+            Mode::Trace(TraceOptions {
+                target: Target::Launch { program, argv },
+                ..
+            }) => {
                 assert!(program.ends_with("sh"));
                 assert_eq!(argv.len(), 3);
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bad_report_options_are_named() {
+        let e = cfg(&["tracer", "--pid", "1", "--site", "(unclosed"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--site") && e.contains("(unclosed"), "{e}");
+        let e = cfg(&[
+            "tracer",
+            "--pid",
+            "1",
+            "--min-size",
+            "2K",
+            "--max-size",
+            "1K",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--min-size"), "{e}");
+        let c = cfg(&["tracer", "replay", "x.rec", "--site", "leak_.*"]).unwrap();
+        assert!(matches!(c.mode, Mode::Replay(_)));
+        assert!(c.report.site.unwrap().is_match("leak_fixed"));
     }
 }

@@ -67,8 +67,9 @@ pub struct Mapping {
     pub offset: u64,
     /// The path as the process sees it.
     pub path: PathBuf,
-    /// Where tracer can open it (through /proc/PID/root while the process lives).
-    pub open_path: PathBuf,
+    /// Where tracer can open it (through /proc/PID/root while the process lives; `path` when
+    /// that is gone). None: the file must not be read (a replay found it changed).
+    pub open_path: Option<PathBuf>,
 }
 
 pub struct Symbolizer {
@@ -97,6 +98,7 @@ impl Symbolizer {
     }
 
     /// Re-reads the process's memory map while it lives; keeps the last one once it is gone.
+    #[cfg(test)]
     pub fn refresh(&mut self, pid: u32) -> bool {
         match read_maps(pid) {
             Some(m) if !m.is_empty() => {
@@ -107,10 +109,14 @@ impl Symbolizer {
         }
     }
 
-    /// Installs a memory map directly (tests; replay later).
-    #[cfg(test)]
+    /// Installs a memory map (read by the caller, or from a recording).
     pub fn set_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
         self.maps.insert(pid, maps);
+    }
+
+    /// The memory map in use for `pid`.
+    pub fn maps_of(&self, pid: u32) -> Option<&[Mapping]> {
+        self.maps.get(&pid).map(|m| &m[..])
     }
 
     pub fn knows(&self, pid: u32, addr: u64) -> bool {
@@ -160,10 +166,10 @@ impl Symbolizer {
         };
         // A return address points after the call: look up the call instruction itself.
         let lookup = offset.saturating_sub(1);
-        let open = if m.open_path.exists() {
-            &m.open_path
-        } else {
-            &m.path
+        let open = match &m.open_path {
+            Some(p) if p.exists() => p,
+            Some(_) => &m.path,
+            None => return vec![unknown],
         };
         let src = Source::Elf(Elf::new(open));
         let Ok(sym) = self.blaze.symbolize_single(&src, Input::FileOffset(lookup)) else {
@@ -222,12 +228,21 @@ pub fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
                     end: m.address.1,
                     offset: m.offset,
                     path: p.clone(),
-                    open_path: root.join(p.strip_prefix("/").unwrap_or(p)),
+                    open_path: Some(root.join(p.strip_prefix("/").unwrap_or(p))),
                 }),
                 _ => None,
             })
             .collect(),
     )
+}
+
+/// The GNU build id of an ELF file (None when it has none or cannot be read).
+pub fn build_id(path: &Path) -> Option<Vec<u8>> {
+    use object::Object;
+    // Read through a cache: only the headers and the note are read, not the whole file.
+    let cache = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let file = object::File::parse(&cache).ok()?;
+    file.build_id().ok().flatten().map(|b| b.to_vec())
 }
 
 #[cfg(test)]
@@ -282,7 +297,7 @@ mod tests {
                 end: 0x2000,
                 offset: 0x3000,
                 path: "/nonexistent/libgone.so".into(),
-                open_path: "/nonexistent/libgone.so".into(),
+                open_path: Some("/nonexistent/libgone.so".into()),
             }],
         );
         let f = s.addr(9, 0x1010);

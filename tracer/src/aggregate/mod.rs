@@ -5,6 +5,8 @@
 //! block holds address X" is one range lookup.
 use std::collections::{BTreeMap, HashMap};
 
+pub mod verdict;
+
 use crate::collector::{Alloc, Event};
 
 /// Identifies a call site: one process, one user stack.
@@ -102,6 +104,11 @@ impl Ledger {
 
     pub fn site(&self, id: SiteId) -> &Site {
         &self.sites[id]
+    }
+
+    /// The site of `key`, if it was seen.
+    pub fn site_id(&self, key: &SiteKey) -> Option<SiteId> {
+        self.index.get(key).copied()
     }
 
     /// The site for `key`, created on first sight with the frames `frames_of` gives for it.
@@ -207,6 +214,11 @@ impl Ledger {
         self.live
             .range((pid, 0)..=(pid, u64::MAX))
             .map(|((_, a), b)| (*a, b))
+    }
+
+    /// Every live block: (process, address, block).
+    pub fn all_live_blocks(&self) -> impl Iterator<Item = (u32, u64, &Block)> {
+        self.live.iter().map(|(&(p, a), b)| (p, a, b))
     }
 
     /// Totals over every site.

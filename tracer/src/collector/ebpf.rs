@@ -24,7 +24,7 @@ use super::{
     decode,
     probes::{entry_programs, PROBES, RETURN_PROGRAM},
     target::AllocatorLib,
-    DecodeError, Event,
+    Counters, DecodeError, Event,
 };
 
 /// Holds a launched process at `exit()` (see `Settings::stop_at_exit`).
@@ -40,16 +40,9 @@ pub struct Settings {
     /// Hold the process at `exit()` until its memory map is read (launch mode only: a stop is
     /// visible to the process's parent, which is tracer itself only when it launched it).
     pub stop_at_exit: bool,
-}
-
-/// Cumulative counters read from the kernel (summed over CPUs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelCounters(pub [u64; counter::COUNT as usize]);
-
-impl KernelCounters {
-    pub fn get(&self, idx: u32) -> u64 {
-        self.0[idx as usize]
-    }
+    /// Only allocations of `min_size..=max_size` bytes are recorded.
+    pub min_size: u64,
+    pub max_size: u64,
 }
 
 pub struct EbpfCollector {
@@ -99,6 +92,8 @@ impl EbpfCollector {
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup, true)
             .override_global(globals::STOP_AT_EXIT, &u32::from(s.stop_at_exit), true)
+            .override_global(globals::MIN_SIZE, &s.min_size, true)
+            .override_global(globals::MAX_SIZE, &s.max_size, true)
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
@@ -243,11 +238,15 @@ impl EbpfCollector {
         }
     }
 
-    pub fn counters(&self) -> KernelCounters {
-        let mut out = KernelCounters::default();
+    /// The kernel's counters (summed over CPUs) and this side's undecodable records.
+    pub fn counters(&self) -> Counters {
+        let mut out = Counters {
+            bad_records: self.bad_records,
+            ..Counters::default()
+        };
         for i in 0..counter::COUNT {
             if let Ok(vals) = self.counters.get(&i, 0) {
-                out.0[i as usize] = vals.iter().sum();
+                out.kernel[i as usize] = vals.iter().sum();
             }
         }
         out

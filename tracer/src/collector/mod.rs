@@ -10,6 +10,20 @@ pub mod target;
 
 use tracer_common::{kind, AllocFn, AllocRecord, FreeRecord, Header};
 
+/// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
+/// kernel's counters (indices in `tracer_common::counter`) and records that could not be decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub kernel: [u64; tracer_common::counter::COUNT as usize],
+    pub bad_records: u64,
+}
+
+impl Counters {
+    pub fn get(&self, idx: u32) -> u64 {
+        self.kernel[idx as usize]
+    }
+}
+
 /// One thing an allocator did, as the aggregator consumes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::symbolize::Frame;
+use crate::{aggregate::verdict::Assessment, symbolize::Frame};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +16,8 @@ pub enum ReportKind {
     Interval,
     /// What is still outstanding at the end; deltas count from the start of tracing.
     Final,
+    /// What changed between two marks (SIGUSR1 or Enter): what the user's action left behind.
+    Mark,
 }
 
 /// Live and changed objects and bytes.
@@ -41,6 +43,43 @@ pub struct SiteReport {
     /// Allocations and frees of this site within the report's window.
     pub allocs: u64,
     pub frees: u64,
+    /// The verdict from the site's history and its growth rate.
+    #[serde(flatten)]
+    pub assessment: Assessment,
+    /// What its live blocks are.
+    #[serde(flatten)]
+    pub objects: LiveObjects,
+}
+
+/// The live blocks of a site: sizes and age.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LiveObjects {
+    /// The most common block sizes by bytes (at most four), largest share first.
+    pub sizes: Vec<SizeCount>,
+    pub distinct_sizes: usize,
+    pub size_min: u64,
+    pub size_max: u64,
+    /// Live blocks per power-of-two size class: `[lower bound, blocks]`, for varied sizes.
+    pub size_histogram: Vec<(u64, u64)>,
+    /// Age of the oldest live block, in seconds (absent when nothing is live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_age_s: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SizeCount {
+    pub size: u64,
+    pub objects: u64,
+}
+
+/// The answer to "is there a leak?": sites whose verdict is `leak`, over all sites (not only
+/// the ones shown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub leak_sites: usize,
+    pub leak_bytes_per_s: f64,
+    pub plateau_sites: usize,
+    pub uncertain_sites: usize,
 }
 
 /// Counters of events seen, received and dropped (cumulative since tracing began).
@@ -56,8 +95,11 @@ pub struct EventCounts {
     pub nested: u64,
     /// Allocation calls that failed (returned NULL): nothing to track.
     pub failed: u64,
-    /// Frees of blocks the books did not hold (allocated before tracing began, or lost).
+    /// Frees of blocks the books did not hold (allocated before tracing began, filtered out
+    /// by --min-size/--max-size, or lost).
     pub unknown_frees: u64,
+    /// Allocations outside the --min-size/--max-size range (not recorded).
+    pub filtered: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -79,6 +121,12 @@ pub struct Report {
     pub sites: Vec<SiteReport>,
     /// Sites that qualified but were cut by --top.
     pub sites_omitted: usize,
+    pub summary: Summary,
+    /// Verdicts ignore intervals before this many seconds (--warmup).
+    pub warmup_s: f64,
+    /// The mark's number (mark reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u32>,
     /// How the launched command ended (final report of launch mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -207,8 +255,35 @@ pub(crate) fn sample_report() -> Report {
             delta_bytes: 128,
             allocs: 2,
             frees: 0,
+            assessment: Assessment {
+                verdict: crate::aggregate::verdict::Verdict::Leak,
+                rate_bytes_per_s: 64.0,
+                rate_objects_per_s: 1.0,
+                grown_intervals: 4,
+                verdict_intervals: 4,
+                growth_streak: 4,
+                verdict_scope: Default::default(),
+            },
+            objects: LiveObjects {
+                sizes: vec![SizeCount {
+                    size: 64,
+                    objects: 10,
+                }],
+                distinct_sizes: 1,
+                size_min: 64,
+                size_max: 64,
+                size_histogram: vec![(64, 10)],
+                oldest_age_s: Some(3.5),
+            },
         }],
         sites_omitted: 0,
+        summary: Summary {
+            leak_sites: 1,
+            leak_bytes_per_s: 64.0,
+            ..Summary::default()
+        },
+        warmup_s: 0.0,
+        mark: None,
         exit_code: None,
     }
 }

@@ -4,8 +4,10 @@ use std::io::Write;
 
 use prettytable::{format, Cell, Row, Table};
 
-use super::{group, lost_hints, signed, LimitSettings, Report, ReportKind};
-use crate::symbolize::Frame;
+use super::{
+    group, lost_hints, signed, LimitSettings, LiveObjects, Report, ReportKind, SiteReport, Totals,
+};
+use crate::{aggregate::verdict::Verdict, symbolize::Frame};
 
 /// How many frames name a site in the table: the allocator's caller and two more.
 const SITE_FRAMES: usize = 3;
@@ -46,37 +48,200 @@ fn box_format() -> format::TableFormat {
         .build()
 }
 
-/// A label and its numbers (live objects, live bytes, Δobjects, Δbytes, allocs, frees), in
-/// the columns of the report's kind.
-fn row(kind: ReportKind, label: String, n: (u64, u64, i64, i64, u64, u64)) -> Row {
-    let (live_objects, live_bytes, delta_objects, delta_bytes, allocs, frees) = n;
-    let numbers = match kind {
-        ReportKind::Interval => [
-            signed(delta_objects),
-            signed(delta_bytes),
-            group(live_objects),
-            group(live_bytes),
+/// One line of a table: the label, then the numbers of the report's kind.
+fn row(kind: ReportKind, label: String, s: &Line) -> Row {
+    let cells: Vec<String> = match kind {
+        ReportKind::Interval => vec![
+            s.verdict.clone(),
+            signed(s.delta_objects),
+            signed(s.delta_bytes),
+            s.rate.clone(),
+            group(s.live_objects),
+            group(s.live_bytes),
         ],
-        ReportKind::Final => [
-            group(live_objects),
-            group(live_bytes),
-            group(allocs),
-            group(frees),
+        ReportKind::Mark => vec![
+            signed(s.delta_objects),
+            signed(s.delta_bytes),
+            s.blocks.clone(),
+            s.oldest.clone(),
+        ],
+        ReportKind::Final => vec![
+            s.verdict.clone(),
+            group(s.live_objects),
+            group(s.live_bytes),
+            s.blocks.clone(),
+            s.oldest.clone(),
+            group(s.allocs),
+            group(s.frees),
         ],
     };
     let mut row = Row::new(vec![Cell::new(&label)]);
-    for c in &numbers {
-        row.add_cell(Cell::new_align(c, format::Alignment::RIGHT));
+    for (i, c) in cells.iter().enumerate() {
+        // words (verdict, blocks) left, numbers right
+        let words = (kind != ReportKind::Mark && i == 0) || c.contains(['×', '–']);
+        let align = if words {
+            format::Alignment::LEFT
+        } else {
+            format::Alignment::RIGHT
+        };
+        row.add_cell(Cell::new_align(c, align));
     }
     row
 }
 
+/// The cells of one row, already formatted.
+#[derive(Default)]
+struct Line {
+    verdict: String,
+    rate: String,
+    blocks: String,
+    oldest: String,
+    live_objects: u64,
+    live_bytes: u64,
+    delta_objects: i64,
+    delta_bytes: i64,
+    allocs: u64,
+    frees: u64,
+}
+
+impl Line {
+    fn of(s: &SiteReport) -> Line {
+        let a = &s.assessment;
+        Line {
+            verdict: a.verdict.as_str().to_string(),
+            rate: match a.verdict {
+                Verdict::New if a.verdict_intervals == 0 => String::new(),
+                _ => format!("{} B/s", signed(a.rate_bytes_per_s.round() as i64)),
+            },
+            blocks: blocks(&s.objects),
+            oldest: s.objects.oldest_age_s.map(age).unwrap_or_default(),
+            live_objects: s.live_objects,
+            live_bytes: s.live_bytes,
+            delta_objects: s.delta_objects,
+            delta_bytes: s.delta_bytes,
+            allocs: s.allocs,
+            frees: s.frees,
+        }
+    }
+
+    fn totals(t: &Totals) -> Line {
+        Line {
+            live_objects: t.live_objects,
+            live_bytes: t.live_bytes,
+            delta_objects: t.delta_objects,
+            delta_bytes: t.delta_bytes,
+            allocs: t.allocs,
+            frees: t.frees,
+            ..Line::default()
+        }
+    }
+}
+
+/// What the live blocks are: `64 B × 1,200` for one or two sizes, else the range, the count of
+/// sizes and a sparkline of the power-of-two size classes.
+pub fn blocks(o: &LiveObjects) -> String {
+    match o.distinct_sizes {
+        0 => String::new(),
+        1 | 2 => {
+            let mut v = o.sizes.clone();
+            v.sort_by_key(|s| s.size);
+            v.iter()
+                .map(|s| format!("{} × {}", bytes(s.size), group(s.objects)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        n => {
+            let max = o
+                .size_histogram
+                .iter()
+                .map(|h| h.1)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let first = o.size_histogram.first().map_or(0, |h| h.0);
+            let last = o.size_histogram.last().map_or(0, |h| h.0);
+            let mut spark = String::new();
+            let mut class = first;
+            let mut it = o.size_histogram.iter().peekable();
+            while class <= last {
+                let n = match it.peek() {
+                    Some(&&(c, n)) if c == class => {
+                        it.next();
+                        n
+                    }
+                    _ => 0,
+                };
+                const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+                spark.push(if n == 0 {
+                    ' '
+                } else {
+                    BARS[((n * 8).div_ceil(max) - 1).min(7) as usize]
+                });
+                class = if class == 0 { 1 } else { class * 2 };
+                if spark.chars().count() > 16 {
+                    break;
+                }
+            }
+            format!(
+                "{}–{} ({n} sizes) {}",
+                bytes(o.size_min),
+                bytes(o.size_max),
+                spark.trim_end()
+            )
+        }
+    }
+}
+
+/// `512 B`, `4 KiB`, `1.5 MiB`
+pub fn bytes(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 || unit == "GiB" {
+            return if unit == "B" || v.fract() == 0.0 {
+                format!("{v} {unit}")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
+/// `4.2s`, `3m05s`, `2h10m`
+pub fn age(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
+}
+
 pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
     let t = &report.totals;
+    let sm = &report.summary;
+    let verdicts = if sm.leak_sites > 0 {
+        format!(
+            "; {} site{} leak{} ({} B/s)",
+            sm.leak_sites,
+            if sm.leak_sites == 1 { "" } else { "s" },
+            if sm.leak_sites == 1 { "s" } else { "" },
+            signed(sm.leak_bytes_per_s.round() as i64)
+        )
+    } else {
+        String::new()
+    };
     match report.kind {
         ReportKind::Interval => writeln!(
             out,
-            "[{:.1}s] pid {} ({}): {} B in {} blocks over {:.1}s; live {} B in {} blocks",
+            "[{:.1}s] pid {} ({}): {} B in {} blocks over {:.1}s; live {} B in {} blocks{verdicts}",
             report.elapsed_s,
             report.pid,
             report.command,
@@ -86,9 +251,22 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
             group(t.live_bytes),
             group(t.live_objects),
         )?,
+        ReportKind::Mark => writeln!(
+            out,
+            "[{:.1}s] mark {}: since {} ({:.1}s): {} B in {} blocks left behind",
+            report.elapsed_s,
+            report.mark.unwrap_or(0),
+            match report.mark {
+                Some(n) if n > 1 => format!("mark {}", n - 1),
+                _ => "the start".into(),
+            },
+            report.window_s,
+            signed(t.delta_bytes),
+            signed(t.delta_objects),
+        )?,
         ReportKind::Final => writeln!(
             out,
-            "[{:.1}s] final report, pid {} ({}){}: outstanding {} B in {} blocks",
+            "[{:.1}s] final report, pid {} ({}){}: outstanding {} B in {} blocks{verdicts}",
             report.elapsed_s,
             report.pid,
             report.command,
@@ -102,21 +280,37 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     }
     let mut table = Table::new();
     table.set_format(box_format());
-    let titles = match report.kind {
-        ReportKind::Interval => ["site", "Δobjects", "Δbytes", "live objects", "live bytes"],
-        ReportKind::Final => ["site (outstanding)", "objects", "bytes", "allocs", "frees"],
+    let titles: &[&str] = match report.kind {
+        ReportKind::Interval => &[
+            "site",
+            "verdict",
+            "Δobjects",
+            "Δbytes",
+            "rate",
+            "live objects",
+            "live bytes",
+        ],
+        ReportKind::Mark => &[
+            "site (changed since the mark)",
+            "Δobjects",
+            "Δbytes",
+            "blocks",
+            "oldest",
+        ],
+        ReportKind::Final => &[
+            "site (outstanding)",
+            "verdict",
+            "objects",
+            "bytes",
+            "blocks",
+            "oldest",
+            "allocs",
+            "frees",
+        ],
     };
     table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
     for s in &report.sites {
-        let n = (
-            s.live_objects,
-            s.live_bytes,
-            s.delta_objects,
-            s.delta_bytes,
-            s.allocs,
-            s.frees,
-        );
-        table.add_row(row(report.kind, site_label(&s.frames), n));
+        table.add_row(row(report.kind, site_label(&s.frames), &Line::of(s)));
     }
     let total_label = if report.sites_omitted > 0 {
         format!(
@@ -126,20 +320,9 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     } else {
         "TOTAL".to_string()
     };
-    let n = (
-        t.live_objects,
-        t.live_bytes,
-        t.delta_objects,
-        t.delta_bytes,
-        t.allocs,
-        t.frees,
-    );
-    table.add_row(row(report.kind, total_label, n));
-    if report.sites.is_empty() && report.kind == ReportKind::Interval {
-        writeln!(
-            out,
-            "no call site allocated or freed anything in this interval"
-        )?;
+    table.add_row(row(report.kind, total_label, &Line::totals(t)));
+    if report.sites.is_empty() && report.kind != ReportKind::Final {
+        writeln!(out, "no call site changed")?;
     } else {
         table.print(out)?;
     }
@@ -158,7 +341,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sample_report;
+    use crate::report::{sample_report, SizeCount};
 
     const LIMITS: LimitSettings = LimitSettings {
         ring_size: 4096,
@@ -178,6 +361,8 @@ mod tests {
         assert!(text.contains("+128"), "{text}");
         assert!(text.contains("TOTAL"), "{text}");
         assert!(text.contains("Δbytes"), "{text}");
+        assert!(text.contains("leak") && text.contains("+64 B/s"), "{text}");
+        assert!(text.contains("1 site leaks (+64 B/s)"), "{text}");
         assert!(
             text.contains("lost events: 3 events lost") && text.contains("--ring-size"),
             "{text}"
@@ -196,7 +381,52 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("site (outstanding)"), "{text}");
+        assert!(
+            text.contains("64 B × 10") && text.contains("3.5s"),
+            "{text}"
+        );
         assert!(text.contains("lost events: none"), "{text}");
+    }
+
+    #[test]
+    fn mark_table_says_what_was_left_behind() {
+        let mut r = sample_report();
+        r.kind = ReportKind::Mark;
+        r.mark = Some(2);
+        let text = render(&r);
+        assert!(text.contains("mark 2: since mark 1 (2.0s)"), "{text}");
+        assert!(text.contains("+128 B in +2 blocks left behind"), "{text}");
+    }
+
+    #[test]
+    fn blocks_read_as_sizes_or_a_range() {
+        let mut o = LiveObjects {
+            sizes: vec![
+                SizeCount {
+                    size: 256,
+                    objects: 3,
+                },
+                SizeCount {
+                    size: 128,
+                    objects: 5,
+                },
+            ],
+            distinct_sizes: 2,
+            size_min: 128,
+            size_max: 256,
+            size_histogram: vec![(128, 5), (256, 3)],
+            oldest_age_s: None,
+        };
+        assert_eq!(blocks(&o), "128 B × 5, 256 B × 3");
+        o.distinct_sizes = 900;
+        o.size_min = 32;
+        o.size_max = 1024;
+        o.size_histogram = vec![(32, 10), (64, 20), (256, 80), (1024, 1)];
+        assert_eq!(blocks(&o), "32 B–1 KiB (900 sizes) ▁▂ █ ▁");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(age(4.25), "4.2s");
+        assert_eq!(age(185.0), "3m05s");
+        assert_eq!(age(7800.0), "2h10m");
     }
 
     #[test]

@@ -1,0 +1,376 @@
+//! Verdicts: what a call site's history of intervals says about it.
+//!
+//! A site's live bytes are sampled at every interval report. Over the last `window` intervals
+//! (after warm-up) the samples decide:
+//!
+//! - `leak`: live bytes grew over the window and are still growing in its second half, and the
+//!   growth is either steady (in at least `leak_fraction` of the intervals) or a clear trend (the
+//!   least-squares slope is at least [`TREND_T`] standard errors above zero: a slow leak under
+//!   noise);
+//! - `freed`: live bytes went back down by more than the tolerance;
+//! - `plateau`: grew, then flat (a bounded cache), or holds more than one interval's worth of
+//!   its allocations without growing;
+//! - `churn`: allocates and frees with no net growth, holding less than an interval's worth;
+//! - `new`: fewer than `min_intervals` intervals of history yet;
+//! - `uncertain`: events were lost while the window was recorded, so the numbers may be wrong:
+//!   never called a leak.
+//!
+//! Growth counts when it is above [`FLAT_FRACTION`] of the site's peak in the window; a fall
+//! (or a rise, for "grew, then flat") counts when it is above the larger of that and two average
+//! blocks of the site, so that sampling a cache mid-replacement is not a change. Pure functions,
+//! unit-tested on synthetic histories.
+use serde::Serialize;
+
+/// How many standard errors above zero a slope must be to count as a trend.
+pub const TREND_T: f64 = 3.0;
+/// Changes within this fraction of a site's peak live bytes count as flat.
+pub const FLAT_FRACTION: f64 = 0.02;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    New,
+    Leak,
+    Plateau,
+    Churn,
+    Freed,
+    Uncertain,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::New => "new",
+            Verdict::Leak => "leak",
+            Verdict::Plateau => "plateau",
+            Verdict::Churn => "churn",
+            Verdict::Freed => "freed",
+            Verdict::Uncertain => "uncertain",
+        }
+    }
+}
+
+/// What a verdict was judged on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictScope {
+    /// The site's own history.
+    #[default]
+    Stack,
+    /// All stacks through the site's allocation call together: they grow and shrink as one
+    /// (e.g. a cache filled from one caller and refilled from another).
+    AllocationPoint,
+}
+
+/// Thresholds (command-line options; defaults documented in the README).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VerdictParams {
+    /// Intervals of history a verdict looks at.
+    pub window: usize,
+    /// Intervals needed before anything but `new` is said.
+    pub min_intervals: usize,
+    /// Share of the window's intervals that must grow for a steady leak.
+    pub leak_fraction: f64,
+}
+
+impl Default for VerdictParams {
+    fn default() -> Self {
+        VerdictParams {
+            window: 10,
+            min_intervals: 3,
+            leak_fraction: 0.6,
+        }
+    }
+}
+
+/// One site's cumulative numbers at one interval report.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Seconds since tracing began.
+    pub t: f64,
+    pub live_bytes: u64,
+    pub live_objects: u64,
+    pub alloc_bytes: u64,
+    pub allocs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Assessment {
+    pub verdict: Verdict,
+    /// Least-squares growth of live bytes and objects over the window, per second.
+    pub rate_bytes_per_s: f64,
+    pub rate_objects_per_s: f64,
+    /// Intervals in the window whose live bytes grew, and how many the window holds.
+    pub grown_intervals: usize,
+    pub verdict_intervals: usize,
+    /// The latest intervals that grew in a row.
+    pub growth_streak: usize,
+    pub verdict_scope: VerdictScope,
+}
+
+/// Judges one site from its samples, oldest first (the window's start and each interval's
+/// end). `lost` says events were lost while these samples were taken.
+pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
+    let k = samples.len().saturating_sub(1);
+    let live = |i: usize| samples[i].live_bytes as f64;
+    let (rate_b, t_b) = slope(samples, |s| s.live_bytes as f64);
+    let (rate_o, _) = slope(samples, |s| s.live_objects as f64);
+    let grown = (1..=k).filter(|&i| live(i) > live(i - 1)).count();
+    let streak = (1..=k).rev().take_while(|&i| live(i) > live(i - 1)).count();
+    let mut a = Assessment {
+        verdict: Verdict::New,
+        rate_bytes_per_s: round3(rate_b),
+        rate_objects_per_s: round3(rate_o),
+        grown_intervals: grown,
+        verdict_intervals: k,
+        growth_streak: streak,
+        verdict_scope: VerdictScope::Stack,
+    };
+    if k < p.min_intervals.max(1) {
+        return a;
+    }
+    let (first, last) = (samples[0], samples[k]);
+    let peak = (0..=k).map(live).fold(0.0, f64::max);
+    let avg_block = if last.live_objects > 0 {
+        last.live_bytes as f64 / last.live_objects as f64
+    } else if last.allocs > first.allocs {
+        (last.alloc_bytes - first.alloc_bytes) as f64 / (last.allocs - first.allocs) as f64
+    } else {
+        0.0
+    };
+    let tol = (2.0 * avg_block).max(FLAT_FRACTION * peak);
+    let net = live(k) - live(0);
+    let recent = live(k) - live(k / 2);
+    let steady = grown as f64 >= p.leak_fraction * k as f64;
+    let trend = rate_b > 0.0 && t_b >= TREND_T;
+    // Growth is measured against the peak only: one block grown by realloc is one big block.
+    let small = FLAT_FRACTION * peak;
+    a.verdict = if net > small && recent > small / 2.0 && (steady || trend) {
+        Verdict::Leak
+    } else if net < -tol {
+        Verdict::Freed
+    } else {
+        let mean = (0..=k).map(live).sum::<f64>() / (k + 1) as f64;
+        let per_interval = (last.alloc_bytes - first.alloc_bytes) as f64 / k as f64;
+        if (net > tol && recent <= tol / 2.0) || (mean > 0.0 && mean >= per_interval) {
+            Verdict::Plateau
+        } else {
+            Verdict::Churn
+        }
+    };
+    if lost {
+        a.verdict = Verdict::Uncertain;
+    }
+    a
+}
+
+/// Least-squares slope of `y` over the samples' times, and its t statistic (slope over its
+/// standard error; infinite for a perfect non-flat line).
+fn slope(samples: &[Sample], y: impl Fn(&Sample) -> f64) -> (f64, f64) {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return (0.0, 0.0);
+    }
+    let mt = samples.iter().map(|s| s.t).sum::<f64>() / n;
+    let my = samples.iter().map(&y).sum::<f64>() / n;
+    let sxx: f64 = samples.iter().map(|s| (s.t - mt).powi(2)).sum();
+    if sxx <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let sxy: f64 = samples.iter().map(|s| (s.t - mt) * (y(s) - my)).sum();
+    let b = sxy / sxx;
+    if samples.len() < 3 {
+        return (b, 0.0);
+    }
+    let sse: f64 = samples
+        .iter()
+        .map(|s| (y(s) - my - b * (s.t - mt)).powi(2))
+        .sum();
+    let se = (sse / (n - 2.0) / sxx).sqrt();
+    let t = if se > 0.0 {
+        b / se
+    } else if b != 0.0 {
+        f64::INFINITY.copysign(b)
+    } else {
+        0.0
+    };
+    (b, t)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history from live-bytes values at 1 s intervals, blocks of `block` bytes, with
+    /// `alloc_per_s` bytes allocated each second.
+    fn history(live: &[i64], block: u64, alloc_per_s: u64) -> Vec<Sample> {
+        live.iter()
+            .enumerate()
+            .map(|(i, &l)| Sample {
+                t: i as f64,
+                live_bytes: l.max(0) as u64,
+                live_objects: l.max(0) as u64 / block,
+                alloc_bytes: alloc_per_s * i as u64,
+                allocs: alloc_per_s * i as u64 / block,
+            })
+            .collect()
+    }
+
+    fn verdict(live: &[i64], block: u64, alloc_per_s: u64) -> Verdict {
+        assess(
+            &history(live, block, alloc_per_s),
+            &VerdictParams::default(),
+            false,
+        )
+        .verdict
+    }
+
+    /// A deterministic pseudo-random sequence in [-1, 1].
+    fn noise(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 2001) as f64 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steady_leak_is_a_leak_with_its_rate() {
+        let live: Vec<i64> = (0..11).map(|i| 6400 * i).collect();
+        let a = assess(&history(&live, 64, 6400), &VerdictParams::default(), false);
+        assert_eq!(a.verdict, Verdict::Leak);
+        assert_eq!(a.rate_bytes_per_s, 6400.0);
+        assert_eq!(a.rate_objects_per_s, 100.0);
+        assert_eq!(
+            (a.grown_intervals, a.verdict_intervals, a.growth_streak),
+            (10, 10, 10)
+        );
+    }
+
+    #[test]
+    fn one_block_growing_by_realloc_is_a_leak() {
+        // live objects stay at one, bytes grow
+        let s: Vec<Sample> = (0..11)
+            .map(|i| Sample {
+                t: i as f64,
+                live_bytes: 3200 * (i + 1),
+                live_objects: 1,
+                alloc_bytes: 3200 * (i + 1),
+                allocs: 100 * (i + 1),
+            })
+            .collect();
+        let a = assess(&s, &VerdictParams::default(), false);
+        assert_eq!(a.verdict, Verdict::Leak);
+        assert_eq!(a.rate_bytes_per_s, 3200.0);
+        assert_eq!(a.rate_objects_per_s, 0.0);
+    }
+
+    #[test]
+    fn a_filled_cache_is_a_plateau() {
+        // flat at 1 MB with one 512 B entry replaced per tick; samples jitter by one entry
+        let live: Vec<i64> = (0..11)
+            .map(|i| 1_024_000 + if i % 3 == 0 { 512 } else { 0 })
+            .collect();
+        assert_eq!(verdict(&live, 512, 51_200), Verdict::Plateau);
+    }
+
+    #[test]
+    fn growth_then_flat_is_a_plateau() {
+        let live = [
+            0, 256_000, 512_000, 768_000, 1_024_000, 1_024_000, 1_024_000, 1_024_000, 1_024_000,
+            1_024_000, 1_024_000,
+        ];
+        assert_eq!(verdict(&live, 512, 51_200), Verdict::Plateau);
+    }
+
+    #[test]
+    fn temporaries_are_churn() {
+        // ~100 KB/s allocated, at most a block or two live at a sample
+        let live = [0, 512, 0, 0, 1024, 0, 700, 0, 0, 0, 32];
+        assert_eq!(verdict(&live, 528, 105_600), Verdict::Churn);
+    }
+
+    #[test]
+    fn sawtooth_is_not_a_leak() {
+        // a buffer that fills for four intervals and is flushed
+        let live: Vec<i64> = (0..11).map(|i| 4096 * (i % 5)).collect();
+        let v = verdict(&live, 64, 4096);
+        assert!(matches!(v, Verdict::Plateau | Verdict::Churn), "{v:?}");
+        // and over a longer window too
+        let p = VerdictParams {
+            window: 30,
+            ..VerdictParams::default()
+        };
+        let live: Vec<i64> = (0..31).map(|i| 4096 * (i % 5)).collect();
+        let v = assess(&history(&live, 64, 4096), &p, false).verdict;
+        assert_ne!(v, Verdict::Leak);
+    }
+
+    #[test]
+    fn slow_leak_under_noise_is_found_by_its_trend() {
+        // +100 B/s under ±500 B of noise: grows in only about half the intervals
+        let p = VerdictParams {
+            window: 20,
+            ..VerdictParams::default()
+        };
+        let n = noise(21, 7);
+        let live: Vec<i64> = (0..21)
+            .map(|i| 50_000 + 100 * i as i64 + (500.0 * n[i]) as i64)
+            .collect();
+        let a = assess(&history(&live, 16, 2000), &p, false);
+        assert!(a.grown_intervals < 15, "{a:?}");
+        assert_eq!(a.verdict, Verdict::Leak, "{a:?}");
+        assert!((a.rate_bytes_per_s - 100.0).abs() < 40.0, "{a:?}");
+    }
+
+    #[test]
+    fn noise_without_a_trend_is_not_a_leak() {
+        for seed in 1..50 {
+            let n = noise(11, seed);
+            let live: Vec<i64> = (0..11).map(|i| 50_000 + (500.0 * n[i]) as i64).collect();
+            let v = verdict(&live, 16, 2000);
+            assert_ne!(v, Verdict::Leak, "seed {seed}: {live:?}");
+        }
+    }
+
+    #[test]
+    fn going_back_down_is_freed() {
+        let live = [
+            100_000, 100_000, 90_000, 80_000, 50_000, 20_000, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(verdict(&live, 100, 0), Verdict::Freed);
+    }
+
+    #[test]
+    fn short_histories_are_new() {
+        assert_eq!(verdict(&[0, 6400, 12800], 64, 6400), Verdict::New);
+        assert_eq!(verdict(&[0], 64, 6400), Verdict::New);
+        assert_eq!(verdict(&[], 64, 6400), Verdict::New);
+        assert_eq!(verdict(&[0, 6400, 12800, 19200], 64, 6400), Verdict::Leak);
+    }
+
+    #[test]
+    fn losses_make_a_leak_uncertain() {
+        let live: Vec<i64> = (0..11).map(|i| 6400 * i).collect();
+        let a = assess(&history(&live, 64, 6400), &VerdictParams::default(), true);
+        assert_eq!(a.verdict, Verdict::Uncertain);
+        // the rate is still shown
+        assert_eq!(a.rate_bytes_per_s, 6400.0);
+    }
+
+    #[test]
+    fn leak_that_stopped_is_a_plateau_not_a_leak() {
+        let live = [
+            0, 6400, 12800, 19200, 25600, 32000, 32000, 32000, 32000, 32000, 32000,
+        ];
+        assert_eq!(verdict(&live, 64, 3200), Verdict::Plateau);
+    }
+}

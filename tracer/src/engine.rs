@@ -1,0 +1,1128 @@
+//! The pipeline above the collector: books → history and verdicts → symbols → reports.
+//!
+//! An [`Engine`] is driven by a few calls: [`Engine::ingest`] a batch of events, [`Engine::tick`]
+//! at every drain point, [`Engine::mark`] when the user asks, [`Engine::finish`] at the end. The
+//! live tracer and `tracer replay` make the same calls with the same values (the recording
+//! holds them), so they print the same reports. The outside world is reached only through a
+//! [`Source`] (stacks and memory maps), and everything read through it is recorded.
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io::Write,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tracer_common::counter;
+
+use crate::{
+    aggregate::{
+        verdict::{self, Assessment, Sample, Verdict, VerdictScope},
+        Counts, Ledger, SiteDelta, SiteId, SiteKey, Snapshot,
+    },
+    cli::{Format, SortKey, Warmup},
+    collector::{Counters, Event},
+    config::ReportOptions,
+    record::{Frame as RecFrame, RecordHeader, RecordedMapping, Recorder},
+    report::{
+        self, EventCounts, LimitSettings, LiveObjects, Report, ReportKind, SiteReport, SizeCount,
+        Summary, Totals,
+    },
+    symbolize::{self, Frame, Mapping, Symbolizer},
+};
+
+/// What the pipeline needs from the world besides events.
+pub trait Source {
+    /// Return addresses (innermost first) of a stack the collector holds.
+    fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
+    /// The process's memory map as it is now, when it can be read (never in replay: there the
+    /// recorded maps arrive with [`Engine::install_maps`]).
+    fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
+}
+
+/// Whether to go on: a reader that closed stdout ends the run quietly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// One interval report's per-site counts, kept for verdicts.
+struct Point {
+    t_ns: u64,
+    sites: Vec<Counts>,
+    /// Cumulative losses that may touch any site (ring full, missed calls, bad records).
+    lost_any: u64,
+    /// Cumulative allocations recorded without their stack (they land in the no-stack site).
+    lost_stacks: u64,
+}
+
+pub struct Engine {
+    opts: ReportOptions,
+    head: RecordHeader,
+    ledger: Ledger,
+    symbolizer: Symbolizer,
+    recorder: Option<Recorder>,
+    build_ids: HashMap<PathBuf, Vec<u8>>,
+    /// Points after warm-up, at most `window + 1`, oldest first.
+    history: VecDeque<Point>,
+    /// Interval reports made so far.
+    intervals: u32,
+    interval_base: (Snapshot, u64),
+    mark_base: (Snapshot, u64),
+    marks: u32,
+    next_report_ns: u64,
+    /// Losses already announced on stderr.
+    lost_reported: u64,
+    out: Box<dyn Write>,
+}
+
+impl Engine {
+    pub fn new(
+        opts: ReportOptions,
+        head: RecordHeader,
+        recorder: Option<Recorder>,
+        out: Box<dyn Write>,
+    ) -> Engine {
+        let interval_ns = opts.interval.as_nanos() as u64;
+        let mut e = Engine {
+            opts,
+            head,
+            ledger: Ledger::new(),
+            symbolizer: Symbolizer::new(),
+            recorder,
+            build_ids: HashMap::new(),
+            history: VecDeque::new(),
+            intervals: 0,
+            interval_base: (Snapshot::default(), 0),
+            mark_base: (Snapshot::default(), 0),
+            marks: 0,
+            next_report_ns: interval_ns,
+            lost_reported: 0,
+            out,
+        };
+        // With no warm-up, the window starts from nothing at time zero.
+        if e.past_warmup(0) {
+            e.history.push_back(Point {
+                t_ns: 0,
+                sites: Vec::new(),
+                lost_any: 0,
+                lost_stacks: 0,
+            });
+        }
+        e
+    }
+
+    /// When the next interval report is due, in ns since the start.
+    pub fn next_report_ns(&self) -> u64 {
+        self.next_report_ns
+    }
+
+    /// Reads the process's memory map through `src` and keeps it (recording it when it changed).
+    pub fn refresh_maps(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        let Some(maps) = src.maps(pid).filter(|m| !m.is_empty()) else {
+            return Ok(());
+        };
+        if self.symbolizer.maps_of(pid) == Some(&maps[..]) {
+            return Ok(());
+        }
+        if let Some(rec) = &mut self.recorder {
+            let ids = &mut self.build_ids;
+            let recorded = maps
+                .iter()
+                .map(|m| {
+                    let open = m.open_path.clone().unwrap_or_else(|| m.path.clone());
+                    let id = ids
+                        .entry(open.clone())
+                        .or_insert_with(|| symbolize::build_id(&open).unwrap_or_default());
+                    RecordedMapping::of(m, id.clone())
+                })
+                .collect();
+            rec.write(&RecFrame::Maps {
+                pid,
+                maps: recorded,
+            })?;
+        }
+        self.symbolizer.set_maps(pid, maps);
+        Ok(())
+    }
+
+    /// Installs a recorded memory map (replay).
+    pub fn install_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
+        self.symbolizer.set_maps(pid, maps);
+    }
+
+    /// Applies a batch of events. Stacks seen for the first time are read through `src` (and
+    /// recorded before the events that need them).
+    pub fn ingest(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut fresh: HashMap<SiteKey, Vec<u64>> = HashMap::new();
+        for ev in events {
+            let Event::Alloc(a) = ev else { continue };
+            if a.addr == 0 || a.stack_id < 0 {
+                continue;
+            }
+            let key = SiteKey {
+                pid: a.pid,
+                stack_id: a.stack_id,
+            };
+            if self.ledger.site_id(&key).is_some() || fresh.contains_key(&key) {
+                continue;
+            }
+            let addrs = src.stack(a.pid, a.stack_id);
+            if let Some(rec) = &mut self.recorder {
+                rec.write(&RecFrame::Stack {
+                    pid: a.pid,
+                    stack_id: a.stack_id,
+                    addrs: addrs.clone(),
+                })?;
+            }
+            fresh.insert(key, addrs);
+        }
+        if let Some(rec) = &mut self.recorder {
+            rec.write_events(events)?;
+        }
+        let before = self.ledger.sites().len();
+        for ev in events {
+            self.ledger
+                .apply(ev, |k| fresh.remove(k).unwrap_or_default());
+        }
+        // New call sites: make sure their addresses are in the cached memory map while the
+        // process still lives (a library loaded since the last look).
+        let mut stale: Vec<u32> = self.ledger.sites()[before..]
+            .iter()
+            .filter(|s| {
+                let pid = s.key.map_or(0, |k| k.pid);
+                s.frames.iter().any(|&a| !self.symbolizer.knows(pid, a))
+            })
+            .filter_map(|s| s.key.map(|k| k.pid))
+            .collect();
+        stale.dedup();
+        for pid in stale {
+            self.refresh_maps(src, pid)?;
+        }
+        Ok(())
+    }
+
+    /// A drain point, `t_ns` after the start: makes the interval report when one is due.
+    pub fn tick(&mut self, src: &mut dyn Source, t_ns: u64, c: &Counters) -> Result<Flow> {
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Tick { t_ns, counters: *c })?;
+            rec.flush()?;
+        }
+        if t_ns < self.next_report_ns {
+            return Ok(Flow::Continue);
+        }
+        let interval_ns = self.opts.interval.as_nanos().max(1) as u64;
+        while self.next_report_ns <= t_ns {
+            self.next_report_ns += interval_ns;
+        }
+        self.intervals += 1;
+        let snap = self.ledger.snapshot(t_ns);
+        self.remember(&snap, c);
+        let mut base = std::mem::replace(&mut self.interval_base, (snap.clone(), t_ns));
+        if self.opts.since_attach {
+            base = (Snapshot::default(), 0);
+        }
+        let (base, base_ns) = base;
+        let r = self.build(ReportKind::Interval, &snap, &base, t_ns - base_ns, c);
+        let flow = self.emit(&r)?;
+        let pid = self.head.pid;
+        self.refresh_maps(src, pid)?;
+        Ok(flow)
+    }
+
+    /// A mark: reports what changed since the previous mark (or the start).
+    pub fn mark(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Mark { t_ns, counters: *c })?;
+        }
+        self.marks += 1;
+        let snap = self.ledger.snapshot(t_ns);
+        let (base, base_ns) = std::mem::replace(&mut self.mark_base, (snap.clone(), t_ns));
+        let mut r = self.build(ReportKind::Mark, &snap, &base, t_ns - base_ns, c);
+        r.mark = Some(self.marks);
+        self.emit(&r)
+    }
+
+    /// The end: the outstanding report.
+    pub fn finish(&mut self, t_ns: u64, c: &Counters, exit_code: Option<i32>) -> Result<()> {
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::End {
+                t_ns,
+                counters: *c,
+                exit_code,
+            })?;
+            rec.flush()?;
+        }
+        let snap = self.ledger.snapshot(t_ns);
+        if self.history.back().is_none_or(|p| p.t_ns < t_ns) {
+            self.remember(&snap, c);
+        }
+        let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
+        r.exit_code = exit_code;
+        self.emit(&r)?;
+        Ok(())
+    }
+
+    fn past_warmup(&self, t_ns: u64) -> bool {
+        match self.opts.warmup {
+            Warmup::Secs(s) => t_ns as f64 >= s * 1e9,
+            Warmup::Intervals(n) => self.intervals >= n,
+        }
+    }
+
+    fn warmup_s(&self) -> f64 {
+        match self.opts.warmup {
+            Warmup::Secs(s) => s,
+            Warmup::Intervals(n) => n as f64 * self.opts.interval.as_secs_f64(),
+        }
+    }
+
+    /// Keeps this moment's counts for verdicts (once past warm-up).
+    fn remember(&mut self, snap: &Snapshot, c: &Counters) {
+        if !self.past_warmup(snap.ts_ns) {
+            return;
+        }
+        let lost_any = c.get(counter::RING_FULL_ALLOC)
+            + c.get(counter::RING_FULL_FREE)
+            + c.get(counter::INFLIGHT_FULL)
+            + c.get(counter::MEMPTR_FAULT)
+            + c.bad_records;
+        let lost_stacks = c.get(counter::STACK_COLLISION) + c.get(counter::STACK_FAILED);
+        self.history.push_back(Point {
+            t_ns: snap.ts_ns,
+            sites: snap.sites.clone(),
+            lost_any,
+            lost_stacks,
+        });
+        while self.history.len() > self.opts.verdict.window + 1 {
+            self.history.pop_front();
+        }
+    }
+
+    /// The verdict of a group of sites (one reported row) from the history.
+    fn assess(&self, members: &[SiteId]) -> Assessment {
+        let zero = Counts::default();
+        let samples: Vec<Sample> = self
+            .history
+            .iter()
+            .map(|p| {
+                let mut s = Sample {
+                    t: p.t_ns as f64 / 1e9,
+                    ..Sample::default()
+                };
+                for &m in members {
+                    let c = p.sites.get(m).unwrap_or(&zero);
+                    s.live_bytes += c.live_bytes;
+                    s.live_objects += c.live_objects;
+                    s.alloc_bytes += c.alloc_bytes;
+                    s.allocs += c.allocs;
+                }
+                s
+            })
+            .collect();
+        let lost = match (self.history.front(), self.history.back()) {
+            (Some(first), Some(last)) => {
+                let active = members.iter().any(|&m| {
+                    let a = first.sites.get(m).unwrap_or(&zero);
+                    let b = last.sites.get(m).unwrap_or(&zero);
+                    a.allocs != b.allocs || a.frees != b.frees
+                });
+                let no_stack = members
+                    .iter()
+                    .any(|&m| self.ledger.site(m).key.is_some_and(|k| k.stack_id < 0));
+                (active && last.lost_any > first.lost_any)
+                    || (no_stack && last.lost_stacks > first.lost_stacks)
+            }
+            _ => false,
+        };
+        verdict::assess(&samples, &self.opts.verdict, lost)
+    }
+
+    /// Every site by its allocation point: the process and the return address into the
+    /// allocator's caller (the call instruction that allocates).
+    fn points(&self) -> HashMap<(u32, u64), Vec<SiteId>> {
+        let mut out: HashMap<(u32, u64), Vec<SiteId>> = HashMap::new();
+        for (id, s) in self.ledger.sites().iter().enumerate() {
+            if let (Some(k), Some(&first)) = (s.key, s.frames.first()) {
+                out.entry((k.pid, first)).or_default().push(id);
+            }
+        }
+        out
+    }
+
+    /// A row's verdict. A stack is judged by its own history, unless all the stacks through its
+    /// allocation point together do not grow: then one stack's growth is another's shrinking
+    /// (a cache filled from one caller and refilled from another) and the point's verdict holds.
+    fn judge(
+        &self,
+        members: &[SiteId],
+        points: &HashMap<(u32, u64), Vec<SiteId>>,
+        cache: &mut HashMap<(u32, u64), Assessment>,
+    ) -> Assessment {
+        let mut own = self.assess(members);
+        if !matches!(own.verdict, Verdict::Leak | Verdict::Freed) {
+            return own;
+        }
+        let site = self.ledger.site(members[0]);
+        let (Some(k), Some(&first)) = (site.key, site.frames.first()) else {
+            return own;
+        };
+        let Some(all) = points.get(&(k.pid, first)) else {
+            return own;
+        };
+        if all.iter().all(|m| members.contains(m)) {
+            return own;
+        }
+        let point = *cache
+            .entry((k.pid, first))
+            .or_insert_with(|| self.assess(all));
+        if matches!(point.verdict, Verdict::Plateau | Verdict::Churn) {
+            own.verdict = point.verdict;
+            own.verdict_scope = VerdictScope::AllocationPoint;
+        }
+        own
+    }
+
+    fn counters(&self, c: &Counters) -> (BTreeMap<&'static str, u64>, EventCounts) {
+        let lost = BTreeMap::from([
+            ("ring_full_allocs", c.get(counter::RING_FULL_ALLOC)),
+            ("ring_full_frees", c.get(counter::RING_FULL_FREE)),
+            ("stack_collisions", c.get(counter::STACK_COLLISION)),
+            ("stack_failures", c.get(counter::STACK_FAILED)),
+            ("inflight_full", c.get(counter::INFLIGHT_FULL)),
+            ("memptr_faults", c.get(counter::MEMPTR_FAULT)),
+            ("bad_records", c.bad_records),
+        ]);
+        let st = self.ledger.stats;
+        let events = EventCounts {
+            allocs: c.get(counter::ALLOCS),
+            frees: c.get(counter::FREES),
+            received_allocs: st.alloc_events,
+            received_frees: st.free_events,
+            nested: c.get(counter::NESTED),
+            failed: c.get(counter::FAILED),
+            unknown_frees: st.unknown_frees,
+            filtered: c.get(counter::FILTERED),
+        };
+        (lost, events)
+    }
+
+    /// Builds a report of `kind` from the change `base` → `snap`: selects the sites, merges
+    /// those whose stacks read the same (e.g. the copies of an unrolled loop's call), judges,
+    /// describes their blocks, filters, sorts and keeps the top N.
+    fn build(
+        &mut self,
+        kind: ReportKind,
+        snap: &Snapshot,
+        base: &Snapshot,
+        window_ns: u64,
+        c: &Counters,
+    ) -> Report {
+        let t = self.ledger.totals();
+        let mut totals = Totals {
+            live_objects: t.live_objects,
+            live_bytes: t.live_bytes,
+            ..Totals::default()
+        };
+        let deltas = snap.diff(base);
+        let mut picked: Vec<SiteDelta> = Vec::new();
+        for d in deltas {
+            totals.delta_objects += d.delta_objects;
+            totals.delta_bytes += d.delta_bytes;
+            totals.allocs += d.delta_allocs;
+            totals.frees += d.delta_frees;
+            let keep = match kind {
+                ReportKind::Interval => true,
+                ReportKind::Mark => d.delta_objects != 0 || d.delta_bytes != 0,
+                ReportKind::Final => d.now.live_objects > 0,
+            };
+            if keep {
+                picked.push(d);
+            }
+        }
+        // Merge by what the frames read as.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<Vec<String>, usize> = HashMap::new();
+        for d in picked {
+            let site = self.ledger.site(d.site);
+            let pid = site.key.map_or(self.head.pid, |k| k.pid);
+            let addrs = site.frames.clone();
+            let frames = self.symbolizer.stack(pid, &addrs);
+            let key: Vec<String> = frames.iter().map(source_key).collect();
+            let g = *index.entry(key).or_insert_with(|| {
+                groups.push(Group {
+                    frames,
+                    ..Group::default()
+                });
+                groups.len() - 1
+            });
+            let g = &mut groups[g];
+            g.members.push(d.site);
+            g.live_objects += d.now.live_objects;
+            g.live_bytes += d.now.live_bytes;
+            g.delta_objects += d.delta_objects;
+            g.delta_bytes += d.delta_bytes;
+            g.allocs += d.delta_allocs;
+            g.frees += d.delta_frees;
+        }
+        if let Some(re) = &self.opts.site {
+            groups.retain(|g| g.frames.iter().any(|f| frame_matches(re, f)));
+        }
+        let now_mono = self.head.start_mono_ns + snap.ts_ns;
+        let cutoff = match (kind, self.opts.older_than) {
+            (ReportKind::Final, Some(age)) => Some(now_mono.saturating_sub(age.as_nanos() as u64)),
+            _ => None,
+        };
+        let blocks = self.describe_blocks(&groups, cutoff);
+        let points = self.points();
+        let mut point_verdicts: HashMap<(u32, u64), Assessment> = HashMap::new();
+        if cutoff.is_some() {
+            totals.live_objects = 0;
+            totals.live_bytes = 0;
+        }
+        let mut sites: Vec<SiteReport> = Vec::with_capacity(groups.len());
+        for (g, b) in groups.into_iter().zip(blocks) {
+            let (mut live_objects, mut live_bytes) = (g.live_objects, g.live_bytes);
+            if cutoff.is_some() {
+                (live_objects, live_bytes) = (b.objects, b.bytes);
+                totals.live_objects += live_objects;
+                totals.live_bytes += live_bytes;
+                if live_objects == 0 {
+                    continue;
+                }
+            }
+            let (delta_objects, delta_bytes) = match kind {
+                ReportKind::Final => (live_objects as i64, live_bytes as i64),
+                _ => (g.delta_objects, g.delta_bytes),
+            };
+            let assessment = self.judge(&g.members, &points, &mut point_verdicts);
+            sites.push(SiteReport {
+                assessment,
+                objects: b.summary(now_mono),
+                frames: g.frames,
+                live_objects,
+                live_bytes,
+                delta_objects,
+                delta_bytes,
+                allocs: g.allocs,
+                frees: g.frees,
+            });
+        }
+        if cutoff.is_some() {
+            totals.delta_objects = totals.live_objects as i64;
+            totals.delta_bytes = totals.live_bytes as i64;
+        }
+        let mut summary = Summary::default();
+        for s in &sites {
+            match s.assessment.verdict {
+                Verdict::Leak => {
+                    summary.leak_sites += 1;
+                    summary.leak_bytes_per_s += s.assessment.rate_bytes_per_s;
+                }
+                Verdict::Plateau => summary.plateau_sites += 1,
+                Verdict::Uncertain => summary.uncertain_sites += 1,
+                _ => {}
+            }
+        }
+        summary.leak_bytes_per_s = round3(summary.leak_bytes_per_s);
+        sort(&mut sites, kind, self.opts.sort);
+        let omitted = sites.len().saturating_sub(self.opts.top);
+        sites.truncate(self.opts.top);
+        let (lost, events) = self.counters(c);
+        Report {
+            kind,
+            elapsed_s: round3(snap.ts_ns as f64 / 1e9),
+            window_s: round3(window_ns as f64 / 1e9),
+            pid: self.head.pid,
+            command: self.head.command.clone(),
+            allocator: self.head.allocator.clone(),
+            lost,
+            events,
+            totals,
+            sites,
+            sites_omitted: omitted,
+            summary,
+            warmup_s: round3(self.warmup_s()),
+            mark: None,
+            exit_code: None,
+        }
+    }
+
+    /// One pass over the live blocks: sizes and ages per group (and, with a cutoff, the
+    /// blocks allocated at or before it).
+    fn describe_blocks(&self, groups: &[Group], cutoff: Option<u64>) -> Vec<Blocks> {
+        let mut of_site: HashMap<SiteId, usize> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            for &m in &g.members {
+                of_site.insert(m, i);
+            }
+        }
+        let mut out = vec![Blocks::default(); groups.len()];
+        if of_site.is_empty() {
+            return out;
+        }
+        for (_, _, b) in self.ledger.all_live_blocks() {
+            let Some(&g) = of_site.get(&b.site) else {
+                continue;
+            };
+            if cutoff.is_some_and(|c| b.ts_ns > c) {
+                continue;
+            }
+            let o = &mut out[g];
+            *o.sizes.entry(b.size).or_default() += b.weight;
+            o.objects += b.weight;
+            o.bytes += b.size * b.weight;
+            o.oldest = Some(o.oldest.map_or(b.ts_ns, |t: u64| t.min(b.ts_ns)));
+        }
+        out
+    }
+
+    /// Writes a report; Quit when stdout is gone.
+    fn emit(&mut self, r: &Report) -> Result<Flow> {
+        let limits = LimitSettings {
+            ring_size: self.head.ring_size,
+            stack_slots: self.head.stack_slots,
+        };
+        let lost_now: u64 = r.lost.values().sum();
+        if lost_now > self.lost_reported {
+            for h in report::lost_hints(&r.lost, limits) {
+                eprintln!("tracer: warning: {h}");
+            }
+            self.lost_reported = lost_now;
+        }
+        let res = match self.opts.format {
+            Format::Table => report::table::write(r, limits, &mut self.out),
+            Format::Json => report::json::write(r, &mut self.out),
+        };
+        match res {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Flow::Quit),
+            Err(e) => Err(e).context("cannot write the report"),
+        }
+    }
+}
+
+/// A reported row: sites whose stacks read the same.
+#[derive(Default)]
+struct Group {
+    frames: Vec<Frame>,
+    members: Vec<SiteId>,
+    live_objects: u64,
+    live_bytes: u64,
+    delta_objects: i64,
+    delta_bytes: i64,
+    allocs: u64,
+    frees: u64,
+}
+
+/// The live blocks of one group.
+#[derive(Clone, Default)]
+struct Blocks {
+    sizes: BTreeMap<u64, u64>,
+    objects: u64,
+    bytes: u64,
+    oldest: Option<u64>,
+}
+
+impl Blocks {
+    fn summary(&self, now_mono: u64) -> LiveObjects {
+        let mut by_bytes: Vec<SizeCount> = self
+            .sizes
+            .iter()
+            .map(|(&size, &objects)| SizeCount { size, objects })
+            .collect();
+        by_bytes.sort_by(|a, b| {
+            (b.size * b.objects)
+                .cmp(&(a.size * a.objects))
+                .then(b.objects.cmp(&a.objects))
+                .then(a.size.cmp(&b.size))
+        });
+        by_bytes.truncate(4);
+        let mut histogram: BTreeMap<u64, u64> = BTreeMap::new();
+        for (&size, &n) in &self.sizes {
+            let class = if size == 0 {
+                0
+            } else {
+                1u64 << (63 - size.leading_zeros())
+            };
+            *histogram.entry(class).or_default() += n;
+        }
+        LiveObjects {
+            sizes: by_bytes,
+            distinct_sizes: self.sizes.len(),
+            size_min: self.sizes.keys().next().copied().unwrap_or(0),
+            size_max: self.sizes.keys().next_back().copied().unwrap_or(0),
+            size_histogram: histogram.into_iter().collect(),
+            oldest_age_s: self
+                .oldest
+                .map(|t| round3(now_mono.saturating_sub(t) as f64 / 1e9)),
+        }
+    }
+}
+
+fn sort(sites: &mut [SiteReport], kind: ReportKind, key: SortKey) {
+    let outstanding = kind == ReportKind::Final;
+    sites.sort_by(|a, b| {
+        let (ab, ao, bb, bo) = if outstanding {
+            (
+                a.live_bytes as i64,
+                a.live_objects as i64,
+                b.live_bytes as i64,
+                b.live_objects as i64,
+            )
+        } else {
+            (
+                a.delta_bytes,
+                a.delta_objects,
+                b.delta_bytes,
+                b.delta_objects,
+            )
+        };
+        let by_bytes = bb.cmp(&ab).then(bo.cmp(&ao));
+        match key {
+            SortKey::Bytes => by_bytes,
+            SortKey::Objects => bo.cmp(&ao).then(bb.cmp(&ab)),
+            SortKey::Rate => b
+                .assessment
+                .rate_bytes_per_s
+                .total_cmp(&a.assessment.rate_bytes_per_s)
+                .then(by_bytes),
+        }
+    });
+}
+
+fn frame_matches(re: &regex_lite::Regex, f: &Frame) -> bool {
+    [&f.function, &f.file, &f.module]
+        .into_iter()
+        .flatten()
+        .any(|s| re.is_match(s))
+}
+
+/// What a frame reads as in source terms: two stacks with equal keys are one site to a reader.
+fn source_key(f: &Frame) -> String {
+    match (&f.function, &f.file, f.line) {
+        (Some(func), file, line) => format!(
+            "{func}|{}|{}",
+            file.as_deref().unwrap_or(""),
+            line.unwrap_or(0)
+        ),
+        (None, _, _) => format!(
+            "{}+{:#x}",
+            f.module.as_deref().unwrap_or("?"),
+            if f.module.is_some() { f.offset } else { f.addr }
+        ),
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Nanoseconds in a duration, saturating.
+pub fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use clap::Parser;
+    use serde_json::Value;
+    use tracer_common::AllocFn;
+
+    use super::*;
+    use crate::{
+        cli::{Cli, Sub},
+        collector::Alloc,
+    };
+
+    const S: u64 = 1_000_000_000;
+    const PID: u32 = 7;
+
+    /// Stacks by id: stack id N has the single return address 0x1000 * N (so every stack is
+    /// its own allocation point unless a test shares one).
+    #[derive(Default)]
+    struct Fake {
+        stacks: HashMap<i32, Vec<u64>>,
+    }
+
+    impl Source for Fake {
+        fn stack(&mut self, _pid: u32, id: i32) -> Vec<u64> {
+            self.stacks
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| vec![0x1000 * id as u64])
+        }
+        fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
+            None
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn reports(&self) -> Vec<Value> {
+            String::from_utf8(self.0.borrow().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn opts(args: &[&str]) -> ReportOptions {
+        let mut argv = vec!["tracer", "replay", "x", "--format", "json", "-i", "1"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().sub {
+            Some(Sub::Replay { report, .. }) => ReportOptions::from_args(report).unwrap(),
+            None => unreachable!(),
+        }
+    }
+
+    fn head() -> RecordHeader {
+        RecordHeader {
+            tracer: "test".into(),
+            pid: PID,
+            command: "victim".into(),
+            allocator: "libc.so.6".into(),
+            start_mono_ns: 0,
+            ring_size: 4096,
+            stack_slots: 1024,
+        }
+    }
+
+    fn engine(args: &[&str]) -> (Engine, Buf) {
+        let out = Buf::default();
+        (
+            Engine::new(opts(args), head(), None, Box::new(out.clone())),
+            out,
+        )
+    }
+
+    fn malloc(addr: u64, size: u64, stack_id: i32, ts_ns: u64) -> Event {
+        Event::Alloc(Alloc {
+            pid: PID,
+            tid: PID,
+            ts_ns,
+            func: AllocFn::Malloc,
+            addr,
+            old_addr: 0,
+            size,
+            weight: 1,
+            stack_id,
+        })
+    }
+
+    fn free(addr: u64, ts_ns: u64) -> Event {
+        Event::Free {
+            pid: PID,
+            ts_ns,
+            addr,
+        }
+    }
+
+    /// The report's site whose first frame is `0x1000 * stack`.
+    fn site(r: &Value, stack: i32) -> Option<&Value> {
+        let addr = format!("{:#x}", 0x1000 * stack as u64);
+        r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frames"][0]["addr"] == addr.as_str())
+    }
+
+    /// Each second: stack 1 leaks ten 64 B blocks, stack 2 allocates and frees fifty, stack 3
+    /// fills a 100-entry cache of 512 B blocks in two seconds, then replaces one a second.
+    fn leaky_second(e: &mut Engine, w: &mut Fake, sec: u64, cache: &mut VecDeque<u64>) {
+        let t = sec * S;
+        let mut evs = Vec::new();
+        for i in 0..10 {
+            evs.push(malloc(0x10_0000 + sec * 100 + i, 64, 1, t + i));
+        }
+        for i in 0..50 {
+            evs.push(malloc(0x20_0000 + i, 100 + i, 2, t + i));
+            evs.push(free(0x20_0000 + i, t + i));
+        }
+        let inserts = if cache.len() < 100 { 50 } else { 1 };
+        for i in 0..inserts {
+            let a = 0x30_0000 + sec * 100 + i;
+            evs.push(malloc(a, 512, 3, t + i));
+            cache.push_back(a);
+            if cache.len() > 100 {
+                evs.push(free(cache.pop_front().unwrap(), t + i));
+            }
+        }
+        e.ingest(w, &evs).unwrap();
+    }
+
+    fn run_leaky(e: &mut Engine, secs: u64) {
+        let mut w = Fake::default();
+        let mut cache = VecDeque::new();
+        let c = Counters::default();
+        for sec in 0..secs {
+            leaky_second(e, &mut w, sec, &mut cache);
+            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        }
+        e.finish(secs * S + S / 2, &c, Some(0)).unwrap();
+    }
+
+    #[test]
+    fn verdicts_and_rates_from_the_history() {
+        let (mut e, out) = engine(&["--warmup", "3"]);
+        run_leaky(&mut e, 14);
+        let reps = out.reports();
+        assert_eq!(reps.len(), 15);
+        let early = &reps[1];
+        assert_eq!(site(early, 1).unwrap()["verdict"], "new");
+        let r = &reps[13];
+        assert_eq!(r["kind"], "interval");
+        assert_eq!(r["warmup_s"], 3.0);
+        let leak = site(r, 1).unwrap();
+        assert_eq!(leak["verdict"], "leak");
+        assert_eq!(leak["rate_bytes_per_s"], 640.0);
+        assert_eq!(leak["rate_objects_per_s"], 10.0);
+        assert_eq!(leak["verdict_intervals"], 10);
+        assert_eq!(leak["grown_intervals"], 10);
+        assert_eq!(leak["verdict_scope"], "stack");
+        assert_eq!(site(r, 2).unwrap()["verdict"], "churn");
+        assert_eq!(site(r, 3).unwrap()["verdict"], "plateau");
+        assert_eq!(r["summary"]["leak_sites"], 1);
+        assert_eq!(r["summary"]["leak_bytes_per_s"], 640.0);
+        // the churn site had activity but no growth: it is listed
+        assert_eq!(site(r, 2).unwrap()["delta_bytes"], 0);
+        let fin = reps.last().unwrap();
+        assert_eq!(fin["kind"], "final");
+        assert_eq!(fin["exit_code"], 0);
+        assert_eq!(site(fin, 1).unwrap()["verdict"], "leak");
+        assert_eq!(site(fin, 1).unwrap()["live_objects"], 140);
+        assert!(
+            site(fin, 2).is_none(),
+            "nothing of the churn site is outstanding"
+        );
+    }
+
+    #[test]
+    fn a_cache_fed_from_two_callers_is_one_plateau() {
+        // stacks 4 and 5 share the allocation point 0x4000: 5 fills the cache, 4 replaces
+        let (mut e, out) = engine(&[]);
+        let mut w = Fake::default();
+        w.stacks.insert(4, vec![0x4000, 0x9004]);
+        w.stacks.insert(5, vec![0x4000, 0x9005]);
+        let c = Counters::default();
+        let mut cache = VecDeque::new();
+        let mut n = 0u64;
+        for sec in 0..12u64 {
+            let mut evs = Vec::new();
+            let (stack, count) = if sec < 2 { (5, 50) } else { (4, 10) };
+            for _ in 0..count {
+                n += 1;
+                evs.push(malloc(0x50_0000 + n, 512, stack, sec * S));
+                cache.push_back(0x50_0000 + n);
+                if cache.len() > 100 {
+                    evs.push(free(cache.pop_front().unwrap(), sec * S));
+                }
+            }
+            e.ingest(&mut w, &evs).unwrap();
+            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        }
+        let reps = out.reports();
+        let r = &reps[11];
+        let rows = r["sites"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{r}");
+        for s in rows {
+            assert_eq!(s["verdict"], "plateau", "{s}");
+            assert_eq!(s["verdict_scope"], "allocation_point", "{s}");
+        }
+    }
+
+    #[test]
+    fn lost_events_make_active_sites_uncertain() {
+        let (mut e, out) = engine(&[]);
+        let mut w = Fake::default();
+        let mut cache = VecDeque::new();
+        let mut c = Counters::default();
+        for sec in 0..12 {
+            leaky_second(&mut e, &mut w, sec, &mut cache);
+            if sec == 8 {
+                c.kernel[counter::RING_FULL_FREE as usize] += 3;
+            }
+            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        }
+        let reps = out.reports();
+        assert_eq!(site(&reps[7], 1).unwrap()["verdict"], "leak");
+        let r = &reps[11];
+        for s in r["sites"].as_array().unwrap() {
+            assert_eq!(s["verdict"], "uncertain", "{s}");
+        }
+        assert_eq!(r["summary"]["leak_sites"], 0);
+        assert_eq!(r["summary"]["uncertain_sites"], 3);
+        assert_eq!(r["lost"]["ring_full_frees"], 3);
+    }
+
+    #[test]
+    fn a_mark_shows_exactly_what_was_left_between_marks() {
+        let (mut e, out) = engine(&["-i", "1000"]);
+        let mut w = Fake::default();
+        let mut cache = VecDeque::new();
+        let c = Counters::default();
+        for sec in 0..3 {
+            leaky_second(&mut e, &mut w, sec, &mut cache);
+        }
+        e.mark(3 * S, &c).unwrap();
+        // the action: seven 48 B blocks at stack 9, plus temporaries
+        let mut evs = Vec::new();
+        for i in 0..7 {
+            evs.push(malloc(0x90_0000 + i, 48, 9, 3 * S));
+            evs.push(malloc(0x91_0000 + i, 999, 10, 3 * S));
+            evs.push(free(0x91_0000 + i, 3 * S));
+        }
+        e.ingest(&mut w, &evs).unwrap();
+        e.mark(4 * S, &c).unwrap();
+        let reps = out.reports();
+        assert_eq!(reps.len(), 2);
+        let m = &reps[1];
+        assert_eq!(
+            (m["kind"].as_str(), m["mark"].as_u64()),
+            (Some("mark"), Some(2))
+        );
+        assert_eq!(m["window_s"], 1.0);
+        let rows = m["sites"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{m}");
+        assert_eq!(rows[0]["delta_objects"], 7);
+        assert_eq!(rows[0]["delta_bytes"], 7 * 48);
+        assert_eq!(rows[0]["sizes"][0]["size"], 48);
+        assert_eq!(rows[0]["sizes"][0]["objects"], 7);
+        assert_eq!(rows[0]["oldest_age_s"], 1.0);
+        assert_eq!(m["totals"]["delta_bytes"], 7 * 48);
+    }
+
+    #[test]
+    fn since_attach_reports_cumulative_growth() {
+        let (mut e, out) = engine(&["--since-attach"]);
+        run_leaky(&mut e, 4);
+        let reps = out.reports();
+        let r = &reps[3];
+        assert_eq!(r["window_s"], 4.0);
+        assert_eq!(site(r, 1).unwrap()["delta_objects"], 40);
+    }
+
+    #[test]
+    fn older_than_keeps_old_blocks_in_the_outstanding_report() {
+        let (mut e, out) = engine(&["--older-than", "5"]);
+        run_leaky(&mut e, 10);
+        let fin = out.reports().pop().unwrap();
+        // at 10.5 s, blocks allocated at or before 5.5 s: seconds 0..=5 of stack 1
+        let s = site(&fin, 1).unwrap();
+        assert_eq!(s["live_objects"], 60, "{s}");
+        assert_eq!(s["oldest_age_s"], 10.5);
+        // the cache: 42 + 50 entries of the first two seconds not yet replaced, and the
+        // replacements of seconds 2..=5
+        assert_eq!(site(&fin, 3).unwrap()["live_objects"], 96);
+        assert_eq!(fin["totals"]["live_objects"], 156);
+        assert!(site(&fin, 2).is_none());
+    }
+
+    #[test]
+    fn sort_top_and_site_filter() {
+        let (mut e, out) = engine(&["--sort", "objects", "-n", "1"]);
+        run_leaky(&mut e, 3);
+        let reps = out.reports();
+        // by Δobjects the cache (50 a second while filling) beats the leak (10)
+        assert_eq!(reps[0]["sites"].as_array().unwrap().len(), 1);
+        assert!(site(&reps[0], 3).is_some());
+        assert_eq!(reps[0]["sites_omitted"], 2);
+
+        let (mut e, out) = engine(&["--site", "leaky_lib"]);
+        let mut w = Fake::default();
+        e.install_maps(
+            PID,
+            vec![Mapping {
+                start: 0x1000,
+                end: 0x2000,
+                offset: 0,
+                path: "/opt/leaky_lib.so".into(),
+                open_path: None,
+            }],
+        );
+        e.ingest(&mut w, &[malloc(1, 8, 1, 0), malloc(2, 8, 2, 0)])
+            .unwrap();
+        e.tick(&mut w, S, &Counters::default()).unwrap();
+        let r = &out.reports()[0];
+        let rows = r["sites"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{r}");
+        assert_eq!(rows[0]["frames"][0]["module"], "/opt/leaky_lib.so");
+    }
+
+    #[test]
+    fn a_recording_replays_to_the_same_reports() {
+        let dir = std::env::temp_dir().join(format!("tracer-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("run.rec");
+        let live = Buf::default();
+        let rec = Recorder::create(&path, &head()).unwrap();
+        let mut e = Engine::new(
+            opts(&["--warmup", "2i"]),
+            head(),
+            Some(rec),
+            Box::new(live.clone()),
+        );
+        let mut w = Fake::default();
+        let mut cache = VecDeque::new();
+        let c = Counters::default();
+        for sec in 0..8 {
+            leaky_second(&mut e, &mut w, sec, &mut cache);
+            e.tick(&mut w, sec * S + S / 2, &c).unwrap();
+            if sec == 4 {
+                e.mark(sec * S + S / 3, &c).unwrap();
+            }
+            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        }
+        e.finish(8 * S + 1, &c, Some(3)).unwrap();
+        drop(e);
+        let replayed = Buf::default();
+        crate::replay::run_to(&path, opts(&["--warmup", "2i"]), Box::new(replayed.clone()))
+            .unwrap();
+        assert_eq!(live.reports().len(), 10);
+        assert_eq!(
+            String::from_utf8(replayed.0.borrow().clone()).unwrap(),
+            String::from_utf8(live.0.borrow().clone()).unwrap()
+        );
+        // a different interval re-buckets the same recording
+        let coarse = Buf::default();
+        crate::replay::run_to(&path, opts(&["-i", "2"]), Box::new(coarse.clone())).unwrap();
+        let reps = coarse.reports();
+        let kinds: Vec<&str> = reps.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["interval", "interval", "mark", "interval", "interval", "final"]
+        );
+        assert_eq!(site(&reps[0], 1).unwrap()["delta_objects"], 20);
+        // a truncated recording replays what it holds, then names the offset
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+        let err = crate::replay::run_to(&path, opts(&[]), Box::new(Buf::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corrupt at byte") && err.contains("truncated"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
