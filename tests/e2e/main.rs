@@ -2,6 +2,7 @@
 //! known exactly. Run as root (scripts/test); see tracer_tests::privileged for skipping rules.
 mod attach;
 mod cli;
+mod flame;
 mod launch;
 mod lost;
 mod workflow;

@@ -83,6 +83,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             command,
             allocator: lib.path.display().to_string(),
             start_mono_ns: monotonic_ns(),
+            start_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
             ring_size: t.ring_size,
             stack_slots: t.stack_slots,
         };

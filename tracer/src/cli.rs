@@ -127,6 +127,25 @@ pub struct ReportArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub min_intervals: u32,
 
+    /// Write flame data to PATH at the end: folded stacks (.folded), a differential folded file
+    /// (.diff.folded), an SVG flame graph (.svg), pprof (.pb.gz) or speedscope (.speedscope.json).
+    /// Repeat it for several files.
+    #[arg(long, value_name = "PATH", action = clap::ArgAction::Append)]
+    pub flame: Vec<PathBuf>,
+
+    /// The flame file's format, when its name does not say.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub flame_format: Option<crate::flame::Format>,
+
+    /// What the flame data shows: the leaking sites' outstanding bytes, all live memory, all
+    /// allocations, or growth since the last mark.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = crate::flame::What::Leaks)]
+    pub flame_what: crate::flame::What,
+
+    /// Rewrite the flame file at every interval report too (atomically), not only at the end.
+    #[arg(long)]
+    pub flame_every: bool,
+
     /// Share of the window's intervals that must grow for a steady leak (0..1).
     #[arg(long, value_name = "F", default_value = "0.6", value_parser = parse_fraction)]
     pub leak_fraction: f64,
@@ -294,6 +313,19 @@ mod tests {
         assert!(cli.sub.is_none());
         assert_eq!(cli.command, ["replay"]);
         assert!(Cli::try_parse_from(["tracer", "--replay", "x", "--pid", "3"]).is_err());
+    }
+
+    #[test]
+    fn flame_files_add_up_while_other_flags_override() {
+        let cli = Cli::try_parse_from([
+            "tracer", "-i", "1", "-i", "2", "--flame", "a.svg", "--flame", "b.pb.gz", "--pid", "1",
+        ])
+        .unwrap();
+        assert_eq!(cli.report.interval, 2.0);
+        assert_eq!(
+            cli.report.flame,
+            [PathBuf::from("a.svg"), PathBuf::from("b.pb.gz")]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use crate::{
     aggregate::verdict::VerdictParams,
     cli::{Cli, Format, ReportArgs, SortKey, Sub, Warmup},
+    flame,
 };
 
 #[derive(Debug, Clone)]
@@ -54,6 +55,16 @@ pub struct ReportOptions {
     pub older_than: Option<Duration>,
     pub since_attach: bool,
     pub verdict: VerdictParams,
+    pub flame: Option<FlameOptions>,
+}
+
+/// Where and what flame data to write.
+#[derive(Debug, Clone)]
+pub struct FlameOptions {
+    /// Each file with its format.
+    pub files: Vec<(PathBuf, flame::Format)>,
+    pub what: flame::What,
+    pub every: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +137,31 @@ impl ReportOptions {
             })?),
             None => None,
         };
+        if a.flame.is_empty() && (a.flame_format.is_some() || a.flame_every) {
+            bail!("--flame-format and --flame-every need --flame PATH");
+        }
+        if a.flame.len() > 1 && a.flame_format.is_some() {
+            bail!("--flame-format applies to one --flame file; with several, each name's extension says its format");
+        }
+        let flame = if a.flame.is_empty() {
+            None
+        } else {
+            let mut files = Vec::new();
+            for path in a.flame {
+                let format = match a.flame_format {
+                    Some(f) => f,
+                    None => flame::Format::from_path(&path)?,
+                };
+                files.push((path, format));
+            }
+            Some(FlameOptions {
+                files,
+                what: a.flame_what,
+                every: a.flame_every,
+            })
+        };
         Ok(ReportOptions {
+            flame,
             interval: Duration::from_secs_f64(a.interval),
             top: a.top,
             format: a.format,

@@ -23,6 +23,7 @@ use crate::{
     cli::{Format, SortKey, Warmup},
     collector::{Counters, Event},
     config::ReportOptions,
+    flame::{self, Profile as FlameProfile, Stack as FlameStack, What},
     record::{Frame as RecFrame, RecordHeader, RecordedMapping, Recorder},
     report::{
         self, EventCounts, LimitSettings, LiveObjects, Report, ReportKind, SiteReport, SizeCount,
@@ -70,6 +71,8 @@ pub struct Engine {
     intervals: u32,
     interval_base: (Snapshot, u64),
     mark_base: (Snapshot, u64),
+    /// The mark before the last one (growth between the last two marks).
+    prev_mark: Option<(Snapshot, u64)>,
     marks: u32,
     next_report_ns: u64,
     /// Losses already announced on stderr.
@@ -96,6 +99,7 @@ impl Engine {
             intervals: 0,
             interval_base: (Snapshot::default(), 0),
             mark_base: (Snapshot::default(), 0),
+            prev_mark: None,
             marks: 0,
             next_report_ns: interval_ns,
             lost_reported: 0,
@@ -229,6 +233,9 @@ impl Engine {
         let (base, base_ns) = base;
         let r = self.build(ReportKind::Interval, &snap, &base, t_ns - base_ns, c);
         let flow = self.emit(&r)?;
+        if self.opts.flame.as_ref().is_some_and(|f| f.every) {
+            self.write_flame(t_ns)?;
+        }
         let pid = self.head.pid;
         self.refresh_maps(src, pid)?;
         Ok(flow)
@@ -244,7 +251,17 @@ impl Engine {
         let (base, base_ns) = std::mem::replace(&mut self.mark_base, (snap.clone(), t_ns));
         let mut r = self.build(ReportKind::Mark, &snap, &base, t_ns - base_ns, c);
         r.mark = Some(self.marks);
-        self.emit(&r)
+        self.prev_mark = (self.marks > 1).then_some((base, base_ns));
+        let flow = self.emit(&r)?;
+        if self
+            .opts
+            .flame
+            .as_ref()
+            .is_some_and(|f| f.every && f.what == What::Growth)
+        {
+            self.write_flame(t_ns)?;
+        }
+        Ok(flow)
     }
 
     /// The end: the outstanding report.
@@ -264,7 +281,7 @@ impl Engine {
         let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
         r.exit_code = exit_code;
         self.emit(&r)?;
-        Ok(())
+        self.write_flame(t_ns)
     }
 
     fn past_warmup(&self, t_ns: u64) -> bool {
@@ -444,30 +461,17 @@ impl Engine {
                 picked.push(d);
             }
         }
-        // Merge by what the frames read as.
-        let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<Vec<String>, usize> = HashMap::new();
-        for d in picked {
-            let site = self.ledger.site(d.site);
-            let pid = site.key.map_or(self.head.pid, |k| k.pid);
-            let addrs = site.frames.clone();
-            let frames = self.symbolizer.stack(pid, &addrs);
-            let key: Vec<String> = frames.iter().map(source_key).collect();
-            let g = *index.entry(key).or_insert_with(|| {
-                groups.push(Group {
-                    frames,
-                    ..Group::default()
-                });
-                groups.len() - 1
-            });
-            let g = &mut groups[g];
-            g.members.push(d.site);
-            g.live_objects += d.now.live_objects;
-            g.live_bytes += d.now.live_bytes;
-            g.delta_objects += d.delta_objects;
-            g.delta_bytes += d.delta_bytes;
-            g.allocs += d.delta_allocs;
-            g.frees += d.delta_frees;
+        let mut groups = self.group(picked.iter().map(|d| d.site));
+        let delta_of: HashMap<SiteId, &SiteDelta> = picked.iter().map(|d| (d.site, d)).collect();
+        for g in &mut groups {
+            for d in g.members.iter().map(|m| delta_of[m]) {
+                g.live_objects += d.now.live_objects;
+                g.live_bytes += d.now.live_bytes;
+                g.delta_objects += d.delta_objects;
+                g.delta_bytes += d.delta_bytes;
+                g.allocs += d.delta_allocs;
+                g.frees += d.delta_frees;
+            }
         }
         if let Some(re) = &self.opts.site {
             groups.retain(|g| g.frames.iter().any(|f| frame_matches(re, f)));
@@ -550,6 +554,121 @@ impl Engine {
             mark: None,
             exit_code: None,
         }
+    }
+
+    /// Symbolizes sites and merges those whose stacks read the same (e.g. the copies of an
+    /// unrolled loop's call): one group per row, members in the order given.
+    fn group(&mut self, sites: impl Iterator<Item = SiteId>) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<Vec<String>, usize> = HashMap::new();
+        for id in sites {
+            let site = self.ledger.site(id);
+            let pid = site.key.map_or(self.head.pid, |k| k.pid);
+            let addrs = site.frames.clone();
+            let frames = self.symbolizer.stack(pid, &addrs);
+            let key: Vec<String> = frames.iter().map(source_key).collect();
+            let g = *index.entry(key).or_insert_with(|| {
+                groups.push(Group {
+                    frames,
+                    ..Group::default()
+                });
+                groups.len() - 1
+            });
+            groups[g].members.push(id);
+        }
+        groups
+    }
+
+    /// The flame data of `what` at `t_ns` (see [`flame::What`]). Growth covers the last two
+    /// marks when there were two, else the last mark (or the start) to now.
+    pub fn flame_profile(&mut self, what: What, t_ns: u64) -> FlameProfile {
+        let ((base, base_ns), (now, now_ns)) = match (what, &self.prev_mark) {
+            (What::Growth, Some(prev)) => (prev.clone(), self.mark_base.clone()),
+            (What::Growth, None) => (self.mark_base.clone(), (self.ledger.snapshot(t_ns), t_ns)),
+            _ => ((Snapshot::default(), 0), (self.ledger.snapshot(t_ns), t_ns)),
+        };
+        let zero = Counts::default();
+        let before = |id: SiteId| *base.sites.get(id).unwrap_or(&zero);
+        let after = |id: SiteId| *now.sites.get(id).unwrap_or(&zero);
+        let ids: Vec<SiteId> = (0..self.ledger.sites().len())
+            .filter(|&id| {
+                let c = after(id);
+                match what {
+                    What::Leaks | What::Live => c.live_objects > 0,
+                    What::Allocs => c.allocs > 0,
+                    What::Growth => {
+                        let b = before(id);
+                        c.live_bytes != b.live_bytes || c.live_objects != b.live_objects
+                    }
+                }
+            })
+            .collect();
+        let mut groups = self.group(ids.into_iter());
+        if let Some(re) = &self.opts.site {
+            groups.retain(|g| g.frames.iter().any(|f| frame_matches(re, f)));
+        }
+        let points = self.points();
+        let mut cache = HashMap::new();
+        let mut stacks = Vec::new();
+        for g in groups {
+            if what == What::Leaks {
+                let v = self.judge(&g.members, &points, &mut cache).verdict;
+                if !matches!(v, Verdict::Leak | Verdict::New | Verdict::Uncertain) {
+                    continue;
+                }
+            }
+            let mut st = FlameStack::default();
+            for &m in &g.members {
+                let c = after(m);
+                let b = before(m);
+                st.after_bytes += c.live_bytes as i64;
+                st.before_bytes += b.live_bytes as i64;
+                st.alloc_objects += c.allocs as i64;
+                st.alloc_bytes += c.alloc_bytes as i64;
+                st.inuse_objects += c.live_objects as i64 - b.live_objects as i64;
+                st.inuse_bytes += c.live_bytes as i64 - b.live_bytes as i64;
+            }
+            st.frames = g.frames;
+            stacks.push(st);
+        }
+        let pid = self.head.pid;
+        let maps = self.symbolizer.maps_of(pid).map(<[Mapping]>::to_vec);
+        let mappings = maps
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let file = m.open_path.clone().unwrap_or_else(|| m.path.clone());
+                let id = self
+                    .build_ids
+                    .entry(file.clone())
+                    .or_insert_with(|| symbolize::build_id(&file).unwrap_or_default())
+                    .clone();
+                (m, id)
+            })
+            .collect();
+        FlameProfile {
+            what: Some(what),
+            pid,
+            command: self.head.command.clone(),
+            start_s: round3(base_ns as f64 / 1e9),
+            end_s: round3(now_ns as f64 / 1e9),
+            start_unix_ns: self.head.start_unix_ns,
+            stacks,
+            mappings,
+            tracer_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Writes the flame file when one was asked for.
+    fn write_flame(&mut self, t_ns: u64) -> Result<()> {
+        let Some(f) = self.opts.flame.clone() else {
+            return Ok(());
+        };
+        let p = self.flame_profile(f.what, t_ns);
+        for (path, format) in &f.files {
+            flame::write(&p, *format, path)?;
+        }
+        Ok(())
     }
 
     /// One pass over the live blocks: sizes and ages per group (and, with a cutoff, the
@@ -802,6 +921,7 @@ mod tests {
             command: "victim".into(),
             allocator: "libc.so.6".into(),
             start_mono_ns: 0,
+            start_unix_ns: 0,
             ring_size: 4096,
             stack_slots: 1024,
         }
@@ -1124,5 +1244,75 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flame_views_pick_their_stacks_and_values() {
+        let (mut e, _out) = engine(&[]);
+        let mut w = Fake::default();
+        let mut cache = VecDeque::new();
+        let c = Counters::default();
+        for sec in 0..12 {
+            leaky_second(&mut e, &mut w, sec, &mut cache);
+            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        }
+        let first = |p: &FlameProfile| -> Vec<(u64, i64)> {
+            let mut v: Vec<(u64, i64)> = p
+                .stacks
+                .iter()
+                .map(|s| (s.frames[0].addr, p.value(s)))
+                .collect();
+            v.sort();
+            v
+        };
+        // leaks: the leaking stack only (the cache is a plateau, the churn holds nothing)
+        let p = e.flame_profile(What::Leaks, 12 * S);
+        assert_eq!(first(&p), [(0x1000, 120 * 64)]);
+        assert_eq!(p.stacks[0].inuse_objects, 120);
+        // live: the cache too
+        let p = e.flame_profile(What::Live, 12 * S);
+        assert_eq!(first(&p), [(0x1000, 120 * 64), (0x3000, 100 * 512)]);
+        // allocs: everything allocated, the churn included
+        let p = e.flame_profile(What::Allocs, 12 * S);
+        let churn: i64 = (0..50).map(|i| 100 + i).sum::<i64>() * 12;
+        assert_eq!(
+            first(&p),
+            [(0x1000, 120 * 64), (0x2000, churn), (0x3000, 110 * 512)]
+        );
+    }
+
+    #[test]
+    fn growth_is_between_the_last_two_marks() {
+        let (mut e, _out) = engine(&["-i", "1000"]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        let leak = |e: &mut Engine, w: &mut Fake, from: u64, n: u64| {
+            let evs: Vec<Event> = (from..from + n).map(|a| malloc(a, 10, 1, 0)).collect();
+            e.ingest(w, &evs).unwrap();
+        };
+        leak(&mut e, &mut w, 1, 5);
+        // no mark yet: growth since the start
+        let p = e.flame_profile(What::Growth, S);
+        assert_eq!((p.stacks[0].before_bytes, p.stacks[0].after_bytes), (0, 50));
+        e.mark(S, &c).unwrap();
+        leak(&mut e, &mut w, 100, 3);
+        // one mark: from it to now
+        let p = e.flame_profile(What::Growth, 2 * S);
+        assert_eq!(
+            (p.stacks[0].before_bytes, p.stacks[0].after_bytes),
+            (50, 80)
+        );
+        assert_eq!((p.start_s, p.end_s), (1.0, 2.0));
+        e.mark(2 * S, &c).unwrap();
+        leak(&mut e, &mut w, 200, 7);
+        // two marks: between them, whatever happened since
+        let p = e.flame_profile(What::Growth, 3 * S);
+        assert_eq!(p.stacks[0].inuse_bytes, 30);
+        assert_eq!(
+            (p.stacks[0].before_bytes, p.stacks[0].after_bytes),
+            (50, 80)
+        );
+        assert_eq!((p.start_s, p.end_s), (1.0, 2.0));
+        assert!(flame::diff_folded(&p).ends_with(" 50 80\n"));
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod collector;
 mod config;
 mod engine;
+mod flame;
 mod record;
 mod replay;
 mod report;

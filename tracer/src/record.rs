@@ -64,6 +64,9 @@ pub struct RecordHeader {
     pub allocator: String,
     /// CLOCK_MONOTONIC at the start of tracing (event timestamps use that clock).
     pub start_mono_ns: u64,
+    /// Wall-clock time at the start of tracing, ns since the Unix epoch.
+    #[serde(default)]
+    pub start_unix_ns: i64,
     pub ring_size: u32,
     pub stack_slots: u32,
 }
@@ -680,6 +683,7 @@ mod tests {
                 command: "leaky".into(),
                 allocator: "/lib/libc.so.6".into(),
                 start_mono_ns: 1_000_000,
+                start_unix_ns: 1_700_000_000_000_000_000,
                 ring_size: 4096,
                 stack_slots: 1024,
             }),
