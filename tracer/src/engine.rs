@@ -1315,4 +1315,26 @@ mod tests {
         assert_eq!((p.start_s, p.end_s), (1.0, 2.0));
         assert!(flame::diff_folded(&p).ends_with(" 50 80\n"));
     }
+
+    #[test]
+    fn flame_every_rewrites_the_file_at_each_interval() {
+        let dir = std::env::temp_dir().join(format!("tracer-every-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.folded");
+        let (mut e, _out) = engine(&["--flame", path.to_str().unwrap(), "--flame-every"]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        let mut last = 0;
+        for sec in 1..=3u64 {
+            let evs: Vec<Event> = (0..sec).map(|i| malloc(sec * 100 + i, 10, 1, 0)).collect();
+            e.ingest(&mut w, &evs).unwrap();
+            e.tick(&mut w, sec * S, &c).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let v: i64 = text.trim().rsplit_once(' ').unwrap().1.parse().unwrap();
+            assert!(v > last, "{text}");
+            last = v;
+        }
+        assert_eq!(last, 60);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
