@@ -159,6 +159,8 @@ pub mod names {
 pub mod globals {
     /// `u32`: only this process (tgid) is traced; 0 traces every process.
     pub const FILTER_PID: &str = "FILTER_PID";
+    /// `u32`: the tracer's own process, never traced.
+    pub const SELF_PID: &str = "SELF_PID";
     /// `u64`: submit with a wakeup once this many bytes wait in the ring (the drain watermark).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// `u32`: non-zero makes the traced process stop itself (SIGSTOP) on entering `exit()`, so

@@ -31,7 +31,12 @@ fn bad_input_gets_a_clear_error() {
     );
     fails_with(&["--", "/nonexistent/prog"], &["/nonexistent/prog"]);
     fails_with(&["--frobnicate"], &["--frobnicate"]);
-    fails_with(&[], &["--pid", "not available yet"]);
+    fails_with(&["--comm", "x", "--pid", "1"], &["--comm"]);
+    let me = std::process::id().to_string();
+    fails_with(
+        &["--pid", &format!("{me},4194300"), "-d", "1"],
+        &["4194300", "no process"],
+    );
     fails_with(&["--pid", "1", "--", "true"], &["not both"]);
 }
 

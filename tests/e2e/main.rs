@@ -5,4 +5,5 @@ mod cli;
 mod flame;
 mod launch;
 mod lost;
+mod system;
 mod workflow;

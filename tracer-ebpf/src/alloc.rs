@@ -34,6 +34,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[unsafe(no_mangle)]
 static FILTER_PID: u32 = 0;
 #[unsafe(no_mangle)]
+static SELF_PID: u32 = 0;
+#[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
 #[unsafe(no_mangle)]
 static STOP_AT_EXIT: u32 = 0;
@@ -57,8 +59,13 @@ fn bump(idx: u32) {
 #[inline(always)]
 fn traced() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let filter = unsafe { core::ptr::read_volatile(&FILTER_PID) };
-    if filter != 0 && (pid_tgid >> 32) as u32 != filter {
+    if filter != 0 && tgid != filter {
+        return None;
+    }
+    // Tracing every process must not trace the tracer: its own allocations would feed back.
+    if tgid == unsafe { core::ptr::read_volatile(&SELF_PID) } {
         return None;
     }
     Some(pid_tgid)

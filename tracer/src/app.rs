@@ -11,7 +11,7 @@ use crate::{
         target, Event,
     },
     config::{Config, Mode, ReportOptions, Target, TraceOptions},
-    engine::{ns, Engine, Flow, Source},
+    engine::{ns, Engine, Flow, ProcInfo, Source},
     record::{RecordHeader, Recorder},
     replay, signals,
     symbolize::{self, Mapping},
@@ -29,19 +29,34 @@ pub fn run(cfg: Config) -> Result<i32> {
 }
 
 fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
-    let (lib, held, program) = match &t.target {
-        Target::Pid(pid) => (target::for_pid(*pid)?, None, None),
+    // What to probe: (scope pid, allocator) pairs; the pid the reports are about (0: several).
+    let (plan, held, program, head_pid) = match &t.target {
+        Target::Pids(pids) => {
+            let mut plan = Vec::new();
+            for &pid in pids {
+                plan.push((Some(pid), target::for_pid(pid)?));
+            }
+            let head = if pids.len() == 1 { pids[0] } else { 0 };
+            (plan, None, None, head)
+        }
+        Target::All => {
+            // The C library tracer itself runs on is the system's: probing that file reaches
+            // every process that maps it, including those started later.
+            let lib = target::for_pid(std::process::id())?;
+            (vec![(None, lib)], None, None, 0)
+        }
         Target::Launch { program, argv } => {
             let lib = target::for_program(program)?;
             // Forked before the runtime exists, so the child is a copy of a one-thread process.
             let child = launch::spawn_held(program, argv)?;
-            (lib, Some(child), Some(program.clone()))
+            let pid = child.pid;
+            (
+                vec![(Some(pid), lib)],
+                Some(child),
+                Some(program.clone()),
+                pid,
+            )
         }
-    };
-    let pid = match (&t.target, &held) {
-        (Target::Pid(p), _) => *p,
-        (_, Some(c)) => c.pid,
-        _ => unreachable!("launch mode always has a child"),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,7 +64,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let settings = Settings {
-            filter_pid: pid,
+            filter_pid: head_pid,
             ring_size: t.ring_size,
             stack_slots: t.stack_slots,
             stop_at_exit: held.is_some(),
@@ -57,7 +72,14 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             max_size: t.max_size,
         };
         let mut collector = EbpfCollector::load(&settings)?;
-        let warnings = collector.attach(&lib, Some(pid))?;
+        let mut warnings = Vec::new();
+        for (pid, lib) in &plan {
+            for w in collector.attach(lib, *pid)? {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
         for w in warnings {
             eprintln!("tracer: note: {w}");
         }
@@ -68,20 +90,59 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         signals::install(launched);
         // A launched command owns the terminal's input; marks then come by SIGUSR1 only.
         let enter_marks = launched.is_none() && signals::marks_from_terminal();
-        let command = comm(pid);
+        let mut allocators: Vec<String> = plan
+            .iter()
+            .map(|(_, l)| l.path.display().to_string())
+            .collect();
+        allocators.dedup();
+        let (command, what) = match (&t.target, head_pid) {
+            (Target::All, _) => (
+                "*".to_string(),
+                format!(
+                    "every process{}",
+                    opts.comm
+                        .as_ref()
+                        .map(|c| format!(" named {c}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            (_, 0) => (
+                "*".to_string(),
+                format!(
+                    "pids {}",
+                    plan.iter()
+                        .filter_map(|(p, _)| p.map(|p| p.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            (_, pid) => {
+                let c = comm(pid);
+                let w = format!("pid {pid} ({c})");
+                (c, w)
+            }
+        };
         eprintln!(
-            "tracer: tracing pid {pid} ({command}): malloc and friends in {}; a report every {:.1}s{}{}",
-            lib.path.display(),
+            "tracer: tracing {what}: malloc and friends in {}; a report every {:.1}s{}{}",
+            allocators.join(", "),
             opts.interval.as_secs_f64(),
-            if launched.is_some() { "" } else { ", Ctrl-C for the final report" },
-            if enter_marks { "; Enter takes a mark" } else { "" },
+            if launched.is_some() {
+                ""
+            } else {
+                ", Ctrl-C for the final report"
+            },
+            if enter_marks {
+                "; Enter takes a mark"
+            } else {
+                ""
+            },
         );
         let start = Instant::now();
         let head = RecordHeader {
             tracer: env!("CARGO_PKG_VERSION").into(),
-            pid,
+            pid: head_pid,
             command,
-            allocator: lib.path.display().to_string(),
+            allocator: allocators.join(", "),
             start_mono_ns: monotonic_ns(),
             start_unix_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -94,17 +155,27 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             None => None,
         };
         let engine = Engine::new(opts, head, recorder, Box::new(std::io::stdout()));
+        let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
         let mut session = Session {
-            live: Live { collector },
+            live: Live {
+                collector,
+                allocator_of: plan
+                    .iter()
+                    .filter_map(|(p, l)| p.map(|p| (p, l.path.display().to_string())))
+                    .collect(),
+                default_allocator: allocators.first().cloned().unwrap_or_default(),
+            },
             engine,
-            pid,
+            targets,
             start,
             duration: t.duration,
             batch: Vec::with_capacity(4096),
             exit_stops_handled: 0,
             marks_handled: 0,
         };
-        session.engine.refresh_maps(&mut session.live, pid)?;
+        for pid in session.targets.clone() {
+            session.engine.refresh_maps(&mut session.live, pid)?;
+        }
         session.run(launched).await
     })
 }
@@ -112,6 +183,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
 /// The live world the pipeline reads: the kernel's stack map and /proc.
 struct Live {
     collector: EbpfCollector,
+    /// The allocator probed for each target pid; system-wide, the one library probed.
+    allocator_of: std::collections::HashMap<u32, String>,
+    default_allocator: String,
 }
 
 impl Source for Live {
@@ -122,12 +196,26 @@ impl Source for Live {
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>> {
         symbolize::read_maps(pid)
     }
+
+    fn process(&mut self, pid: u32) -> Option<ProcInfo> {
+        let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        Some(ProcInfo {
+            command: command.trim_end().to_string(),
+            allocator: self
+                .allocator_of
+                .get(&pid)
+                .unwrap_or(&self.default_allocator)
+                .clone(),
+            exited: false,
+        })
+    }
 }
 
 struct Session {
     live: Live,
     engine: Engine,
-    pid: u32,
+    /// The processes asked for (none: every process).
+    targets: Vec<u32>,
     start: Instant,
     duration: Option<Duration>,
     batch: Vec<Event>,
@@ -168,8 +256,16 @@ impl Session {
                 if let Some(status) = launch::try_wait(child) {
                     break End::Exited(Some(status));
                 }
-            } else if !alive(self.pid) {
+            } else if !self.targets.is_empty() && !self.targets.iter().any(|&p| alive(p)) {
                 break End::Exited(None);
+            }
+            if self.engine.multi() {
+                for pid in self.engine.live_processes() {
+                    if !alive(pid) {
+                        self.engine.process_exited(pid)?;
+                    }
+                }
+                self.engine.recheck_names(&mut self.live)?;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break End::Stopped;

@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Trace a process's memory allocations with eBPF and show what keeps growing: is there a
 /// leak, what leaks, where.
 ///
-/// Attach to a running process with --pid, or start one with `tracer [OPTIONS] -- CMD ARGS...`
-/// (probes are in place before its first allocation). Every interval, prints the growth per
+/// Attach to a running process with --pid, start one with `tracer [OPTIONS] -- CMD ARGS...`
+/// (probes are in place before its first allocation), or give neither to trace every process. Every interval, prints the growth per
 /// call site; at the end (target exit, Ctrl-C, SIGTERM or --duration), what is still
 /// outstanding. Needs root (CAP_BPF and CAP_PERFMON).
 #[derive(Parser, Debug)]
@@ -26,9 +26,11 @@ pub struct Cli {
     #[command(subcommand)]
     pub sub: Option<Sub>,
 
-    /// Attach to this running process.
-    #[arg(short = 'p', long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Option<u32>,
+    /// Attach to this running process; repeat it (or give a comma-separated list) for several.
+    /// With neither --pid nor a command, every process is traced.
+    #[arg(short = 'p', long, value_name = "PID", value_delimiter = ',', action = clap::ArgAction::Append,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
 
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
@@ -101,6 +103,10 @@ pub struct ReportArgs {
     /// Order of the sites: growth in bytes, in objects, or growth rate (bytes/s).
     #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
     pub sort: SortKey,
+
+    /// Keep only processes whose command name (as in /proc/PID/comm) is NAME.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
 
     /// Keep only sites with a frame (function, file or module) matching this regular expression.
     #[arg(long, value_name = "REGEX")]

@@ -15,8 +15,11 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Attach to a running process.
-    Pid(u32),
+    /// Attach to running processes.
+    Pids(Vec<u32>),
+    /// Every process that allocates through the system's C library, including those started
+    /// later.
+    All,
     /// Start this program (already resolved through PATH) with these arguments.
     Launch {
         program: PathBuf,
@@ -56,6 +59,8 @@ pub struct ReportOptions {
     pub since_attach: bool,
     pub verdict: VerdictParams,
     pub flame: Option<FlameOptions>,
+    /// Only processes with this command name.
+    pub comm: Option<String>,
 }
 
 /// Where and what flame data to write.
@@ -88,24 +93,28 @@ impl Config {
                 report,
             });
         }
-        let target = match (cli.pid, cli.command.is_empty()) {
-            (Some(_), false) => {
+        let target = match (cli.pid.is_empty(), cli.command.is_empty()) {
+            (false, false) => {
                 bail!("give either --pid PID or a command after `--`, not both")
             }
-            (Some(pid), true) => Target::Pid(pid),
-            (None, false) => {
+            (false, true) => {
+                let mut pids = cli.pid;
+                pids.sort_unstable();
+                pids.dedup();
+                Target::Pids(pids)
+            }
+            (true, false) => {
                 let program = resolve_program(&cli.command[0])?;
                 Target::Launch {
                     program,
                     argv: cli.command,
                 }
             }
-            (None, true) => bail!(
-                "no target: give --pid PID to attach to a running process, or start one with \
-                 `tracer [OPTIONS] -- CMD ARGS...`. (Tracing every process, with no target, is \
-                 not available yet.)"
-            ),
+            (true, true) => Target::All,
         };
+        if report.comm.is_some() && !matches!(target, Target::All) {
+            bail!("--comm filters the processes of system-wide tracing: use it without --pid or a command");
+        }
         let min_size = cli.min_size.unwrap_or(0);
         let max_size = cli.max_size.unwrap_or(u64::MAX);
         if min_size > max_size {
@@ -160,7 +169,13 @@ impl ReportOptions {
                 every: a.flame_every,
             })
         };
+        if let Some(c) = &a.comm {
+            if c.is_empty() || c.len() > 15 {
+                bail!("--comm '{c}': a command name is 1 to 15 characters (the kernel's comm)");
+            }
+        }
         Ok(ReportOptions {
+            comm: a.comm,
             flame,
             interval: Duration::from_secs_f64(a.interval),
             top: a.top,
@@ -227,9 +242,33 @@ mod tests {
     }
 
     #[test]
-    fn needs_a_target() {
-        let e = cfg(&["tracer"]).unwrap_err().to_string();
-        assert!(e.contains("--pid"), "{e}");
+    fn no_target_traces_every_process() {
+        let c = cfg(&["tracer", "--comm", "leaky"]).unwrap();
+        assert!(matches!(
+            c.mode,
+            Mode::Trace(TraceOptions {
+                target: Target::All,
+                ..
+            })
+        ));
+        assert_eq!(c.report.comm.as_deref(), Some("leaky"));
+        let e = cfg(&["tracer", "--pid", "1", "--comm", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--comm"), "{e}");
+        assert!(cfg(&["tracer", "--comm", "a-name-longer-than-15"]).is_err());
+    }
+
+    #[test]
+    fn several_pids() {
+        let c = cfg(&["tracer", "--pid", "3,1", "-p", "2", "--pid", "3"]).unwrap();
+        match c.mode {
+            Mode::Trace(TraceOptions {
+                target: Target::Pids(p),
+                ..
+            }) => assert_eq!(p, [1, 2, 3]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::{
     flame::{self, Profile as FlameProfile, Stack as FlameStack, What},
     record::{Frame as RecFrame, RecordHeader, RecordedMapping, Recorder},
     report::{
-        self, EventCounts, LimitSettings, LiveObjects, Report, ReportKind, SiteReport, SizeCount,
-        Summary, Totals,
+        self, EventCounts, LimitSettings, LiveObjects, ProcessReport, Report, ReportKind,
+        SiteReport, SizeCount, Summary, Totals,
     },
     symbolize::{self, Frame, Mapping, Symbolizer},
 };
@@ -39,6 +39,17 @@ pub trait Source {
     /// The process's memory map as it is now, when it can be read (never in replay: there the
     /// recorded maps arrive with [`Engine::install_maps`]).
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
+    /// A process's command name and allocator as they are now (None in replay: there they
+    /// arrive with [`Engine::install_process`]).
+    fn process(&mut self, pid: u32) -> Option<ProcInfo>;
+}
+
+/// What the reports say of a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub command: String,
+    pub allocator: String,
+    pub exited: bool,
 }
 
 /// Whether to go on: a reader that closed stdout ends the run quietly.
@@ -77,6 +88,11 @@ pub struct Engine {
     next_report_ns: u64,
     /// Losses already announced on stderr.
     lost_reported: u64,
+    /// Every process seen (several-process runs), and which of them were retired.
+    procs: BTreeMap<u32, ProcInfo>,
+    retired: std::collections::HashSet<u32>,
+    /// What exited processes left outstanding, for the final report.
+    exited_reports: Vec<ProcessReport>,
     out: Box<dyn Write>,
 }
 
@@ -103,6 +119,9 @@ impl Engine {
             marks: 0,
             next_report_ns: interval_ns,
             lost_reported: 0,
+            procs: BTreeMap::new(),
+            retired: Default::default(),
+            exited_reports: Vec::new(),
             out,
         };
         // With no warm-up, the window starts from nothing at time zero.
@@ -162,6 +181,23 @@ impl Engine {
         if events.is_empty() {
             return Ok(());
         }
+        let kept: Vec<Event>;
+        let events = if self.multi() {
+            for ev in events {
+                let pid = ev.pid();
+                if !self.procs.contains_key(&pid) {
+                    self.learn_process(src, pid)?;
+                }
+            }
+            kept = events
+                .iter()
+                .filter(|e| self.wanted(e.pid()))
+                .cloned()
+                .collect();
+            &kept[..]
+        } else {
+            events
+        };
         let mut fresh: HashMap<SiteKey, Vec<u64>> = HashMap::new();
         for ev in events {
             let Event::Alloc(a) = ev else { continue };
@@ -210,6 +246,93 @@ impl Engine {
         Ok(())
     }
 
+    /// Tracing several processes (system-wide, or several pids): reports get a process level.
+    pub fn multi(&self) -> bool {
+        self.head.pid == 0
+    }
+
+    /// Whether a process's events are kept (--comm).
+    fn wanted(&self, pid: u32) -> bool {
+        match (&self.opts.comm, self.procs.get(&pid)) {
+            (None, _) => true,
+            (Some(c), Some(p)) => &p.command == c,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Reads a process's name and allocator through `src` and keeps (and records) them.
+    fn learn_process(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        let info = src.process(pid).unwrap_or_else(|| ProcInfo {
+            command: "?".into(),
+            ..ProcInfo::default()
+        });
+        self.install_process(pid, info.clone());
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Process {
+                pid,
+                command: info.command,
+                allocator: info.allocator,
+                exited: info.exited,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what is known of a process (from the live world or a recording).
+    pub fn install_process(&mut self, pid: u32, info: ProcInfo) {
+        self.procs.insert(pid, info);
+    }
+
+    /// Processes seen and not known to have exited.
+    pub fn live_processes(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| !p.exited)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
+    /// A process exited: its symbols are kept, its last numbers go in the next report, then its
+    /// books are closed.
+    pub fn process_exited(&mut self, pid: u32) -> Result<()> {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        p.exited = true;
+        let info = p.clone();
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Process {
+                pid,
+                command: info.command,
+                allocator: info.allocator,
+                exited: true,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the names of processes whose events --comm drops: a process forked by a shell
+    /// has the shell's name until it execs.
+    pub fn recheck_names(&mut self, src: &mut dyn Source) -> Result<()> {
+        if self.opts.comm.is_none() {
+            return Ok(());
+        }
+        let unwanted: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(&pid, p)| !p.exited && !self.wanted(pid))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in unwanted {
+            if let Some(info) = src.process(pid) {
+                if self.procs.get(&pid).map(|p| &p.command) != Some(&info.command) {
+                    self.learn_process(src, pid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A drain point, `t_ns` after the start: makes the interval report when one is due.
     pub fn tick(&mut self, src: &mut dyn Source, t_ns: u64, c: &Counters) -> Result<Flow> {
         if let Some(rec) = &mut self.recorder {
@@ -236,8 +359,33 @@ impl Engine {
         if self.opts.flame.as_ref().is_some_and(|f| f.every) {
             self.write_flame(t_ns)?;
         }
-        let pid = self.head.pid;
-        self.refresh_maps(src, pid)?;
+        let pids = if self.multi() {
+            self.live_processes()
+        } else {
+            vec![self.head.pid]
+        };
+        for pid in pids {
+            self.refresh_maps(src, pid)?;
+        }
+        // Exited processes had their last line in this report.
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| p.exited && !self.retired.contains(pid))
+            .map(|(&pid, _)| pid)
+            .collect();
+        if !gone.is_empty() {
+            // Their outstanding blocks, kept for the final report.
+            let fin = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
+            self.exited_reports
+                .extend(fin.processes.into_iter().filter(|p| gone.contains(&p.pid)));
+        }
+        for pid in gone {
+            self.ledger.retire(pid);
+            self.retired.insert(pid);
+            // A new process may come with this pid: it is a stranger.
+            self.procs.remove(&pid);
+        }
         Ok(flow)
     }
 
@@ -280,6 +428,29 @@ impl Engine {
         }
         let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
         r.exit_code = exit_code;
+        if self.multi() && !self.exited_reports.is_empty() {
+            // Processes that exited on the way: what they left outstanding at exit.
+            for p in &self.exited_reports {
+                r.totals.live_objects += p.totals.live_objects;
+                r.totals.live_bytes += p.totals.live_bytes;
+                r.totals.delta_objects += p.totals.delta_objects;
+                r.totals.delta_bytes += p.totals.delta_bytes;
+                r.totals.allocs += p.totals.allocs;
+                r.totals.frees += p.totals.frees;
+                r.sites.extend(p.sites.iter().cloned());
+                r.summary.leak_sites += p.summary.leak_sites;
+                r.summary.leak_bytes_per_s =
+                    round3(r.summary.leak_bytes_per_s + p.summary.leak_bytes_per_s);
+                r.summary.plateau_sites += p.summary.plateau_sites;
+                r.summary.uncertain_sites += p.summary.uncertain_sites;
+            }
+            r.processes.extend(self.exited_reports.iter().cloned());
+            r.processes
+                .sort_by_key(|p| std::cmp::Reverse(p.totals.live_bytes));
+            sort(&mut r.sites, ReportKind::Final, self.opts.sort);
+            r.sites_omitted += r.sites.len().saturating_sub(self.opts.top);
+            r.sites.truncate(self.opts.top);
+        }
         self.emit(&r)?;
         self.write_flame(t_ns)
     }
@@ -448,6 +619,9 @@ impl Engine {
         let deltas = snap.diff(base);
         let mut picked: Vec<SiteDelta> = Vec::new();
         for d in deltas {
+            if self.ledger.site(d.site).retired {
+                continue;
+            }
             totals.delta_objects += d.delta_objects;
             totals.delta_bytes += d.delta_bytes;
             totals.allocs += d.delta_allocs;
@@ -505,6 +679,7 @@ impl Engine {
             };
             let assessment = self.judge(&g.members, &points, &mut point_verdicts);
             sites.push(SiteReport {
+                pid: g.pid,
                 assessment,
                 objects: b.summary(now_mono),
                 frames: g.frames,
@@ -520,20 +695,13 @@ impl Engine {
             totals.delta_objects = totals.live_objects as i64;
             totals.delta_bytes = totals.live_bytes as i64;
         }
-        let mut summary = Summary::default();
-        for s in &sites {
-            match s.assessment.verdict {
-                Verdict::Leak => {
-                    summary.leak_sites += 1;
-                    summary.leak_bytes_per_s += s.assessment.rate_bytes_per_s;
-                }
-                Verdict::Plateau => summary.plateau_sites += 1,
-                Verdict::Uncertain => summary.uncertain_sites += 1,
-                _ => {}
-            }
-        }
-        summary.leak_bytes_per_s = round3(summary.leak_bytes_per_s);
+        let summary = summarize(&sites);
         sort(&mut sites, kind, self.opts.sort);
+        let processes = if self.multi() {
+            self.processes(kind, &sites, &picked)
+        } else {
+            Vec::new()
+        };
         let omitted = sites.len().saturating_sub(self.opts.top);
         sites.truncate(self.opts.top);
         let (lost, events) = self.counters(c);
@@ -552,8 +720,86 @@ impl Engine {
             summary,
             warmup_s: round3(self.warmup_s()),
             mark: None,
+            processes,
             exit_code: None,
         }
+    }
+
+    /// The process level of a several-process report: each process with its totals, verdict
+    /// summary and top sites (`sites` sorted, all of them), the top processes first.
+    fn processes(
+        &self,
+        kind: ReportKind,
+        sites: &[SiteReport],
+        picked: &[SiteDelta],
+    ) -> Vec<ProcessReport> {
+        let mut per: BTreeMap<u32, ProcessReport> = BTreeMap::new();
+        let entry = |per: &mut BTreeMap<u32, ProcessReport>, pid: u32| {
+            per.entry(pid)
+                .or_insert_with(|| {
+                    let info = self.procs.get(&pid).cloned().unwrap_or_default();
+                    ProcessReport {
+                        pid,
+                        command: info.command,
+                        allocator: info.allocator,
+                        exited: info.exited,
+                        totals: Totals::default(),
+                        summary: Summary::default(),
+                        sites: Vec::new(),
+                        sites_omitted: 0,
+                    }
+                })
+                .pid
+        };
+        for s in self.ledger.sites().iter().filter(|s| !s.retired) {
+            let Some(k) = s.key else { continue };
+            if s.counts.live_objects > 0 || kind != ReportKind::Final {
+                entry(&mut per, k.pid);
+            }
+            if let Some(p) = per.get_mut(&k.pid) {
+                p.totals.live_objects += s.counts.live_objects;
+                p.totals.live_bytes += s.counts.live_bytes;
+            }
+        }
+        for d in picked {
+            let pid = self.ledger.site(d.site).key.map_or(0, |k| k.pid);
+            entry(&mut per, pid);
+            let t = &mut per.get_mut(&pid).expect("just added").totals;
+            t.delta_objects += d.delta_objects;
+            t.delta_bytes += d.delta_bytes;
+            t.allocs += d.delta_allocs;
+            t.frees += d.delta_frees;
+        }
+        for s in sites {
+            entry(&mut per, s.pid);
+            per.get_mut(&s.pid)
+                .expect("just added")
+                .sites
+                .push(s.clone());
+        }
+        let mut out: Vec<ProcessReport> = per
+            .into_values()
+            .filter(|p| !p.sites.is_empty() || p.totals.live_objects > 0)
+            .map(|mut p| {
+                if kind == ReportKind::Final {
+                    p.totals.delta_objects = p.totals.live_objects as i64;
+                    p.totals.delta_bytes = p.totals.live_bytes as i64;
+                }
+                p.summary = summarize(&p.sites);
+                p.sites_omitted = p.sites.len().saturating_sub(self.opts.top);
+                p.sites.truncate(self.opts.top);
+                p
+            })
+            .collect();
+        out.sort_by(|a, b| match kind {
+            ReportKind::Final => b.totals.live_bytes.cmp(&a.totals.live_bytes),
+            _ => b
+                .totals
+                .delta_bytes
+                .cmp(&a.totals.delta_bytes)
+                .then(b.totals.live_bytes.cmp(&a.totals.live_bytes)),
+        });
+        out
     }
 
     /// Symbolizes sites and merges those whose stacks read the same (e.g. the copies of an
@@ -566,9 +812,11 @@ impl Engine {
             let pid = site.key.map_or(self.head.pid, |k| k.pid);
             let addrs = site.frames.clone();
             let frames = self.symbolizer.stack(pid, &addrs);
-            let key: Vec<String> = frames.iter().map(source_key).collect();
+            let mut key: Vec<String> = frames.iter().map(source_key).collect();
+            key.push(pid.to_string());
             let g = *index.entry(key).or_insert_with(|| {
                 groups.push(Group {
+                    pid,
                     frames,
                     ..Group::default()
                 });
@@ -728,6 +976,7 @@ impl Engine {
 /// A reported row: sites whose stacks read the same.
 #[derive(Default)]
 struct Group {
+    pid: u32,
     frames: Vec<Frame>,
     members: Vec<SiteId>,
     live_objects: u64,
@@ -781,6 +1030,24 @@ impl Blocks {
                 .map(|t| round3(now_mono.saturating_sub(t) as f64 / 1e9)),
         }
     }
+}
+
+/// Verdict counts over some sites.
+fn summarize(sites: &[SiteReport]) -> Summary {
+    let mut summary = Summary::default();
+    for s in sites {
+        match s.assessment.verdict {
+            Verdict::Leak => {
+                summary.leak_sites += 1;
+                summary.leak_bytes_per_s += s.assessment.rate_bytes_per_s;
+            }
+            Verdict::Plateau => summary.plateau_sites += 1,
+            Verdict::Uncertain => summary.uncertain_sites += 1,
+            _ => {}
+        }
+    }
+    summary.leak_bytes_per_s = round3(summary.leak_bytes_per_s);
+    summary
 }
 
 fn sort(sites: &mut [SiteReport], kind: ReportKind, key: SortKey) {
@@ -879,6 +1146,13 @@ mod tests {
         }
         fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
             None
+        }
+        fn process(&mut self, pid: u32) -> Option<ProcInfo> {
+            Some(ProcInfo {
+                command: format!("proc{pid}"),
+                allocator: "libc.so.6".into(),
+                exited: false,
+            })
         }
     }
 
@@ -1336,5 +1610,112 @@ mod tests {
         }
         assert_eq!(last, 60);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn malloc_in(pid: u32, addr: u64, size: u64, stack_id: i32) -> Event {
+        match malloc(addr, size, stack_id, 0) {
+            Event::Alloc(mut a) => {
+                a.pid = pid;
+                Event::Alloc(a)
+            }
+            e => e,
+        }
+    }
+
+    fn multi_engine(args: &[&str]) -> (Engine, Buf) {
+        let out = Buf::default();
+        let mut h = head();
+        h.pid = 0;
+        (Engine::new(opts(args), h, None, Box::new(out.clone())), out)
+    }
+
+    #[test]
+    fn several_processes_get_a_process_level_and_their_own_rows() {
+        let (mut e, out) = multi_engine(&[]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        // the same stack id in two processes: two rows, one per process
+        e.ingest(
+            &mut w,
+            &[
+                malloc_in(10, 1, 100, 1),
+                malloc_in(10, 2, 100, 1),
+                malloc_in(20, 1, 50, 1),
+            ],
+        )
+        .unwrap();
+        e.tick(&mut w, S, &c).unwrap();
+        let r = &out.reports()[0];
+        assert_eq!(r["pid"], 0);
+        let procs = r["processes"].as_array().unwrap();
+        let pids: Vec<u64> = procs.iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+        assert_eq!(pids, [10, 20], "by growth");
+        assert_eq!(procs[0]["command"], "proc10");
+        assert_eq!(procs[0]["totals"]["delta_bytes"], 200);
+        assert_eq!(procs[1]["sites"][0]["live_bytes"], 50);
+        assert_eq!(r["sites"].as_array().unwrap().len(), 2);
+        assert_eq!(r["sites"][0]["pid"], 10);
+    }
+
+    #[test]
+    fn an_exited_process_keeps_its_last_line_and_its_pid_can_come_back() {
+        let (mut e, out) = multi_engine(&[]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        e.ingest(&mut w, &[malloc_in(10, 1, 100, 1), malloc_in(20, 1, 7, 1)])
+            .unwrap();
+        e.tick(&mut w, S, &c).unwrap();
+        e.process_exited(10).unwrap();
+        e.tick(&mut w, 2 * S, &c).unwrap();
+        // a new process 10: a stranger, same address and stack id
+        e.ingest(&mut w, &[malloc_in(10, 1, 30, 1)]).unwrap();
+        e.tick(&mut w, 3 * S, &c).unwrap();
+        e.finish(4 * S, &c, None).unwrap();
+        let reps = out.reports();
+        let p10 = |r: &Value| -> Vec<Value> {
+            r["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["pid"] == 10)
+                .cloned()
+                .collect()
+        };
+        // the report after the exit: marked exited, still holding its 100 bytes
+        let after_exit = p10(&reps[1]);
+        assert_eq!(after_exit[0]["exited"], true);
+        assert_eq!(after_exit[0]["totals"]["live_bytes"], 100);
+        // the new process 10 counts from zero
+        let again = p10(&reps[2]);
+        assert_eq!(again[0]["exited"], false);
+        assert_eq!(again[0]["totals"]["live_bytes"], 30);
+        // the final report: both incarnations, the exited one as it was at exit
+        let fin = reps.last().unwrap();
+        let mut both: Vec<(bool, u64)> = p10(fin)
+            .iter()
+            .map(|p| {
+                (
+                    p["exited"].as_bool().unwrap(),
+                    p["totals"]["live_bytes"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        both.sort();
+        assert_eq!(both, [(false, 30), (true, 100)]);
+        assert_eq!(fin["totals"]["live_bytes"], 137);
+    }
+
+    #[test]
+    fn comm_keeps_only_the_named_processes() {
+        let (mut e, out) = multi_engine(&["--comm", "proc20"]);
+        let mut w = Fake::default();
+        e.ingest(&mut w, &[malloc_in(10, 1, 100, 1), malloc_in(20, 1, 7, 1)])
+            .unwrap();
+        e.tick(&mut w, S, &Counters::default()).unwrap();
+        let r = &out.reports()[0];
+        let procs = r["processes"].as_array().unwrap();
+        assert_eq!(procs.len(), 1);
+        assert_eq!(procs[0]["pid"], 20);
+        assert_eq!(r["totals"]["live_bytes"], 7);
     }
 }

@@ -7,10 +7,10 @@
 //! events, and the drain points ("ticks") with the kernel's counters at each. Replaying the
 //! same stream through the same code gives the same reports.
 //!
-//! File format, version 1, all integers little-endian:
+//! File format, version 2, all integers little-endian:
 //!
 //! ```text
-//! "TRACEREC" u16 version  u16 reserved
+//! "TRACEREC" u16 version (2)  u16 reserved
 //! then frames: u8 tag  u32 length  payload
 //!   1 header  JSON object (RecordHeader)
 //!   2 maps    u32 pid, u32 n, n × (u64 start, u64 end, u64 offset, str path, bytes build_id)
@@ -19,6 +19,7 @@
 //!   5 tick    u64 ns since start, counters
 //!   6 mark    u64 ns since start, counters
 //!   7 end     u64 ns since start, counters, u8 has exit code, i32 exit code
+//!   8 process u32 pid, str command, str allocator, u8 exited   (version 2)
 //! counters: u64 bad records, u8 n, n × u64 kernel counter
 //! str/bytes: u16 length, bytes
 //! ```
@@ -40,7 +41,8 @@ use crate::{
 };
 
 const MAGIC: &[u8; 8] = b"TRACEREC";
-pub const VERSION: u16 = 1;
+/// Written; readers accept every version from 1 (which has no process frames) to this one.
+pub const VERSION: u16 = 2;
 /// No frame is larger than this: a length above it is corruption, not a reason to allocate.
 const MAX_FRAME: u32 = 64 << 20;
 
@@ -52,6 +54,7 @@ mod tag {
     pub const TICK: u8 = 5;
     pub const MARK: u8 = 6;
     pub const END: u8 = 7;
+    pub const PROCESS: u8 = 8;
 }
 
 /// What a replay needs to know about the run before its first event.
@@ -97,6 +100,13 @@ pub enum Frame {
         t_ns: u64,
         counters: Counters,
         exit_code: Option<i32>,
+    },
+    /// A process first seen, renamed, or exited.
+    Process {
+        pid: u32,
+        command: String,
+        allocator: String,
+        exited: bool,
     },
 }
 
@@ -229,7 +239,7 @@ impl<R: Read> Reader<R> {
             });
         }
         let version = u16::from_le_bytes([start[8], start[9]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(FormatError {
                 offset: 8,
                 what: format!(
@@ -432,6 +442,18 @@ fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             b.push(exit_code.is_some() as u8);
             b.extend_from_slice(&exit_code.unwrap_or(0).to_le_bytes());
             tag::END
+        }
+        Frame::Process {
+            pid,
+            command,
+            allocator,
+            exited,
+        } => {
+            put_u32(b, *pid);
+            put_bytes(b, command.as_bytes());
+            put_bytes(b, allocator.as_bytes());
+            b.push(*exited as u8);
+            tag::PROCESS
         }
     }
 }
@@ -650,6 +672,12 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                 exit_code: (has != 0).then_some(code),
             }
         }
+        tag::PROCESS => Frame::Process {
+            pid: c.u32("pid")?,
+            command: String::from_utf8_lossy(c.bytes("command")?).into_owned(),
+            allocator: String::from_utf8_lossy(c.bytes("allocator")?).into_owned(),
+            exited: c.u8("exited flag")? != 0,
+        },
         t => {
             return Err(FormatError {
                 offset: base.saturating_sub(5),
@@ -738,6 +766,12 @@ mod tests {
             Frame::Mark {
                 t_ns: 150_000_000,
                 counters,
+            },
+            Frame::Process {
+                pid: 43,
+                command: "worker".into(),
+                allocator: "/lib/libc.so.6".into(),
+                exited: true,
             },
             Frame::End {
                 t_ns: 200_000_000,

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::{
     collector::Counters,
     config::ReportOptions,
-    engine::{Engine, Flow, Source},
+    engine::{Engine, Flow, ProcInfo, Source},
     record::{Frame, Reader, RecordedMapping},
     symbolize::{self, Mapping},
 };
@@ -26,6 +26,10 @@ impl Source for Recorded {
     }
 
     fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
+        None
+    }
+
+    fn process(&mut self, _pid: u32) -> Option<ProcInfo> {
         None
     }
 }
@@ -63,6 +67,26 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
             Some(Frame::Maps { pid, maps }) => {
                 let maps = maps.into_iter().map(|m| files.check(m)).collect();
                 engine.install_maps(pid, maps);
+                Flow::Continue
+            }
+            Some(Frame::Process {
+                pid,
+                command,
+                allocator,
+                exited,
+            }) => {
+                if exited {
+                    engine.process_exited(pid)?;
+                } else {
+                    engine.install_process(
+                        pid,
+                        ProcInfo {
+                            command,
+                            allocator,
+                            exited,
+                        },
+                    );
+                }
                 Flow::Continue
             }
             Some(Frame::Stack {

@@ -33,6 +33,9 @@ pub struct Site {
     /// allocator itself is not included). Empty when the stack was not available.
     pub frames: Vec<u64>,
     pub counts: Counts,
+    /// Its process exited and its books were closed (a new process with the same pid gets new
+    /// sites).
+    pub retired: bool,
 }
 
 /// What a site (or the whole process) has done.
@@ -126,6 +129,7 @@ impl Ledger {
             key: Some(key),
             frames,
             counts: Counts::default(),
+            retired: false,
         });
         self.index.insert(key, id);
         id
@@ -209,11 +213,28 @@ impl Ledger {
     }
 
     /// Live blocks of one process, by address.
-    #[allow(dead_code)]
     pub fn live_blocks(&self, pid: u32) -> impl Iterator<Item = (u64, &Block)> {
         self.live
             .range((pid, 0)..=(pid, u64::MAX))
             .map(|((_, a), b)| (*a, b))
+    }
+
+    /// Closes the books of a process that exited: its live blocks are dropped and its sites
+    /// retired (live counts zero, cumulative counts kept), so that a new process given the same
+    /// pid starts with books of its own.
+    pub fn retire(&mut self, pid: u32) {
+        let addrs: Vec<u64> = self.live_blocks(pid).map(|(a, _)| a).collect();
+        for a in addrs {
+            self.live.remove(&(pid, a));
+        }
+        self.index.retain(|k, _| k.pid != pid);
+        for s in &mut self.sites {
+            if s.key.is_some_and(|k| k.pid == pid) {
+                s.retired = true;
+                s.counts.live_objects = 0;
+                s.counts.live_bytes = 0;
+            }
+        }
     }
 
     /// Every live block: (process, address, block).
@@ -261,8 +282,8 @@ impl Snapshot {
                     now: *now,
                     delta_objects: now.live_objects as i64 - before.live_objects as i64,
                     delta_bytes: now.live_bytes as i64 - before.live_bytes as i64,
-                    delta_allocs: now.allocs - before.allocs,
-                    delta_frees: now.frees - before.frees,
+                    delta_allocs: now.allocs.saturating_sub(before.allocs),
+                    delta_frees: now.frees.saturating_sub(before.frees),
                 };
                 (d.delta_allocs != 0 || d.delta_frees != 0).then_some(d)
             })
@@ -492,5 +513,23 @@ mod tests {
             (d[0].delta_bytes, d[0].delta_allocs, d[0].delta_frees),
             (0, 100, 100)
         );
+    }
+
+    #[test]
+    fn a_retired_process_leaves_room_for_a_new_one_with_its_pid() {
+        let mut l = run(&[malloc(0x10, 8, 1), malloc(0x20, 8, 1)]);
+        let before = l.snapshot(0);
+        l.retire(PID);
+        assert_eq!(l.totals().live_objects, 0);
+        assert!(l.sites()[0].retired);
+        assert_eq!(l.live_blocks(PID).count(), 0);
+        // the same pid and stack id again: a new site
+        l.apply(&malloc(0x10, 16, 1), frames);
+        assert_eq!(l.sites().len(), 2);
+        assert_eq!(l.sites()[1].counts.live_bytes, 16);
+        // diffs across the retirement do not underflow, and show no activity for the old site
+        let d = l.snapshot(1).diff(&before);
+        assert!(d.iter().all(|d| d.site != 0));
+        assert!(d.iter().any(|d| d.site == 1 && d.delta_bytes == 16));
     }
 }

@@ -90,6 +90,7 @@ impl EbpfCollector {
         #[allow(deprecated)]
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
+            .override_global(globals::SELF_PID, &std::process::id(), true)
             .override_global(globals::WAKEUP_BYTES, &wakeup, true)
             .override_global(globals::STOP_AT_EXIT, &u32::from(s.stop_at_exit), true)
             .override_global(globals::MIN_SIZE, &s.min_size, true)

@@ -31,6 +31,15 @@ pub enum Event {
     Free { pid: u32, ts_ns: u64, addr: u64 },
 }
 
+impl Event {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Event::Alloc(a) => a.pid,
+            Event::Free { pid, .. } => *pid,
+        }
+    }
+}
+
 /// A successful allocation, or a realloc that moved (`old_addr` → `addr`) or released
 /// (`addr == 0`, `size == 0`) its input block.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -131,6 +131,13 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
         );
     }
     let maps = proc.maps().map_err(|e| match e {
+        // SAFETY: geteuid has no preconditions.
+        procfs::ProcError::PermissionDenied(_) if unsafe { libc::geteuid() } == 0 => {
+            anyhow::anyhow!(
+            "permission denied reading /proc/{pid}/maps even as root: the process is protected \
+             (it belongs to another user namespace, or a security module restricts access to it)"
+        )
+        }
         procfs::ProcError::PermissionDenied(_) => anyhow::anyhow!(
             "permission denied reading /proc/{pid}/maps: tracer must run as root (sudo)"
         ),

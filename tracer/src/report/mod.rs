@@ -34,6 +34,8 @@ pub struct Totals {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SiteReport {
+    /// The process the site belongs to.
+    pub pid: u32,
     /// Innermost first; the allocator itself is not included.
     pub frames: Vec<Frame>,
     pub live_objects: u64,
@@ -127,9 +129,28 @@ pub struct Report {
     /// The mark's number (mark reports).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mark: Option<u32>,
+    /// Tracing several processes: each one's own numbers and top sites, the top processes first
+    /// (by growth; by outstanding bytes in the final report). `sites` then holds the top sites
+    /// over all of them, and the top-level `pid` is 0.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessReport>,
     /// How the launched command ended (final report of launch mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+/// One process of a several-process report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub command: String,
+    pub allocator: String,
+    /// It exited: these are its last numbers (its books are closed after this report).
+    pub exited: bool,
+    pub totals: Totals,
+    pub summary: Summary,
+    pub sites: Vec<SiteReport>,
+    pub sites_omitted: usize,
 }
 
 /// Settings a report mentions when telling how to avoid losses.
@@ -240,6 +261,7 @@ pub(crate) fn sample_report() -> Report {
             frees: 0,
         },
         sites: vec![SiteReport {
+            pid: 42,
             frames: vec![Frame {
                 addr: 0x401136,
                 function: Some("leak_fixed".into()),
@@ -284,6 +306,7 @@ pub(crate) fn sample_report() -> Report {
         },
         warmup_s: 0.0,
         mark: None,
+        processes: Vec::new(),
         exit_code: None,
     }
 }

@@ -224,6 +224,70 @@ pub fn age(secs: f64) -> String {
     }
 }
 
+/// `pid 42 (leaky)`, or `3 processes` when tracing several.
+fn who(r: &Report) -> String {
+    if r.pid == 0 {
+        let n = r.processes.len();
+        format!("{n} process{}", if n == 1 { "" } else { "es" })
+    } else {
+        format!("pid {} ({})", r.pid, r.command)
+    }
+}
+
+/// The process level of a several-process report: one row per process, top processes first.
+fn process_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut table = Table::new();
+    table.set_format(box_format());
+    let outstanding = report.kind == ReportKind::Final;
+    let titles = [
+        "pid",
+        "command",
+        "leaks",
+        if outstanding { "objects" } else { "Δobjects" },
+        if outstanding { "bytes" } else { "Δbytes" },
+        "live bytes",
+    ];
+    table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
+    for p in &report.processes {
+        let leaks = match p.summary.leak_sites {
+            0 => String::new(),
+            n => format!(
+                "{n} ({} B/s)",
+                signed(p.summary.leak_bytes_per_s.round() as i64)
+            ),
+        };
+        let command = if p.exited {
+            format!("{} (exited)", p.command)
+        } else {
+            p.command.clone()
+        };
+        let cells = [
+            p.pid.to_string(),
+            command,
+            leaks,
+            signed(p.totals.delta_objects),
+            signed(p.totals.delta_bytes),
+            group(p.totals.live_bytes),
+        ];
+        table.add_row(Row::new(
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let align = if i == 1 || i == 2 {
+                        format::Alignment::LEFT
+                    } else {
+                        format::Alignment::RIGHT
+                    };
+                    Cell::new_align(c, align)
+                })
+                .collect(),
+        ));
+    }
+    table.print(out)?;
+    Ok(())
+}
+
 pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
     let t = &report.totals;
     let sm = &report.summary;
@@ -241,10 +305,9 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     match report.kind {
         ReportKind::Interval => writeln!(
             out,
-            "[{:.1}s] pid {} ({}): {} B in {} blocks over {:.1}s; live {} B in {} blocks{verdicts}",
+            "[{:.1}s] {}: {} B in {} blocks over {:.1}s; live {} B in {} blocks{verdicts}",
             report.elapsed_s,
-            report.pid,
-            report.command,
+            who(report),
             signed(t.delta_bytes),
             signed(t.delta_objects),
             report.window_s,
@@ -266,10 +329,9 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
         )?,
         ReportKind::Final => writeln!(
             out,
-            "[{:.1}s] final report, pid {} ({}){}: outstanding {} B in {} blocks{verdicts}",
+            "[{:.1}s] final report, {}{}: outstanding {} B in {} blocks{verdicts}",
             report.elapsed_s,
-            report.pid,
-            report.command,
+            who(report),
             match report.exit_code {
                 Some(c) => format!(", exited with status {c}"),
                 None => String::new(),
@@ -277,6 +339,9 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
             group(t.live_bytes),
             group(t.live_objects),
         )?,
+    }
+    if !report.processes.is_empty() {
+        process_table(report, out)?;
     }
     let mut table = Table::new();
     table.set_format(box_format());
@@ -309,8 +374,14 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
         ],
     };
     table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
+    let several = !report.processes.is_empty();
     for s in &report.sites {
-        table.add_row(row(report.kind, site_label(&s.frames), &Line::of(s)));
+        let label = if several {
+            format!("[{}] {}", s.pid, site_label(&s.frames))
+        } else {
+            site_label(&s.frames)
+        };
+        table.add_row(row(report.kind, label, &Line::of(s)));
     }
     let total_label = if report.sites_omitted > 0 {
         format!(

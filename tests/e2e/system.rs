@@ -1,0 +1,182 @@
+//! Several processes: every process (no target), several --pid, --comm.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+/// A running tracer: its process, its stderr, and a thread reading its stdout as it comes (a
+/// pipe nobody reads fills up and blocks the tracer's reports, and then its draining).
+struct Running {
+    child: Child,
+    err: BufReader<std::process::ChildStderr>,
+    out: std::thread::JoinHandle<String>,
+}
+
+/// Starts the tracer and waits until its probes are attached. The caller waits for it
+/// ([`finish`]); a test that panics first leaves it to its -d deadline.
+#[allow(clippy::zombie_processes)]
+fn start_tracer(args: &[&str]) -> Running {
+    let mut t = Command::new(tracer())
+        .args(args)
+        .args(["--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(t.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let status = t.wait().unwrap();
+            panic!("tracer ended ({status}) before attaching");
+        }
+        if line.starts_with("tracer: tracing") {
+            let mut stdout = t.stdout.take().unwrap();
+            let out = std::thread::spawn(move || {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+                s
+            });
+            return Running { child: t, err, out };
+        }
+    }
+}
+
+fn finish(r: Running) -> (Vec<Value>, String) {
+    let Running {
+        mut child,
+        mut err,
+        out,
+    } = r;
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let text = out.join().unwrap();
+    assert!(!rest.contains("events lost"), "{rest}");
+    (reports(&text), rest)
+}
+
+fn process(r: &Value, pid: u32) -> Option<&Value> {
+    r["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == pid)
+}
+
+#[test]
+fn every_process_finds_two_leakers_started_after_it() {
+    if !privileged("every_process_finds_two_leakers_started_after_it") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    // An idle process, running before the tracer: it must never show up.
+    let mut idle = Command::new("sleep").arg("30").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = start_tracer(&["-i", "1", "-d", "9"]);
+    let spawn = || {
+        // long enough for verdicts (three intervals of history) before it exits
+        Command::new(&leaky)
+            .args(["5", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (pa, pb) = (a.id(), b.id());
+    let truth_a = truth_leaks(&stdout(&a.wait_with_output().unwrap()));
+    let truth_b = truth_leaks(&stdout(&b.wait_with_output().unwrap()));
+    let (reps, _) = finish(t);
+    idle.kill().unwrap();
+    idle.wait().unwrap();
+    let fin = reps.last().unwrap();
+    assert_eq!(fin["kind"], "final");
+    assert_eq!(fin["pid"], 0);
+    for (pid, truth) in [(pa, &truth_a), (pb, &truth_b)] {
+        let p = process(fin, pid).unwrap_or_else(|| panic!("{pid} not in the final report"));
+        assert_eq!(p["exited"], true);
+        assert_eq!(p["command"], "leaky-fp");
+        assert!(p["allocator"].as_str().unwrap().contains("libc"));
+        // started after the tracer: its books are exact
+        assert_outstanding_is_truth(p, truth);
+        assert_eq!(p["summary"]["leak_sites"], 5, "{}", p["summary"]);
+    }
+    for r in &reps {
+        assert!(
+            process(r, idle.id()).is_none(),
+            "the idle process was reported"
+        );
+    }
+}
+
+#[test]
+fn several_pids_each_with_its_own_books() {
+    if !privileged("several_pids_each_with_its_own_books") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Command::new(&leaky)
+            .args(["2", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        kids.push(c);
+    }
+    let pids: Vec<String> = kids.iter().map(|k| k.id().to_string()).collect();
+    let t = start_tracer(&["--pid", &pids.join(","), "-i", "1"]);
+    let truths: Vec<_> = kids
+        .into_iter()
+        .map(|k| (k.id(), truth_leaks(&stdout(&k.wait_with_output().unwrap()))))
+        .collect();
+    // the tracer ends by itself once both are gone
+    let (reps, _) = finish(t);
+    let fin = reps.last().unwrap();
+    for (pid, truth) in &truths {
+        let p = process(fin, *pid).unwrap_or_else(|| panic!("{pid} missing: {fin}"));
+        assert_outstanding_is_truth(p, truth);
+    }
+}
+
+#[test]
+fn comm_filters_processes_by_name() {
+    if !privileged("comm_filters_processes_by_name") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    let churn = victim("workloads/churn.c", FP);
+    let t = start_tracer(&["--comm", "leaky-fp", "-i", "1", "-d", "4"]);
+    let a = Command::new(&leaky)
+        .args(["2", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let b = Command::new(&churn)
+        .args(["20000", "1", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pa = a.id();
+    a.wait_with_output().unwrap();
+    b.wait_with_output().unwrap();
+    let (reps, _) = finish(t);
+    let mut seen = false;
+    for r in &reps {
+        for p in r["processes"].as_array().into_iter().flatten() {
+            assert_eq!(p["command"], "leaky-fp", "{p}");
+            seen |= p["pid"] == pa;
+        }
+    }
+    assert!(seen, "leaky not reported");
+}
