@@ -28,10 +28,22 @@ pub enum AllocFn {
     Valloc = 8,
     Pvalloc = 9,
     Free = 10,
+    /// C++ `operator new(size_t)` and its array, nothrow and aligned variants (libstdc++, or
+    /// an allocator that defines its own): probed so that the stack starts at the caller of
+    /// `new`; the `malloc` they call inside is nested, not counted twice. `operator delete`
+    /// needs no probe: it frees through `free`.
+    New = 11,
+    NewArray = 12,
+    NewNothrow = 13,
+    NewArrayNothrow = 14,
+    NewAligned = 15,
+    NewArrayAligned = 16,
+    NewAlignedNothrow = 17,
+    NewArrayAlignedNothrow = 18,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 10] = [
+    pub const ALL: [AllocFn; 18] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -42,6 +54,14 @@ impl AllocFn {
         AllocFn::Valloc,
         AllocFn::Pvalloc,
         AllocFn::Free,
+        AllocFn::New,
+        AllocFn::NewArray,
+        AllocFn::NewNothrow,
+        AllocFn::NewArrayNothrow,
+        AllocFn::NewAligned,
+        AllocFn::NewArrayAligned,
+        AllocFn::NewAlignedNothrow,
+        AllocFn::NewArrayAlignedNothrow,
     ];
 
     pub fn from_u8(v: u8) -> Option<AllocFn> {
@@ -61,7 +81,20 @@ impl AllocFn {
             AllocFn::Valloc => "valloc",
             AllocFn::Pvalloc => "pvalloc",
             AllocFn::Free => "free",
+            AllocFn::New => "_Znwm",
+            AllocFn::NewArray => "_Znam",
+            AllocFn::NewNothrow => "_ZnwmRKSt9nothrow_t",
+            AllocFn::NewArrayNothrow => "_ZnamRKSt9nothrow_t",
+            AllocFn::NewAligned => "_ZnwmSt11align_val_t",
+            AllocFn::NewArrayAligned => "_ZnamSt11align_val_t",
+            AllocFn::NewAlignedNothrow => "_ZnwmSt11align_val_tRKSt9nothrow_t",
+            AllocFn::NewArrayAlignedNothrow => "_ZnamSt11align_val_tRKSt9nothrow_t",
         }
+    }
+
+    /// One of C++'s `operator new` variants.
+    pub fn is_cxx_new(self) -> bool {
+        self as u8 >= AllocFn::New as u8
     }
 
     /// Whether this entry point may release a block it was given (realloc's input).

@@ -1,4 +1,6 @@
 //! `tracer -- CMD`: probes in place before the first allocation, so the books are exact.
+use std::process::Command;
+
 use tracer_tests::*;
 
 #[test]
@@ -121,11 +123,27 @@ fn cpp_names_are_demangled_and_symbols_outlive_a_short_process() {
         Some(50 * 24),
         "{live:?}"
     );
-    // new Widget: malloc is called by libstdc++'s operator new, shown demangled.
-    assert_eq!(
-        live.get("operator new(unsigned long)").copied(),
-        Some(50 * 48),
+    // operator new is probed: the stack starts at the caller of new, for every form of it.
+    for (site, bytes) in [
+        ("shop::Widget::make(int)", 50 * 48),
+        ("shop::Widget::make_nothrow(int)", 50 * 48),
+        ("shop::Widget::ids(int)", 50 * 32),
+    ] {
+        assert_eq!(live.get(site).copied(), Some(bytes), "{site}: {live:?}");
+    }
+    assert!(
+        !live.keys().any(|k| k.starts_with("operator new")),
         "{live:?}"
+    );
+    // new/delete pairs leave nothing, and the malloc inside new is not counted twice.
+    assert!(!live.contains_key("shop::Widget::scratch()"), "{live:?}");
+    let ev = &fin["events"];
+    assert_eq!(ev["unknown_frees"], 0, "{ev}");
+    assert_eq!(ev["received_frees"], 50 * 10 * 2, "{ev}");
+    assert_eq!(
+        ev["received_allocs"].as_u64().unwrap(),
+        ev["received_frees"].as_u64().unwrap() + fin["totals"]["live_objects"].as_u64().unwrap(),
+        "{ev}"
     );
     let raw = fin["sites"]
         .as_array()
@@ -138,4 +156,38 @@ fn cpp_names_are_demangled_and_symbols_outlive_a_short_process() {
         .as_str()
         .unwrap_or("")
         .ends_with("widgets.cpp"));
+}
+
+#[test]
+fn rust_functions_are_demangled() {
+    if !privileged("rust_functions_are_demangled") {
+        return;
+    }
+    // A Rust program on the system allocator, built with the workspace's own rustc.
+    let dir = root().join("target/test-victims");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("rusty");
+    let st = Command::new("rustc")
+        .args(["-O", "-g", "-C", "force-frame-pointers=yes", "-o"])
+        .arg(&bin)
+        .arg(root().join("tests/victims/rusty.rs"))
+        .status()
+        .expect("rustc");
+    assert!(st.success());
+    let run = launch_json(&[], &bin, &["100"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    let leak = fin["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            functions(s)
+                .iter()
+                .any(|f| f == "rusty::inventory::Store::leak_orders")
+        })
+        .unwrap_or_else(|| panic!("no site through leak_orders: {fin}"));
+    assert_eq!(leak["live_objects"], 100, "{leak}");
+    assert_eq!(leak["live_bytes"], 4800, "{leak}");
+    assert_eq!(fin["events"]["unknown_frees"], 0);
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: the release tracer attached with real uprobes to victims whose truth is
 //! known exactly. Run as root (scripts/test); see tracer_tests::privileged for skipping rules.
+mod allocators;
 mod attach;
 mod cli;
 mod flame;

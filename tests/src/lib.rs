@@ -49,6 +49,17 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Compiles a C victim (tests/victims or tests/workloads) with gcc, once per test run.
 pub fn victim(source: &str, flags: &[&str]) -> PathBuf {
+    let tag = if flags.contains(&"-fno-omit-frame-pointer") {
+        "fp"
+    } else {
+        "nofp"
+    };
+    victim_with(source, flags, tag, "")
+}
+
+/// Compiles a victim with extra flags (after the source: libraries to link) into a binary
+/// named after `tag`, with `compiler` (empty: gcc or g++ by the source's extension).
+pub fn victim_with(source: &str, flags: &[&str], tag: &str, compiler: &str) -> PathBuf {
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let src = root().join("tests").join(source);
     let stem = Path::new(source)
@@ -56,11 +67,6 @@ pub fn victim(source: &str, flags: &[&str]) -> PathBuf {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let tag = if flags.contains(&"-fno-omit-frame-pointer") {
-        "fp"
-    } else {
-        "nofp"
-    };
     let dir = root().join("target/test-victims");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("{stem}-{tag}"));
@@ -69,19 +75,22 @@ pub fn victim(source: &str, flags: &[&str]) -> PathBuf {
         .and_then(|o| Ok(o.modified()? >= src.metadata()?.modified()?))
         .unwrap_or(false);
     if !fresh {
-        let compiler = if source.ends_with(".cpp") {
-            "g++"
-        } else {
-            "gcc"
+        let compiler = match compiler {
+            "" if source.ends_with(".cpp") => "g++",
+            "" => "gcc",
+            c => c,
         };
+        let (before, after): (Vec<&str>, Vec<&str>) =
+            flags.iter().partition(|f| !f.starts_with("-l"));
         let st = Command::new(compiler)
-            .args(flags)
+            .args(&before)
             .arg("-pthread")
             .arg("-o")
             .arg(&out)
             .arg(&src)
+            .args(&after)
             .status()
-            .expect("gcc/g++ (scripts/setup installs them)");
+            .unwrap_or_else(|e| panic!("{compiler}: {e} (scripts/setup installs it)"));
         assert!(st.success(), "{compiler} failed on {}", src.display());
     }
     out

@@ -157,6 +157,8 @@ impl EbpfCollector {
                     lib.path.display(),
                     p.func.symbol()
                 ),
+                // C allocators need not define C++'s operator new.
+                None if p.func.is_cxx_new() => {}
                 None => warnings.push(format!(
                     "{} has no {}; calls to it (if any) are not traced",
                     lib.path.display(),
@@ -173,6 +175,26 @@ impl EbpfCollector {
         }
         if let Some(off) = lib.exit {
             self.attach_one(EXIT_PROGRAM, AllocFn::Free, off, lib, scope)?;
+        }
+        if let Some(cxx) = &lib.cxx {
+            // operator new in libstdc++: returns first, as above.
+            let mut seen: HashMap<u64, AllocFn> = HashMap::new();
+            let plan: Vec<(AllocFn, u64)> = cxx
+                .functions
+                .iter()
+                .filter(|(_, off)| seen.insert(**off, AllocFn::New).is_none())
+                .map(|(f, o)| (*f, *o))
+                .collect();
+            for (f, off) in &plan {
+                self.attach_one(RETURN_PROGRAM, *f, *off, cxx, scope)?;
+            }
+            for (f, off) in &plan {
+                let entry = PROBES
+                    .iter()
+                    .find(|p| p.func == *f)
+                    .map_or("size_arg0", |p| p.entry);
+                self.attach_one(entry, *f, *off, cxx, scope)?;
+            }
         }
         Ok(warnings)
     }

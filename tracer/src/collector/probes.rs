@@ -25,6 +25,15 @@ pub const PROBES: &[ProbeSpec] = &[
     spec(AllocFn::Memalign, "size_arg1", true, false),
     spec(AllocFn::Valloc, "size_arg0", true, false),
     spec(AllocFn::Pvalloc, "size_arg0", true, false),
+    // C++: every variant takes the size first.
+    spec(AllocFn::New, "size_arg0", true, false),
+    spec(AllocFn::NewArray, "size_arg0", true, false),
+    spec(AllocFn::NewNothrow, "size_arg0", true, false),
+    spec(AllocFn::NewArrayNothrow, "size_arg0", true, false),
+    spec(AllocFn::NewAligned, "size_arg0", true, false),
+    spec(AllocFn::NewArrayAligned, "size_arg0", true, false),
+    spec(AllocFn::NewAlignedNothrow, "size_arg0", true, false),
+    spec(AllocFn::NewArrayAlignedNothrow, "size_arg0", true, false),
 ];
 
 const fn spec(func: AllocFn, entry: &'static str, has_return: bool, required: bool) -> ProbeSpec {

@@ -24,13 +24,19 @@ pub struct AllocatorLib {
     pub functions: BTreeMap<AllocFn, u64>,
     /// File offset of `exit()` when this file defines it (the C library, a static binary).
     pub exit: Option<u64>,
+    /// Another file defining C++'s `operator new` ahead of this one in lookup order
+    /// (libstdc++): its `new` variants are probed too.
+    pub cxx: Option<Box<AllocatorLib>>,
 }
 
 /// Reads an ELF file and finds the allocator functions it defines (dynamic symbols first,
 /// then the full symbol table for static binaries), and `exit`.
 pub fn allocator_functions(path: &Path) -> Result<(BTreeMap<AllocFn, u64>, Option<u64>)> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data)
+    // Through a read cache: only the headers and symbol tables are read, not whole libraries.
+    let cache = object::ReadCache::new(
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let file = object::File::parse(&cache)
         .with_context(|| format!("{} is not an ELF file we can read", path.display()))?;
     let mut found = BTreeMap::new();
     let mut exit = None;
@@ -56,7 +62,7 @@ pub fn allocator_functions(path: &Path) -> Result<(BTreeMap<AllocFn, u64>, Optio
     Ok((found, exit))
 }
 
-fn file_offset(file: &object::File, vaddr: u64) -> Option<u64> {
+fn file_offset<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>, vaddr: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (start, size) = (seg.address(), seg.size());
         let (off, fsize) = seg.file_range();
@@ -87,6 +93,8 @@ fn is_loader(path: &Path) -> bool {
 /// loader's private malloc never counts.
 pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib>> {
     let mut libc = None;
+    let mut main: Option<AllocatorLib> = None;
+    let mut cxx: Option<AllocatorLib> = None;
     for (i, (path, open_path)) in candidates.into_iter().enumerate() {
         if is_loader(&path) {
             continue;
@@ -96,22 +104,48 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
             Err(e) if i == 0 => return Err(e),
             Err(_) => continue,
         };
-        if !(functions.contains_key(&AllocFn::Malloc) && functions.contains_key(&AllocFn::Free)) {
-            continue;
+        if cxx.is_none() && functions.contains_key(&AllocFn::New) {
+            cxx = Some(AllocatorLib {
+                path: path.clone(),
+                open_path: open_path.clone(),
+                functions: functions
+                    .iter()
+                    .filter(|(f, _)| f.is_cxx_new())
+                    .map(|(f, o)| (*f, *o))
+                    .collect(),
+                exit: None,
+                cxx: None,
+            });
         }
-        let lib = AllocatorLib {
-            path,
-            open_path,
-            functions,
-            exit,
-        };
-        if i > 0 && is_libc(&lib.path) {
-            libc.get_or_insert(lib);
-            continue;
+        if main.is_none()
+            && functions.contains_key(&AllocFn::Malloc)
+            && functions.contains_key(&AllocFn::Free)
+        {
+            let lib = AllocatorLib {
+                path,
+                open_path,
+                functions,
+                exit,
+                cxx: None,
+            };
+            if i > 0 && is_libc(&lib.path) {
+                libc.get_or_insert(lib);
+            } else {
+                main = Some(lib);
+            }
         }
-        return Ok(Some(lib));
+        if main.is_some() && cxx.is_some() {
+            break;
+        }
     }
-    Ok(libc)
+    let mut main = main.or(libc);
+    if let (Some(m), Some(c)) = (&mut main, cxx) {
+        // An allocator defining its own operator new (tcmalloc) has it in its own table.
+        if c.path != m.path && !m.functions.contains_key(&AllocFn::New) {
+            m.cxx = Some(Box::new(c));
+        }
+    }
+    Ok(main)
 }
 
 /// The allocator of a running process, from its memory map.

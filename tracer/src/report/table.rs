@@ -18,6 +18,28 @@ pub fn site_label(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[stack unavailable]".into();
     }
+    // Allocation plumbing inlined into the caller (Rust's Box::new → alloc::alloc::alloc)
+    // says nothing about who allocates: start at the first frame that is not.
+    let plumbing = |f: &Frame| {
+        f.function.as_deref().is_some_and(|n| {
+            [
+                "alloc::",
+                "<alloc::",
+                "core::alloc::",
+                "<core::alloc::",
+                "std::alloc::",
+                "__rust_",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
+        })
+    };
+    let skip = frames.iter().take_while(|f| plumbing(f)).count();
+    let frames = if skip < frames.len() {
+        &frames[skip..]
+    } else {
+        frames
+    };
     let mut parts = vec![frames[0].short()];
     for f in frames.iter().skip(1).take(SITE_FRAMES - 1) {
         parts.push(match (&f.function, f.line) {
@@ -519,5 +541,15 @@ mod tests {
             "leak_shared (leaky.c:70) ← path_a:80 ← main:150"
         );
         assert_eq!(site_label(&[]), "[stack unavailable]");
+        let rust = vec![
+            f("alloc::alloc::alloc", None),
+            f("alloc::boxed::Box<T>::new", None),
+            f("app::Store::leak", Some(12)),
+            f("app::main", Some(30)),
+        ];
+        assert_eq!(
+            site_label(&rust),
+            "app::Store::leak (leaky.c:12) ← app::main:30"
+        );
     }
 }

@@ -1,0 +1,135 @@
+//! The allocator a process really uses: jemalloc, tcmalloc and mimalloc (preloaded and
+//! linked), static glibc and static musl. In each case leaky's leaking sites and bytes must be
+//! its truth, and the report must name the allocator it probed.
+use std::process::Command;
+
+use tracer_tests::*;
+
+const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// (name, the library's file in LIB_DIR, the linker flag)
+const ALLOCATORS: [(&str, &str, &str); 3] = [
+    ("jemalloc", "libjemalloc.so.2", "-ljemalloc"),
+    ("tcmalloc", "libtcmalloc_minimal.so.4", "-ltcmalloc_minimal"),
+    ("mimalloc", "libmimalloc.so.2", "-lmimalloc"),
+];
+
+/// Launches `program` under the tracer with `env` set for both (as `VAR=x tracer -- prog`).
+fn launch_with_env(env: &[(&str, &str)], program: &std::path::Path) -> Launched {
+    let mut cmd = Command::new(tracer());
+    cmd.args(["--format", "json", "--"])
+        .arg(program)
+        .args(["2", "0"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd);
+    let (so, se) = (stdout(&out), stderr(&out));
+    let final_report = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap_or_else(|| panic!("no final report: {se}"));
+    Launched {
+        stdout: so,
+        stderr: se,
+        code: out.status.code(),
+        final_report,
+    }
+}
+
+fn check(run: &Launched, allocator_contains: &str) {
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    let allocator = fin["allocator"].as_str().unwrap();
+    assert!(
+        allocator.contains(allocator_contains),
+        "allocator {allocator}, expected {allocator_contains}"
+    );
+    let truth = truth_leaks(&run.stdout);
+    assert_eq!(truth.len(), 5, "{}", run.stdout);
+    assert_outstanding_is_truth(fin, &truth);
+    assert_eq!(fin["lost"]["ring_full_allocs"], 0);
+}
+
+#[test]
+fn preloaded_allocators() {
+    if !privileged("preloaded_allocators") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    for (name, file, _) in ALLOCATORS {
+        let lib = format!("{LIB_DIR}/{file}");
+        assert!(
+            std::path::Path::new(&lib).exists(),
+            "{lib} missing: scripts/setup installs Debian's {name}"
+        );
+        let run = launch_with_env(&[("LD_PRELOAD", &lib)], &leaky);
+        check(&run, file);
+    }
+}
+
+#[test]
+fn linked_allocators() {
+    if !privileged("linked_allocators") {
+        return;
+    }
+    for (name, file, flag) in ALLOCATORS {
+        let leaky = victim_with("workloads/leaky.c", &[FP, &[flag]].concat(), name, "");
+        check(&launch_with_env(&[], &leaky), file);
+    }
+}
+
+#[test]
+fn static_binaries_glibc_and_musl() {
+    if !privileged("static_binaries_glibc_and_musl") {
+        return;
+    }
+    let glibc = victim_with(
+        "workloads/leaky.c",
+        &[FP, &["-static"]].concat(),
+        "static-glibc",
+        "",
+    );
+    check(&launch_with_env(&[], &glibc), "leaky-static-glibc");
+    let musl = victim_with(
+        "workloads/leaky.c",
+        &[FP, &["-static"]].concat(),
+        "static-musl",
+        "musl-gcc",
+    );
+    check(&launch_with_env(&[], &musl), "leaky-static-musl");
+}
+
+#[test]
+fn attached_to_a_process_with_a_preloaded_allocator() {
+    if !privileged("attached_to_a_process_with_a_preloaded_allocator") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let leaky = victim("workloads/leaky.c", FP);
+    let lib = format!("{LIB_DIR}/libjemalloc.so.2");
+    let mut child = Command::new(&leaky)
+        .args(["2", "1.5"])
+        .env("LD_PRELOAD", &lib)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let t =
+        run(Command::new(tracer()).args(["--format", "json", "--pid", &child.id().to_string()]));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    child.wait().unwrap();
+    let fin = reports(&stdout(&t))
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap_or_else(|| panic!("no final report: {}", stderr(&t)));
+    assert!(
+        fin["allocator"].as_str().unwrap().contains("jemalloc"),
+        "{}",
+        fin["allocator"]
+    );
+    assert_outstanding_is_truth(&fin, &truth_leaks(&rest));
+}
