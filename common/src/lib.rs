@@ -12,6 +12,9 @@ pub mod kind {
     pub const ALLOC: u8 = 1;
     /// A [`FreeRecord`](super::FreeRecord): a block was handed back.
     pub const FREE: u8 = 2;
+    /// A bare [`Header`](super::Header): the process exec'd a new program (its old address
+    /// space, and every block in it, is gone).
+    pub const EXEC: u8 = 3;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -176,8 +179,12 @@ pub mod counter {
     pub const EXIT_STOPS: u32 = 11;
     /// Allocations outside the --min-size/--max-size range: not recorded.
     pub const FILTERED: u32 = 12;
+    /// Exec records dropped because the ring buffer was full.
+    pub const RING_FULL_EXEC: u32 = 13;
+    /// Times a launched process was held at exec until its new allocator was probed.
+    pub const EXEC_STOPS: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
 }
 
 /// Names of the map and programs userspace looks up in the object.

@@ -133,3 +133,95 @@ fn attached_to_a_process_with_a_preloaded_allocator() {
     );
     assert_outstanding_is_truth(&fin, &truth_leaks(&rest));
 }
+
+#[test]
+fn an_exec_brings_its_new_allocator_into_the_probes() {
+    if !privileged("an_exec_brings_its_new_allocator_into_the_probes") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", FP);
+    let lib = format!("{LIB_DIR}/libjemalloc.so.2");
+    // `env` (glibc) execs leaky with jemalloc preloaded: held at the exec, the new allocator is
+    // probed before leaky's first allocation, and env's own books are closed.
+    let run = run(Command::new(tracer())
+        .args(["--format", "json", "--", "env"])
+        .arg(format!("LD_PRELOAD={lib}"))
+        .arg(&leaky)
+        .args(["2", "0"]));
+    let (so, se) = (stdout(&run), stderr(&run));
+    assert!(run.status.success(), "{se}");
+    let fin = reports(&so)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    assert!(
+        fin["allocator"].as_str().unwrap().contains("jemalloc"),
+        "{}",
+        fin["allocator"]
+    );
+    assert_eq!(fin["command"], "leaky-fp");
+    assert_outstanding_is_truth(&fin, &truth_leaks(&so));
+    assert!(se.contains("exec'd: probing its allocator"), "{se}");
+    // A shell that execs the program: same books as a direct launch.
+    let run = launch_json(
+        &[],
+        std::path::Path::new("/bin/sh"),
+        &["-c", &format!("exec {} 2 0", leaky.display())],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_outstanding_is_truth(&run.final_report, &truth_leaks(&run.stdout));
+}
+
+#[test]
+fn every_process_covers_a_program_on_another_allocator() {
+    if !privileged("every_process_covers_a_program_on_another_allocator") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let leaky = victim_with(
+        "workloads/leaky.c",
+        &[FP, &["-ljemalloc"]].concat(),
+        "jemalloc",
+        "",
+    );
+    let mut t = Command::new(tracer())
+        .args(["-i", "1", "-d", "6", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(t.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("tracer: tracing") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0);
+    }
+    let mut stdout_pipe = t.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout_pipe, &mut s).unwrap();
+        s
+    });
+    // one second idle first: the exec is seen and jemalloc probed before the first allocation
+    let child = Command::new(&leaky)
+        .args(["2", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let truth = truth_leaks(&stdout(&child.wait_with_output().unwrap()));
+    assert!(t.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(rest.contains("libjemalloc"), "{rest}");
+    let reps = reports(&reader.join().unwrap());
+    let fin = reps.last().unwrap();
+    let p = fin["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("{pid} not in {fin}"));
+    assert!(p["allocator"].as_str().unwrap().contains("jemalloc"), "{p}");
+    assert_outstanding_is_truth(p, &truth);
+}

@@ -246,6 +246,33 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
 
 const SIGSTOP: u32 = 19;
 
+/// A traced process exec'd: tell userspace (its books restart), waking the reader at once; a
+/// launched command stops itself until its new program's allocator is probed.
+#[inline(always)]
+pub fn exec() {
+    if traced().is_none() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(mut entry) = EVENTS.reserve::<Header>(0) else {
+        bump(counter::RING_FULL_EXEC);
+        return;
+    };
+    entry.write(Header {
+        kind: kind::EXEC,
+        func: 0,
+        _pad: 0,
+        pid: (pid_tgid >> 32) as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    });
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    if unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) } != 0
+        && unsafe { bpf_send_signal(SIGSTOP) } == 0
+    {
+        bump(counter::EXEC_STOPS);
+    }
+}
+
 /// The traced process is entering `exit()`: stop it (the signal takes effect before the
 /// function runs) so userspace reads its memory map while it still has one, then continues it.
 #[inline(always)]

@@ -9,9 +9,17 @@
 mod alloc;
 
 use aya_ebpf::{
-    macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{raw_tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
+
+/// `sched_process_exec` (a raw tracepoint: attached by name, no tracefs needed): a process
+/// replaced its program.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
+    alloc::exec();
+    0
+}
 
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
 #[uprobe]

@@ -156,7 +156,16 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         };
         let engine = Engine::new(opts, head, recorder, Box::new(std::io::stdout()));
         let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
+        let attached = plan
+            .iter()
+            .filter_map(|(p, l)| file_id(&l.open_path).map(|id| (*p, id)))
+            .collect();
         let mut session = Session {
+            launched,
+            exec_retries: Vec::new(),
+            system_wide: matches!(t.target, Target::All),
+            attached,
+            exec_stops_handled: 0,
             live: Live {
                 collector,
                 allocator_of: plan
@@ -212,6 +221,15 @@ impl Source for Live {
 }
 
 struct Session {
+    /// The launched command, if any.
+    launched: Option<u32>,
+    /// Exec'd processes whose allocator could not be found yet, and how often it was tried.
+    exec_retries: Vec<(u32, u32)>,
+    system_wide: bool,
+    /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
+    attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
+    /// Stops at exec already answered with SIGCONT.
+    exec_stops_handled: u64,
     live: Live,
     engine: Engine,
     /// The processes asked for (none: every process).
@@ -252,6 +270,7 @@ impl Session {
                 break End::Stopped;
             }
             if let Some(child) = launched {
+                self.continue_from_exec(child)?;
                 self.continue_from_exit(child)?;
                 if let Some(status) = launch::try_wait(child) {
                     break End::Exited(Some(status));
@@ -317,8 +336,89 @@ impl Session {
         self.live.collector.drain(|ev| batch.push(ev));
         let r = self.engine.ingest(&mut self.live, &self.batch);
         self.batch.clear();
-        r
+        r?;
+        self.retry_execs()?;
+        for pid in self.engine.take_execs() {
+            self.probe_after_exec(pid)?;
+            self.engine.learn_after_exec(&mut self.live, pid)?;
+        }
+        Ok(())
     }
+
+    /// A traced process exec'd: probe its new program's allocator unless that file already is
+    /// (for this process, or for every process when tracing system-wide).
+    fn probe_after_exec(&mut self, pid: u32) -> Result<()> {
+        // tracer's own helpers (the loader it asks) are not the user's processes.
+        if parent(pid) == Some(std::process::id()) && Some(pid) != self.launched {
+            return Ok(());
+        }
+        let lib = if Some(pid) == self.launched {
+            // Held at the exec: nothing but the program and its loader is mapped yet, so ask
+            // the loader, as before a launch, with the process's own LD_PRELOAD.
+            target::for_exec(pid).or_else(|_| target::for_pid(pid))
+        } else {
+            // Running on: its map shows its libraries once its loader has mapped them.
+            target::for_pid(pid)
+        };
+        let lib = match lib {
+            Ok(lib) => lib,
+            Err(_) => {
+                if alive(pid) {
+                    self.exec_retries.push((pid, 0));
+                }
+                return Ok(());
+            }
+        };
+        let Some(id) = file_id(&lib.open_path) else {
+            return Ok(());
+        };
+        let scope = if self.system_wide { None } else { Some(pid) };
+        self.live
+            .allocator_of
+            .insert(pid, lib.path.display().to_string());
+        if self.attached.insert((scope, id)) {
+            eprintln!(
+                "tracer: note: pid {pid} ({}) exec'd: probing its allocator in {}",
+                comm(pid),
+                lib.path.display()
+            );
+            self.live.collector.attach(&lib, scope)?;
+        }
+        Ok(())
+    }
+
+    /// Processes whose libraries were not mapped yet at the last look: look again (a few
+    /// times, one drain apart).
+    fn retry_execs(&mut self) -> Result<()> {
+        for (pid, tries) in std::mem::take(&mut self.exec_retries) {
+            if tries < 10 && alive(pid) && target::for_pid(pid).is_ok() {
+                self.probe_after_exec(pid)?;
+            } else if tries < 10 && alive(pid) {
+                self.exec_retries.push((pid, tries + 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// A launched command stopped itself at exec (see `Settings::stop_at_exit`): once the exec
+    /// is drained and its new allocator probed, let it run.
+    fn continue_from_exec(&mut self, child: u32) -> Result<()> {
+        let stops = self.live.collector.counters().get(counter::EXEC_STOPS);
+        if stops > self.exec_stops_handled && state(child) == Some('T') {
+            self.drain()?;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child as i32, libc::SIGCONT) };
+            self.exec_stops_handled = stops;
+        }
+        Ok(())
+    }
+}
+
+/// A file's identity (device, inode): one library reached by several paths is one file.
+fn file_id(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// CLOCK_MONOTONIC now, the clock of the kernel's event timestamps.
@@ -342,6 +442,17 @@ fn comm(pid: u32) -> String {
 fn state(pid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The parent pid of a process.
+fn parent(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The process exists and is not a zombie.

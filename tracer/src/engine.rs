@@ -93,6 +93,7 @@ pub struct Engine {
     retired: std::collections::HashSet<u32>,
     /// What exited processes left outstanding, for the final report.
     exited_reports: Vec<ProcessReport>,
+    execs: Vec<u32>,
     out: Box<dyn Write>,
 }
 
@@ -122,6 +123,7 @@ impl Engine {
             procs: BTreeMap::new(),
             retired: Default::default(),
             exited_reports: Vec::new(),
+            execs: Vec::new(),
             out,
         };
         // With no warm-up, the window starts from nothing at time zero.
@@ -176,8 +178,36 @@ impl Engine {
     }
 
     /// Applies a batch of events. Stacks seen for the first time are read through `src` (and
-    /// recorded before the events that need them).
+    /// recorded before the events that need them). An exec splits the batch: the events after
+    /// it belong to the new program.
     pub fn ingest(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
+        for seg in events.split_inclusive(|e| matches!(e, Event::Exec { .. })) {
+            self.ingest_segment(src, seg)?;
+            if let Some(Event::Exec { pid, .. }) = seg.last() {
+                self.exec(*pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// A process exec'd: the old program's blocks are gone with its address space, so its books
+    /// close (without a report line: nothing of it is left to leak) and its symbols and name
+    /// are read afresh.
+    fn exec(&mut self, pid: u32) {
+        self.ledger.retire(pid);
+        self.symbolizer.forget(pid);
+        if self.multi() {
+            self.procs.remove(&pid);
+        }
+        self.execs.push(pid);
+    }
+
+    /// Processes that exec'd since the last call (the live tracer probes their new allocator).
+    pub fn take_execs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.execs)
+    }
+
+    fn ingest_segment(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -191,7 +221,7 @@ impl Engine {
             }
             kept = events
                 .iter()
-                .filter(|e| self.wanted(e.pid()))
+                .filter(|e| matches!(e, Event::Exec { .. }) || self.wanted(e.pid()))
                 .cloned()
                 .collect();
             &kept[..]
@@ -278,9 +308,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Keeps what is known of a process (from the live world or a recording).
+    /// Keeps what is known of a process (from the live world or a recording). Tracing one
+    /// process, a new name (after an exec) is the reports' name.
     pub fn install_process(&mut self, pid: u32, info: ProcInfo) {
+        if !self.multi() && pid == self.head.pid {
+            self.head.command = info.command.clone();
+            if !info.allocator.is_empty() {
+                self.head.allocator = info.allocator.clone();
+            }
+        }
         self.procs.insert(pid, info);
+    }
+
+    /// After the traced process exec'd (one-process runs): read its new name and allocator.
+    /// Called once the new program's allocator is probed, before the next report.
+    pub fn learn_after_exec(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        if self.multi() || pid != self.head.pid {
+            return Ok(());
+        }
+        self.learn_process(src, pid)
     }
 
     /// Processes seen and not known to have exited.
@@ -476,6 +522,7 @@ impl Engine {
         }
         let lost_any = c.get(counter::RING_FULL_ALLOC)
             + c.get(counter::RING_FULL_FREE)
+            + c.get(counter::RING_FULL_EXEC)
             + c.get(counter::INFLIGHT_FULL)
             + c.get(counter::MEMPTR_FAULT)
             + c.bad_records;
@@ -584,6 +631,7 @@ impl Engine {
             ("inflight_full", c.get(counter::INFLIGHT_FULL)),
             ("memptr_faults", c.get(counter::MEMPTR_FAULT)),
             ("bad_records", c.bad_records),
+            ("ring_full_execs", c.get(counter::RING_FULL_EXEC)),
         ]);
         let st = self.ledger.stats;
         let events = EventCounts {
@@ -1717,5 +1765,33 @@ mod tests {
         assert_eq!(procs.len(), 1);
         assert_eq!(procs[0]["pid"], 20);
         assert_eq!(r["totals"]["live_bytes"], 7);
+    }
+
+    #[test]
+    fn an_exec_closes_the_old_programs_books() {
+        let (mut e, out) = engine(&[]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        // the old program leaves two blocks; then it execs; the new one reuses an address and
+        // the stack id under a different program
+        e.ingest(
+            &mut w,
+            &[
+                malloc(0x10, 100, 1, 0),
+                malloc(0x20, 100, 1, 0),
+                Event::Exec { pid: PID, ts_ns: 1 },
+                malloc(0x10, 8, 1, 2),
+            ],
+        )
+        .unwrap();
+        assert_eq!(e.take_execs(), [PID]);
+        e.tick(&mut w, S, &c).unwrap();
+        e.finish(2 * S, &c, None).unwrap();
+        let fin = out.reports().pop().unwrap();
+        assert_eq!(fin["totals"]["live_bytes"], 8, "{fin}");
+        let rows = fin["sites"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["live_bytes"], 8);
+        assert_eq!(fin["events"]["unknown_frees"], 0);
     }
 }

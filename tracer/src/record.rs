@@ -15,7 +15,7 @@
 //!   1 header  JSON object (RecordHeader)
 //!   2 maps    u32 pid, u32 n, n × (u64 start, u64 end, u64 offset, str path, bytes build_id)
 //!   3 stack   u32 pid, i32 stack id, u16 n, n × u64 return address (innermost first)
-//!   4 events  u32 n, n × event (varints, see `put_event`)
+//!   4 events  u32 n, n × event (varints, see `put_event`: alloc, free, exec)
 //!   5 tick    u64 ns since start, counters
 //!   6 mark    u64 ns since start, counters
 //!   7 end     u64 ns since start, counters, u8 has exit code, i32 exit code
@@ -376,6 +376,11 @@ fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
             ts(b, *ts_ns);
             put_var(b, *addr);
         }
+        Event::Exec { pid, ts_ns } => {
+            b.push(3);
+            put_var(b, *pid as u64);
+            ts(b, *ts_ns);
+        }
     }
 }
 
@@ -642,6 +647,12 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                         let addr = c.var("address")?;
                         prev_ts = ts_ns;
                         Event::Free { pid, ts_ns, addr }
+                    }
+                    3 => {
+                        let pid = c.var32("pid")?;
+                        let ts_ns = prev_ts.wrapping_add(unzigzag(c.var("timestamp")?) as u64);
+                        prev_ts = ts_ns;
+                        Event::Exec { pid, ts_ns }
                     }
                     k => {
                         c.pos = at;
@@ -987,6 +998,7 @@ mod tests {
             );
         let free = (any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(pid, ts_ns, addr)| Event::Free { pid, ts_ns, addr });
-        prop_oneof![alloc, free]
+        let exec = (any::<u32>(), any::<u64>()).prop_map(|(pid, ts_ns)| Event::Exec { pid, ts_ns });
+        prop_oneof![alloc, free, exec]
     }
 }

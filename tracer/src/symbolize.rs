@@ -114,6 +114,12 @@ impl Symbolizer {
         self.maps.insert(pid, maps);
     }
 
+    /// Forgets a process's map and symbols (it exec'd: its addresses mean something else now).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+        self.cache.retain(|(p, _), _| *p != pid);
+    }
+
     /// The memory map in use for `pid`.
     pub fn maps_of(&self, pid: u32) -> Option<&[Mapping]> {
         self.maps.get(&pid).map(|m| &m[..])

@@ -14,7 +14,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        ProgramError, UProbe,
+        ProgramError, RawTracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -29,6 +29,8 @@ use super::{
 
 /// Holds a launched process at `exit()` (see `Settings::stop_at_exit`).
 const EXIT_PROGRAM: &str = "exit_stop";
+/// Reports execs (and holds a launched process at exec until its new program is probed).
+const EXEC_PROGRAM: &str = "process_exec";
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -110,6 +112,17 @@ impl EbpfCollector {
             prog.load()
                 .map_err(|e| anyhow!("the kernel's verifier rejected program {name}: {e}"))?;
         }
+        // Execs: a traced process that replaces its program restarts its books (and may bring
+        // another allocator to probe).
+        let exec: &mut RawTracePoint = ebpf
+            .program_mut(EXEC_PROGRAM)
+            .context("program process_exec missing from the eBPF object")?
+            .try_into()?;
+        exec.load()
+            .map_err(|e| anyhow!("the kernel's verifier rejected program {EXEC_PROGRAM}: {e}"))?;
+        exec.attach("sched_process_exec").map_err(|e| {
+            anyhow!("cannot attach to the sched_process_exec raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
+        })?;
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let stacks =
             StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;

@@ -28,14 +28,23 @@ impl Counters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Alloc(Alloc),
-    Free { pid: u32, ts_ns: u64, addr: u64 },
+    Free {
+        pid: u32,
+        ts_ns: u64,
+        addr: u64,
+    },
+    /// The process replaced its program: every block of the old one is gone.
+    Exec {
+        pid: u32,
+        ts_ns: u64,
+    },
 }
 
 impl Event {
     pub fn pid(&self) -> u32 {
         match self {
             Event::Alloc(a) => a.pid,
-            Event::Free { pid, .. } => *pid,
+            Event::Free { pid, .. } | Event::Exec { pid, .. } => *pid,
         }
     }
 }
@@ -111,6 +120,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 addr: r.addr,
             })
         }
+        kind::EXEC => Ok(Event::Exec {
+            pid: hdr.pid,
+            ts_ns: hdr.ts_ns,
+        }),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }

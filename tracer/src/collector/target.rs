@@ -214,10 +214,32 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
 /// The allocator a program will use once started, found before it runs: the executable itself
 /// when static, else the libraries its dynamic loader lists, in load order.
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
-    for_program_depth(program, 0)
+    for_program_depth(program, 0, None)
 }
 
-fn for_program_depth(program: &Path, depth: u32) -> Result<AllocatorLib> {
+/// The allocator of a process that has just exec'd (held at the exec, before its dynamic
+/// loader has mapped any library): its new program as the loader would load it with the
+/// process's own `LD_PRELOAD` and `LD_LIBRARY_PATH`.
+pub fn for_exec(pid: u32) -> Result<AllocatorLib> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|_| anyhow::anyhow!("process {pid} exited right after its exec"))?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let env: Vec<(String, String)> = environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let kv = std::str::from_utf8(kv).ok()?;
+            let (k, v) = kv.split_once('=')?;
+            (k == "LD_PRELOAD" || k == "LD_LIBRARY_PATH").then(|| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    for_program_depth(&exe, 0, Some(&env))
+}
+
+fn for_program_depth(
+    program: &Path,
+    depth: u32,
+    env: Option<&[(String, String)]>,
+) -> Result<AllocatorLib> {
     let data =
         std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
     if let Some(interp) = script_interpreter(&data) {
@@ -227,7 +249,7 @@ fn for_program_depth(program: &Path, depth: u32) -> Result<AllocatorLib> {
         }
         let interp = crate::config::resolve_program(&interp.into_os_string())
             .with_context(|| format!("the interpreter of {}", program.display()))?;
-        return for_program_depth(&interp, depth + 1);
+        return for_program_depth(&interp, depth + 1, env);
     }
     let file = object::File::parse(&*data).with_context(|| {
         format!(
@@ -241,9 +263,13 @@ fn for_program_depth(program: &Path, depth: u32) -> Result<AllocatorLib> {
     if let Some(interp) = interp {
         // What `ldd` does: the loader lists the libraries it would load, honouring
         // LD_LIBRARY_PATH and LD_PRELOAD, without running the program.
-        let out = Command::new(&interp)
-            .arg("--list")
-            .arg(program)
+        let mut cmd = Command::new(&interp);
+        cmd.arg("--list").arg(program);
+        if let Some(env) = env {
+            cmd.env_remove("LD_PRELOAD").env_remove("LD_LIBRARY_PATH");
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        let out = cmd
             .output()
             .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
         if !out.status.success() {

@@ -164,7 +164,7 @@ pub struct LimitSettings {
 pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> Vec<String> {
     let get = |k: &str| lost.get(k).copied().unwrap_or(0);
     let mut out = Vec::new();
-    let ring = get("ring_full_allocs") + get("ring_full_frees");
+    let ring = get("ring_full_allocs") + get("ring_full_frees") + get("ring_full_execs");
     if ring > 0 {
         out.push(format!(
             "{} events lost ({} allocations, {} frees): the ring buffer ({}) was full; raise --ring-size (e.g. --ring-size {})",
