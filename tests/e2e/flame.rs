@@ -195,74 +195,23 @@ fn growth_between_marks_as_a_differential_flame_graph() {
     if !privileged("growth_between_marks_as_a_differential_flame_graph") {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let actions = victim("victims/actions.c", FP);
     let d = scratch("growth");
     let diff = d.join("g.diff.folded");
     let svg = d.join("g.svg");
-    let mut child = Command::new(&actions)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut vin = child.stdin.take().unwrap();
-    let mut vout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    vout.read_line(&mut line).unwrap();
-    let mut tracer = Command::new(tracer())
-        .args([
-            "--pid",
-            &child.id().to_string(),
-            "-i",
-            "1000",
-            "--format",
-            "json",
-        ])
-        .args(["--flame-what", "growth", "--flame", diff.to_str().unwrap()])
-        .args(["--flame", svg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tpid = tracer.id() as i32;
-    let mut tout = BufReader::new(tracer.stdout.take().unwrap());
-    let mut terr = BufReader::new(tracer.stderr.take().unwrap());
-    loop {
-        line.clear();
-        assert!(terr.read_line(&mut line).unwrap() > 0, "tracer ended");
-        if line.starts_with("tracer: tracing pid") {
-            break;
-        }
-    }
-    let mut act = |n: usize| {
-        for _ in 0..n {
-            vin.write_all(b"go\n").unwrap();
-            let mut l = String::new();
-            while !l.starts_with("done") {
-                l.clear();
-                vout.read_line(&mut l).unwrap();
-            }
-        }
-    };
-    let mut mark = || {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(tpid, libc::SIGUSR1) };
-        let mut l = String::new();
-        tout.read_line(&mut l).unwrap();
-        assert!(l.contains("\"kind\":\"mark\""), "{l}");
-    };
-    act(1);
-    mark();
-    act(3);
-    mark();
-    act(2); // after the last mark: not part of the growth between the two marks
-            // SAFETY: signalling our own child.
-    unsafe { libc::kill(tpid, libc::SIGINT) };
-    assert!(tracer.wait().unwrap().success());
-    drop(vin);
-    child.wait().unwrap();
+    let mut run = Actions::start(&[
+        "--flame-what",
+        "growth",
+        "--flame",
+        diff.to_str().unwrap(),
+        "--flame",
+        svg.to_str().unwrap(),
+    ]);
+    run.act(1);
+    run.mark();
+    run.act(3);
+    run.mark();
+    run.act(2); // after the last mark: not part of the growth between the two marks
+    run.stop();
     let text = std::fs::read_to_string(&diff).unwrap();
     let row = text
         .lines()

@@ -1,9 +1,6 @@
 //! The leak workflow on real processes: verdicts and rates, marks around known actions, record
 //! and replay, losses making verdicts uncertain, kernel-side size filters.
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
 use serde_json::Value;
 use tracer_tests::*;
@@ -74,22 +71,6 @@ fn leaky_verdicts_and_rates_after_warmup() {
     assert!(fixed["oldest_age_s"].as_f64().unwrap() > 10.0, "{fixed}");
 }
 
-/// Reads lines from a child's pipe until one starts with `prefix`.
-fn read_until(r: &mut impl BufRead, prefix: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = r.read_line(&mut line).unwrap();
-        assert!(
-            n > 0,
-            "end of output before a line starting with {prefix:?}"
-        );
-        if line.starts_with(prefix) {
-            return line;
-        }
-    }
-}
-
 #[test]
 fn a_mark_diff_shows_exactly_the_blocks_of_the_actions_between_marks() {
     if !privileged("a_mark_diff_shows_exactly_the_blocks_of_the_actions_between_marks") {
@@ -98,59 +79,14 @@ fn a_mark_diff_shows_exactly_the_blocks_of_the_actions_between_marks() {
     const ACTIONS: u64 = 3;
     const BLOCKS: u64 = 5;
     const SIZE: u64 = 96;
-    let actions = victim("victims/actions.c", FP);
-    let mut child = Command::new(&actions)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut vin = child.stdin.take().unwrap();
-    let mut vout = BufReader::new(child.stdout.take().unwrap());
-    read_until(&mut vout, "actions pid=");
-    let mut tracer = Command::new(tracer())
-        .args([
-            "--pid",
-            &child.id().to_string(),
-            "-i",
-            "1000",
-            "--format",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tpid = tracer.id() as i32;
-    let mut tout = BufReader::new(tracer.stdout.take().unwrap());
-    let mut terr = BufReader::new(tracer.stderr.take().unwrap());
-    read_until(&mut terr, "tracer: tracing pid");
-    let mut act = |n: u64| {
-        for _ in 0..n {
-            vin.write_all(b"go\n").unwrap();
-            vin.flush().unwrap();
-            read_until(&mut vout, "done ");
-        }
-    };
-    let mut mark = || {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(tpid, libc::SIGUSR1) };
-        serde_json::from_str::<Value>(&read_until(&mut tout, "{")).unwrap()
-    };
-    act(1); // before the first mark: not part of the diff
-    let m1 = mark();
-    assert_eq!(
-        (m1["kind"].as_str(), m1["mark"].as_u64()),
-        (Some("mark"), Some(1))
-    );
-    act(ACTIONS);
-    let m2 = mark();
+    let mut run = Actions::start(&[]);
+    run.act(1); // before the first mark: not part of the diff
+    let m1 = run.mark();
+    assert_eq!(m1["mark"], 1);
+    run.act(ACTIONS);
+    let m2 = run.mark();
     assert_eq!(m2["mark"], 2);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(tpid, libc::SIGINT) };
-    drop(vin);
-    child.wait().unwrap();
-    tracer.wait().unwrap();
+    run.stop();
     let leaked: Vec<&Value> = m2["sites"]
         .as_array()
         .unwrap()

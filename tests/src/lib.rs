@@ -235,3 +235,92 @@ pub fn launch_json(flags: &[&str], program: &Path, args: &[&str]) -> Launched {
         final_report,
     }
 }
+
+/// Reads lines from a child's pipe until one starts with `prefix`; returns it.
+pub fn read_until(r: &mut impl std::io::BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line).unwrap();
+        assert!(
+            n > 0,
+            "end of output before a line starting with {prefix:?}"
+        );
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+/// tests/victims/actions.c (a process that leaks only when told to) with a tracer attached to
+/// it: the test drives actions and takes marks.
+pub struct Actions {
+    victim: std::process::Child,
+    vin: std::process::ChildStdin,
+    vout: std::io::BufReader<std::process::ChildStdout>,
+    tracer: std::process::Child,
+    tout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Actions {
+    /// Starts the victim, then `tracer --pid VICTIM --format json -i 1000 FLAGS`, and waits
+    /// until the probes are attached.
+    pub fn start(flags: &[&str]) -> Actions {
+        use std::process::Stdio;
+        let mut victim = Command::new(crate::victim("victims/actions.c", FP))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let vin = victim.stdin.take().unwrap();
+        let mut vout = std::io::BufReader::new(victim.stdout.take().unwrap());
+        read_until(&mut vout, "actions pid=");
+        let mut tracer = Command::new(tracer())
+            .args(["--pid", &victim.id().to_string()])
+            .args(["-i", "1000", "--format", "json"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tout = std::io::BufReader::new(tracer.stdout.take().unwrap());
+        let mut terr = std::io::BufReader::new(tracer.stderr.take().unwrap());
+        read_until(&mut terr, "tracer: tracing pid");
+        Actions {
+            victim,
+            vin,
+            vout,
+            tracer,
+            tout,
+        }
+    }
+
+    /// Runs `n` actions, each acknowledged by the victim.
+    pub fn act(&mut self, n: u64) {
+        use std::io::Write;
+        for _ in 0..n {
+            self.vin.write_all(b"go\n").unwrap();
+            self.vin.flush().unwrap();
+            read_until(&mut self.vout, "done ");
+        }
+    }
+
+    /// Takes a mark (SIGUSR1) and returns its report.
+    pub fn mark(&mut self) -> Value {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.tracer.id() as i32, libc::SIGUSR1) };
+        let r: Value = serde_json::from_str(&read_until(&mut self.tout, "{")).unwrap();
+        assert_eq!(r["kind"], "mark", "{r}");
+        r
+    }
+
+    /// Stops the tracer (SIGINT) and the victim; the tracer's exit must be clean.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.tracer.id() as i32, libc::SIGINT) };
+        drop(self.vin);
+        self.victim.wait().unwrap();
+        assert!(self.tracer.wait().unwrap().success());
+    }
+}
