@@ -177,31 +177,13 @@ fn every_process_covers_a_program_on_another_allocator() {
     if !privileged("every_process_covers_a_program_on_another_allocator") {
         return;
     }
-    use std::io::{BufRead, BufReader};
     let leaky = victim_with(
         "workloads/leaky.c",
         &[FP, &["-ljemalloc"]].concat(),
         "jemalloc",
         "",
     );
-    let mut t = Command::new(tracer())
-        .args(["-i", "1", "-d", "6", "--format", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(t.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("tracer: tracing") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0);
-    }
-    let mut stdout_pipe = t.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout_pipe, &mut s).unwrap();
-        s
-    });
+    let t = start_tracer(&["-i", "1", "-d", "6"]);
     // one second idle first: the exec is seen and jemalloc probed before the first allocation
     let child = Command::new(&leaky)
         .args(["2", "1"])
@@ -210,11 +192,8 @@ fn every_process_covers_a_program_on_another_allocator() {
         .unwrap();
     let pid = child.id();
     let truth = truth_leaks(&stdout(&child.wait_with_output().unwrap()));
-    assert!(t.wait().unwrap().success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let (reps, rest) = finish(t);
     assert!(rest.contains("libjemalloc"), "{rest}");
-    let reps = reports(&reader.join().unwrap());
     let fin = reps.last().unwrap();
     let p = fin["processes"]
         .as_array()

@@ -1,66 +1,11 @@
 //! Several processes: every process (no target), several --pid, --comm.
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use serde_json::Value;
 use tracer_tests::*;
-
-/// A running tracer: its process, its stderr, and a thread reading its stdout as it comes (a
-/// pipe nobody reads fills up and blocks the tracer's reports, and then its draining).
-struct Running {
-    child: Child,
-    err: BufReader<std::process::ChildStderr>,
-    out: std::thread::JoinHandle<String>,
-}
-
-/// Starts the tracer and waits until its probes are attached. The caller waits for it
-/// ([`finish`]); a test that panics first leaves it to its -d deadline.
-#[allow(clippy::zombie_processes)]
-fn start_tracer(args: &[&str]) -> Running {
-    let mut t = Command::new(tracer())
-        .args(args)
-        .args(["--format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(t.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            let status = t.wait().unwrap();
-            panic!("tracer ended ({status}) before attaching");
-        }
-        if line.starts_with("tracer: tracing") {
-            let mut stdout = t.stdout.take().unwrap();
-            let out = std::thread::spawn(move || {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-                s
-            });
-            return Running { child: t, err, out };
-        }
-    }
-}
-
-fn finish(r: Running) -> (Vec<Value>, String) {
-    let Running {
-        mut child,
-        mut err,
-        out,
-    } = r;
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
-    assert!(status.success(), "{rest}");
-    let text = out.join().unwrap();
-    assert!(!rest.contains("events lost"), "{rest}");
-    (reports(&text), rest)
-}
 
 fn process(r: &Value, pid: u32) -> Option<&Value> {
     r["processes"]

@@ -324,3 +324,58 @@ impl Actions {
         assert!(self.tracer.wait().unwrap().success());
     }
 }
+
+/// A running tracer: its process, its stderr, and a thread reading its stdout as it comes (a
+/// pipe nobody reads fills up and blocks the tracer's reports, and then its draining).
+pub struct Running {
+    child: std::process::Child,
+    err: std::io::BufReader<std::process::ChildStderr>,
+    out: std::thread::JoinHandle<String>,
+}
+
+/// Starts the tracer and waits until its probes are attached. The caller waits for it
+/// ([`finish`]); a test that panics first leaves it to its -d deadline.
+#[allow(clippy::zombie_processes)]
+pub fn start_tracer(args: &[&str]) -> Running {
+    let mut t = Command::new(tracer())
+        .args(args)
+        .args(["--format", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            let status = t.wait().unwrap();
+            panic!("tracer ended ({status}) before attaching");
+        }
+        if line.starts_with("tracer: tracing") {
+            let mut stdout = t.stdout.take().unwrap();
+            let out = std::thread::spawn(move || {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+                s
+            });
+            return Running { child: t, err, out };
+        }
+    }
+}
+
+pub fn finish(r: Running) -> (Vec<Value>, String) {
+    let Running {
+        mut child,
+        mut err,
+        out,
+    } = r;
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let text = out.join().unwrap();
+    assert!(!rest.contains("events lost"), "{rest}");
+    (reports(&text), rest)
+}
