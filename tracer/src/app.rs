@@ -12,6 +12,7 @@ use crate::{
     },
     config::{Config, Mode, ReportOptions, Target, TraceOptions},
     engine::{ns, Engine, Flow, ProcInfo, Source},
+    output,
     record::{RecordHeader, Recorder},
     replay, signals,
     symbolize::{self, Mapping},
@@ -154,7 +155,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             Some(path) => Some(Recorder::create(path, &head)?),
             None => None,
         };
-        let engine = Engine::new(opts, head, recorder, Box::new(std::io::stdout()));
+        // Reports go through a writer thread: a slow reader of stdout never stalls the draining.
+        let (out, writer) = output::spawn(std::io::stdout());
+        let engine = Engine::new(opts, head, recorder, Box::new(out));
         let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
         let attached = plan
             .iter()
@@ -185,7 +188,10 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         for pid in session.targets.clone() {
             session.engine.refresh_maps(&mut session.live, pid)?;
         }
-        session.run(launched).await
+        let result = session.run(launched).await;
+        drop(session);
+        writer.finish();
+        result
     })
 }
 
