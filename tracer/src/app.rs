@@ -166,6 +166,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let mut session = Session {
             launched,
             exec_retries: Vec::new(),
+            exes_seen: Default::default(),
             system_wide: matches!(t.target, Target::All),
             attached,
             exec_stops_handled: 0,
@@ -231,6 +232,8 @@ struct Session {
     launched: Option<u32>,
     /// Exec'd processes whose allocator could not be found yet, and how often it was tried.
     exec_retries: Vec<(u32, u32)>,
+    /// Programs (scope pid, file identity) whose allocator was already found, and its path.
+    exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), String>,
     system_wide: bool,
     /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
     attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
@@ -345,7 +348,9 @@ impl Session {
         r?;
         self.retry_execs()?;
         for pid in self.engine.take_execs() {
-            self.probe_after_exec(pid)?;
+            if !self.probe_after_exec(pid)? && alive(pid) {
+                self.exec_retries.push((pid, 0));
+            }
             self.engine.learn_after_exec(&mut self.live, pid)?;
         }
         Ok(())
@@ -353,10 +358,21 @@ impl Session {
 
     /// A traced process exec'd: probe its new program's allocator unless that file already is
     /// (for this process, or for every process when tracing system-wide).
-    fn probe_after_exec(&mut self, pid: u32) -> Result<()> {
+    /// Ok(false): its libraries are not mapped yet (look again later).
+    fn probe_after_exec(&mut self, pid: u32) -> Result<bool> {
         // tracer's own helpers (the loader it asks) are not the user's processes.
         if parent(pid) == Some(std::process::id()) && Some(pid) != self.launched {
-            return Ok(());
+            return Ok(true);
+        }
+        let scope = if self.system_wide { None } else { Some(pid) };
+        // A program already examined (most execs on a busy host run the same few) brings no
+        // new allocator: its libraries are not parsed again.
+        let exe = file_id(std::path::Path::new(&format!("/proc/{pid}/exe")));
+        if Some(pid) != self.launched {
+            if let Some(path) = exe.and_then(|e| self.exes_seen.get(&(scope, e))) {
+                self.live.allocator_of.insert(pid, path.clone());
+                return Ok(true);
+            }
         }
         let lib = if Some(pid) == self.launched {
             // Held at the exec: nothing but the program and its loader is mapped yet, so ask
@@ -368,20 +384,17 @@ impl Session {
         };
         let lib = match lib {
             Ok(lib) => lib,
-            Err(_) => {
-                if alive(pid) {
-                    self.exec_retries.push((pid, 0));
-                }
-                return Ok(());
-            }
+            // Not mapped yet (or gone).
+            Err(_) => return Ok(false),
         };
         let Some(id) = file_id(&lib.open_path) else {
-            return Ok(());
+            return Ok(true);
         };
-        let scope = if self.system_wide { None } else { Some(pid) };
-        self.live
-            .allocator_of
-            .insert(pid, lib.path.display().to_string());
+        let path = lib.path.display().to_string();
+        if let Some(exe) = exe {
+            self.exes_seen.insert((scope, exe), path.clone());
+        }
+        self.live.allocator_of.insert(pid, path);
         if self.attached.insert((scope, id)) {
             eprintln!(
                 "tracer: note: pid {pid} ({}) exec'd: probing its allocator in {}",
@@ -390,16 +403,14 @@ impl Session {
             );
             self.live.collector.attach(&lib, scope)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Processes whose libraries were not mapped yet at the last look: look again (a few
     /// times, one drain apart).
     fn retry_execs(&mut self) -> Result<()> {
         for (pid, tries) in std::mem::take(&mut self.exec_retries) {
-            if tries < 10 && alive(pid) && target::for_pid(pid).is_ok() {
-                self.probe_after_exec(pid)?;
-            } else if tries < 10 && alive(pid) {
+            if tries < 10 && alive(pid) && !self.probe_after_exec(pid)? {
                 self.exec_retries.push((pid, tries + 1));
             }
         }

@@ -212,22 +212,23 @@ impl Engine {
             return Ok(());
         }
         let kept: Vec<Event>;
-        let events = if self.multi() {
+        let mut events = events;
+        if self.multi() {
             for ev in events {
                 let pid = ev.pid();
                 if !self.procs.contains_key(&pid) {
                     self.learn_process(src, pid)?;
                 }
             }
-            kept = events
-                .iter()
-                .filter(|e| matches!(e, Event::Exec { .. }) || self.wanted(e.pid()))
-                .cloned()
-                .collect();
-            &kept[..]
-        } else {
-            events
-        };
+            if self.opts.comm.is_some() {
+                kept = events
+                    .iter()
+                    .filter(|e| matches!(e, Event::Exec { .. }) || self.wanted(e.pid()))
+                    .cloned()
+                    .collect();
+                events = &kept[..];
+            }
+        }
         let mut fresh: HashMap<SiteKey, Vec<u64>> = HashMap::new();
         for ev in events {
             let Event::Alloc(a) = ev else { continue };
