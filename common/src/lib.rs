@@ -15,6 +15,9 @@ pub mod kind {
     /// A bare [`Header`](super::Header): the process exec'd a new program (its old address
     /// space, and every block in it, is gone).
     pub const EXEC: u8 = 3;
+    /// An [`AllocStackRecord`](super::AllocStackRecord): an allocation whose stack collided
+    /// with another in the stack map, carrying its stack itself.
+    pub const ALLOC_STACK: u8 = 4;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -141,6 +144,16 @@ pub struct AllocRecord {
     pub weight: u64,
 }
 
+/// An allocation with its user stack inline (the stack map had another stack in its bucket):
+/// `nr_bytes` of `ips` are valid return addresses, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocStackRecord {
+    pub alloc: AllocRecord,
+    pub nr_bytes: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
 /// A block handed back to the allocator.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,7 +169,8 @@ pub mod counter {
     pub const RING_FULL_ALLOC: u32 = 0;
     /// Free records dropped because the ring buffer was full.
     pub const RING_FULL_FREE: u32 = 1;
-    /// Allocations whose stack hashed onto a different stack already in the stack map.
+    /// Allocations whose stack hashed onto a different stack already in the stack map and could
+    /// not be sent inline either.
     pub const STACK_COLLISION: u32 = 2;
     /// Allocations whose stack could not be taken for another reason (map full, fault).
     pub const STACK_FAILED: u32 = 3;
@@ -179,12 +193,14 @@ pub mod counter {
     pub const EXIT_STOPS: u32 = 11;
     /// Allocations outside the --min-size/--max-size range: not recorded.
     pub const FILTERED: u32 = 12;
+    /// Stack-map collisions recovered by sending the stack inline (not a loss).
+    pub const STACK_INLINE: u32 = 15;
     /// Exec records dropped because the ring buffer was full.
     pub const RING_FULL_EXEC: u32 = 13;
     /// Times a launched process was held at exec until its new allocator was probed.
     pub const EXEC_STOPS: u32 = 14;
     /// Number of counters.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -240,4 +256,5 @@ mod user {
 const _: () = assert!(core::mem::size_of::<Header>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 56 + 8 + 8 * MAX_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

@@ -44,3 +44,23 @@ fn a_tiny_ring_counts_what_it_loses() {
         "stderr does not name the flag: {se}"
     );
 }
+
+#[test]
+fn a_small_stack_map_loses_no_attribution() {
+    if !privileged("a_small_stack_map_loses_no_attribution") {
+        return;
+    }
+    // 64 buckets for leaky's stacks: collisions are all but certain; each colliding stack is
+    // sent inline instead, so the books stay exact.
+    let leaky = victim("workloads/leaky.c", FP);
+    let run = launch_json(&["--stack-slots", "64"], &leaky, &["2", "0"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    assert!(
+        fin["events"]["inline_stacks"].as_u64().unwrap() > 0,
+        "no collision in 64 buckets: {}",
+        fin["events"]
+    );
+    assert_eq!(fin["lost"]["stack_collisions"], 0, "{}", fin["lost"]);
+    assert_outstanding_is_truth(fin, &truth_leaks(&run.stdout));
+}

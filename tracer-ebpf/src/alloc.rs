@@ -11,15 +11,18 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_send_signal,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use tracer_common::{counter, kind, AllocFn, AllocRecord, FreeRecord, Header, InFlight};
+use tracer_common::{
+    counter, kind, AllocFn, AllocRecord, AllocStackRecord, FreeRecord, Header, InFlight,
+    MAX_STACK_DEPTH,
+};
 
 /// Sizes here are defaults; userspace sets the real ones before load.
 #[map]
@@ -173,29 +176,24 @@ pub fn leave(ctx: &RetProbeContext) {
 
     // Taken at the return: the walk starts at the caller's return address, so the immediate
     // caller is always the first frame whatever the allocator's prologue looks like.
+    let mut collided = false;
     let stack_id = if addr != 0 {
         match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
             Ok(id) => id as i32,
             Err(e) => {
                 let e = e as i64;
-                bump(if e == -EEXIST {
-                    counter::STACK_COLLISION
+                if e == -EEXIST {
+                    collided = true;
                 } else {
-                    counter::STACK_FAILED
-                });
+                    bump(counter::STACK_FAILED);
+                }
                 e as i32
             }
         }
     } else {
         0
     };
-
-    let flags = wakeup_flags();
-    let Some(mut entry) = EVENTS.reserve::<AllocRecord>(0) else {
-        bump(counter::RING_FULL_ALLOC);
-        return;
-    };
-    entry.write(AllocRecord {
+    let record = AllocRecord {
         hdr: Header {
             kind: kind::ALLOC,
             func: call.func,
@@ -209,7 +207,49 @@ pub fn leave(ctx: &RetProbeContext) {
         old_addr,
         size: call.size,
         weight: 1,
-    });
+    };
+    if collided {
+        // Another stack holds this one's bucket in the stack map: send the stack itself.
+        send_with_stack(ctx, record);
+        return;
+    }
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<AllocRecord>(0) else {
+        bump(counter::RING_FULL_ALLOC);
+        return;
+    };
+    entry.write(record);
+    entry.submit(flags);
+}
+
+/// An allocation record with its user stack inline (a stack-map collision).
+#[inline(always)]
+fn send_with_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
+        bump(counter::RING_FULL_ALLOC);
+        return;
+    };
+    record.hdr.kind = kind::ALLOC_STACK;
+    let p = entry.as_mut_ptr();
+    let n = unsafe {
+        (*p).alloc = record;
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (*p).ips.as_mut_ptr() as *mut core::ffi::c_void,
+            (8 * MAX_STACK_DEPTH) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n <= 0 {
+        // No stack at all: the record goes as a plain one, counted as a collision.
+        unsafe { (*p).alloc.hdr.kind = kind::ALLOC };
+        unsafe { (*p).nr_bytes = 0 };
+        bump(counter::STACK_COLLISION);
+    } else {
+        unsafe { (*p).nr_bytes = n as u64 };
+        bump(counter::STACK_INLINE);
+    }
     entry.submit(flags);
 }
 

@@ -644,6 +644,7 @@ impl Engine {
             failed: c.get(counter::FAILED),
             unknown_frees: st.unknown_frees,
             filtered: c.get(counter::FILTERED),
+            inline_stacks: c.get(counter::STACK_INLINE),
         };
         (lost, events)
     }

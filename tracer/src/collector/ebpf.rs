@@ -21,7 +21,7 @@ use aya::{
 use tracer_common::{counter, globals, names, AllocFn};
 
 use super::{
-    decode,
+    decode, inline_stack,
     probes::{entry_programs, PROBES, RETURN_PROGRAM},
     target::AllocatorLib,
     Counters, DecodeError, Event,
@@ -55,7 +55,13 @@ pub struct EbpfCollector {
     counters: PerCpuArray<MapData, u64>,
     /// Records that could not be decoded, by reason (never fatal).
     pub bad_records: u64,
+    /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
+    inline_ids: HashMap<Vec<u64>, i32>,
+    inline_stacks: Vec<Vec<u64>>,
 }
+
+/// Ids of inline stacks start here, above any stack map's ids.
+const INLINE_BASE: i32 = 1 << 30;
 
 /// AsyncFd needs an owner of the fd; the ring buffer itself stays with the collector.
 pub struct RawFdWrap(std::os::fd::RawFd);
@@ -144,6 +150,8 @@ impl EbpfCollector {
             stacks,
             counters,
             bad_records: 0,
+            inline_ids: HashMap::new(),
+            inline_stacks: Vec::new(),
         })
     }
 
@@ -247,6 +255,16 @@ impl EbpfCollector {
         while let Some(item) = self.ring_buf.next() {
             n += 1;
             match decode(&item) {
+                Ok(Event::Alloc(mut a)) => {
+                    if let Some(ips) = inline_stack(&item) {
+                        let next = INLINE_BASE + self.inline_stacks.len() as i32;
+                        a.stack_id = *self.inline_ids.entry(ips.clone()).or_insert_with(|| {
+                            self.inline_stacks.push(ips);
+                            next
+                        });
+                    }
+                    sink(Event::Alloc(a))
+                }
                 Ok(ev) => sink(ev),
                 Err(
                     DecodeError::Short { .. }
@@ -262,6 +280,13 @@ impl EbpfCollector {
     pub fn stack(&self, id: i32) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
+        }
+        if id >= INLINE_BASE {
+            return self
+                .inline_stacks
+                .get((id - INLINE_BASE) as usize)
+                .cloned()
+                .unwrap_or_default();
         }
         match self.stacks.get(&(id as u32), 0) {
             Ok(st) => st

@@ -8,7 +8,7 @@ pub mod launch;
 pub mod probes;
 pub mod target;
 
-use tracer_common::{kind, AllocFn, AllocRecord, FreeRecord, Header};
+use tracer_common::{kind, AllocFn, AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH};
 
 /// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
 /// kernel's counters (indices in `tracer_common::counter`) and records that could not be decoded.
@@ -86,6 +86,23 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The inline stack of an allocation record that carries one (innermost first, zeros dropped).
+pub fn inline_stack(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.first() != Some(&kind::ALLOC_STACK) {
+        return None;
+    }
+    let base = std::mem::size_of::<AllocRecord>();
+    let nr: u64 = read(bytes.get(base..)?)?;
+    let n = (nr as usize / 8).min(MAX_STACK_DEPTH);
+    let ips = bytes.get(base + 8..base + 8 + 8 * n)?;
+    Some(
+        ips.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .filter(|&ip| ip != 0)
+            .collect(),
+    )
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: Header = read(bytes).ok_or(DecodeError::Short {
@@ -97,7 +114,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         len: bytes.len(),
     };
     match hdr.kind {
-        kind::ALLOC => {
+        kind::ALLOC | kind::ALLOC_STACK => {
             let r: AllocRecord = read(bytes).ok_or_else(short)?;
             let func = AllocFn::from_u8(r.hdr.func).ok_or(DecodeError::UnknownFunc(r.hdr.func))?;
             Ok(Event::Alloc(Alloc {
@@ -184,6 +201,38 @@ mod tests {
                 addr: 0x1000
             }
         );
+    }
+
+    #[test]
+    fn an_allocation_can_carry_its_stack() {
+        let mut r = tracer_common::AllocStackRecord {
+            alloc: AllocRecord {
+                hdr: Header {
+                    kind: kind::ALLOC_STACK,
+                    func: AllocFn::Malloc as u8,
+                    _pad: 0,
+                    pid: 7,
+                    ts_ns: 1,
+                },
+                stack_id: -17,
+                addr: 0x1000,
+                size: 8,
+                weight: 1,
+                ..AllocRecord::default()
+            },
+            nr_bytes: 16,
+            ips: [0; MAX_STACK_DEPTH],
+        };
+        r.ips[0] = 0x401000;
+        r.ips[1] = 0x402000;
+        let b = bytes(&r);
+        assert!(matches!(decode(&b), Ok(Event::Alloc(a)) if a.addr == 0x1000));
+        assert_eq!(inline_stack(&b), Some(vec![0x401000, 0x402000]));
+        // a plain record has none; a short one is not read past its end
+        assert_eq!(inline_stack(&b[..60]), None);
+        let mut plain = b.clone();
+        plain[0] = kind::ALLOC;
+        assert_eq!(inline_stack(&plain), None);
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct EventCounts {
     pub unknown_frees: u64,
     /// Allocations outside the --min-size/--max-size range (not recorded).
     pub filtered: u64,
+    /// Allocations whose stack collided with another in the kernel's stack map and came inline
+    /// instead (nothing lost).
+    pub inline_stacks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
