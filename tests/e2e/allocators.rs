@@ -14,29 +14,6 @@ const ALLOCATORS: [(&str, &str, &str); 3] = [
     ("mimalloc", "libmimalloc.so.2", "-lmimalloc"),
 ];
 
-/// Launches `program` under the tracer with `env` set for both (as `VAR=x tracer -- prog`).
-fn launch_with_env(env: &[(&str, &str)], program: &std::path::Path) -> Launched {
-    let mut cmd = Command::new(tracer());
-    cmd.args(["--format", "json", "--"])
-        .arg(program)
-        .args(["2", "0"]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = run(&mut cmd);
-    let (so, se) = (stdout(&out), stderr(&out));
-    let final_report = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .unwrap_or_else(|| panic!("no final report: {se}"));
-    Launched {
-        stdout: so,
-        stderr: se,
-        code: out.status.code(),
-        final_report,
-    }
-}
-
 fn check(run: &Launched, allocator_contains: &str) {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let fin = &run.final_report;
@@ -63,7 +40,7 @@ fn preloaded_allocators() {
             std::path::Path::new(&lib).exists(),
             "{lib} missing: scripts/setup installs Debian's {name}"
         );
-        let run = launch_with_env(&[("LD_PRELOAD", &lib)], &leaky);
+        let run = launch_json_env(&[], &[("LD_PRELOAD", &lib)], &leaky, &["2", "0"]);
         check(&run, file);
     }
 }
@@ -75,7 +52,7 @@ fn linked_allocators() {
     }
     for (name, file, flag) in ALLOCATORS {
         let leaky = victim_with("workloads/leaky.c", &[FP, &[flag]].concat(), name, "");
-        check(&launch_with_env(&[], &leaky), file);
+        check(&launch_json(&[], &leaky, &["2", "0"]), file);
     }
 }
 
@@ -90,14 +67,14 @@ fn static_binaries_glibc_and_musl() {
         "static-glibc",
         "",
     );
-    check(&launch_with_env(&[], &glibc), "leaky-static-glibc");
+    check(&launch_json(&[], &glibc, &["2", "0"]), "leaky-static-glibc");
     let musl = victim_with(
         "workloads/leaky.c",
         &[FP, &["-static"]].concat(),
         "static-musl",
         "musl-gcc",
     );
-    check(&launch_with_env(&[], &musl), "leaky-static-musl");
+    check(&launch_json(&[], &musl, &["2", "0"]), "leaky-static-musl");
 }
 
 #[test]

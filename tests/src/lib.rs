@@ -217,9 +217,21 @@ pub struct Launched {
 
 /// Launches `program` under the tracer (JSON reports) and returns its output and final report.
 pub fn launch_json(flags: &[&str], program: &Path, args: &[&str]) -> Launched {
+    launch_json_env(flags, &[], program, args)
+}
+
+/// [`launch_json`] with environment variables set for the tracer and so for the program
+/// (`VAR=x tracer -- prog`).
+pub fn launch_json_env(
+    flags: &[&str],
+    env: &[(&str, &str)],
+    program: &Path,
+    args: &[&str],
+) -> Launched {
     let out = run(Command::new(tracer())
         .args(["--format", "json"])
         .args(flags)
+        .envs(env.iter().copied())
         .arg("--")
         .arg(program)
         .args(args));

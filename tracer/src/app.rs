@@ -214,9 +214,8 @@ impl Source for Live {
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
-        let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         Some(ProcInfo {
-            command: command.trim_end().to_string(),
+            command: read_comm(pid)?,
             allocator: self
                 .allocator_of
                 .get(&pid)
@@ -450,9 +449,13 @@ fn monotonic_ns() -> u64 {
 }
 
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    read_comm(pid).unwrap_or_else(|| "?".into())
+}
+
+/// The command name of a process (/proc/PID/comm), None when it is gone.
+fn read_comm(pid: u32) -> Option<String> {
+    let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(c.trim_end().to_string())
 }
 
 /// The process state letter from /proc/PID/stat (R, S, T, Z...), None when it is gone.
