@@ -183,7 +183,8 @@ pub mod counter {
     /// Free records the kernel tried to send (`free(p)` with `p != NULL`).
     pub const FREES: u32 = 7;
     /// Allocator calls made from inside another allocator call on the same thread (its
-    /// implementation, e.g. glibc's `realloc(NULL, n)` calling `malloc`): not counted twice.
+    /// implementation, e.g. glibc's `realloc(NULL, n)` calling `malloc`), and free-like calls
+    /// made by another on the same block (`operator delete` calling `free`): not counted twice.
     pub const NESTED: u32 = 8;
     /// Allocation calls that failed (returned NULL / an error): nothing to track.
     pub const FAILED: u32 = 9;

@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -31,6 +31,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
+/// Per thread, the last block a free-like function was entered with (see [`free`]).
+#[map]
+static LAST_FREE: LruHashMap<u64, LastFree> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -48,6 +51,17 @@ static MIN_SIZE: u64 = 0;
 static MAX_SIZE: u64 = u64::MAX;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// A free-like call of the same block on the same thread, at the same depth or deeper, this
+/// soon after another is that one's implementation (see [`free`]).
+const NESTED_FREE_NS: u64 = 1_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LastFree {
+    addr: u64,
+    sp: u64,
+    ts_ns: u64,
+}
 const EEXIST: i64 = 17;
 
 #[inline(always)]
@@ -193,6 +207,17 @@ pub fn leave(ctx: &RetProbeContext) {
     } else {
         0
     };
+    if addr != 0 {
+        // This thread got the block back: a later free of it is a new free, not the
+        // implementation of the earlier one.
+        if let Some(last) = LAST_FREE.get_ptr_mut(pid_tgid) {
+            unsafe {
+                if (*last).addr == addr {
+                    (*last).addr = 0;
+                }
+            }
+        }
+    }
     let record = AllocRecord {
         hdr: Header {
             kind: kind::ALLOC,
@@ -253,6 +278,15 @@ fn send_with_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
     entry.submit(flags);
 }
 
+/// Entry of a free-like function (`free`, `sdallocx`, `operator delete`...).
+///
+/// Free-like functions often call one another (libstdc++'s sized delete calls delete, which
+/// calls free; mimalloc's delete calls `mi_free`), and all of them are probed, with no return
+/// probe to say when the outer one ends. A free of the block the same thread entered a
+/// free-like function with last, at that call's depth or deeper (a tail call keeps the
+/// depth), within [`NESTED_FREE_NS`], is that call's implementation: skipped. The thread's
+/// entry is cleared when an allocation on it returns that block again, so a block freed,
+/// reallocated and freed again is two frees.
 #[inline(always)]
 pub fn free(ctx: &ProbeContext, ptr: u64) {
     if ptr == 0 {
@@ -264,6 +298,34 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         // realloc(p, 0) freeing p itself: the realloc record says so.
         bump(counter::NESTED);
         return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    match LAST_FREE.get_ptr_mut(pid_tgid) {
+        Some(last) => unsafe {
+            if (*last).addr == ptr
+                && (*last).sp >= sp
+                && now.wrapping_sub((*last).ts_ns) < NESTED_FREE_NS
+            {
+                bump(counter::NESTED);
+                return;
+            }
+            *last = LastFree {
+                addr: ptr,
+                sp,
+                ts_ns: now,
+            };
+        },
+        None => {
+            let _ = LAST_FREE.insert(
+                pid_tgid,
+                LastFree {
+                    addr: ptr,
+                    sp,
+                    ts_ns: now,
+                },
+                0,
+            );
+        }
     }
     bump(counter::FREES);
     let flags = wakeup_flags();
@@ -277,7 +339,7 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
             func: AllocFn::Free as u8,
             _pad: 0,
             pid: (pid_tgid >> 32) as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now,
         },
         addr: ptr,
     });

@@ -96,6 +96,8 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             .map(|(_, l)| l.path.display().to_string())
             .collect();
         allocators.dedup();
+        let mut kinds: Vec<String> = plan.iter().map(|(_, l)| l.kinds()).collect();
+        kinds.dedup();
         let (command, what) = match (&t.target, head_pid) {
             (Target::All, _) => (
                 "*".to_string(),
@@ -124,8 +126,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             }
         };
         eprintln!(
-            "tracer: tracing {what}: malloc and friends in {}; a report every {:.1}s{}{}",
+            "tracer: tracing {what}: malloc and friends in {} ({}); a report every {:.1}s{}{}",
             allocators.join(", "),
+            kinds.join("; "),
             opts.interval.as_secs_f64(),
             if launched.is_some() {
                 ""
@@ -144,6 +147,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             pid: head_pid,
             command,
             allocator: allocators.join(", "),
+            allocator_kind: kinds.join("; "),
             start_mono_ns: monotonic_ns(),
             start_unix_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -174,9 +178,12 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                 collector,
                 allocator_of: plan
                     .iter()
-                    .filter_map(|(p, l)| p.map(|p| (p, l.path.display().to_string())))
+                    .filter_map(|(p, l)| p.map(|p| (p, Allocator::of(l))))
                     .collect(),
-                default_allocator: allocators.first().cloned().unwrap_or_default(),
+                default_allocator: plan
+                    .first()
+                    .map(|(_, l)| Allocator::of(l))
+                    .unwrap_or_default(),
             },
             engine,
             targets,
@@ -200,8 +207,24 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
 struct Live {
     collector: EbpfCollector,
     /// The allocator probed for each target pid; system-wide, the one library probed.
-    allocator_of: std::collections::HashMap<u32, String>,
-    default_allocator: String,
+    allocator_of: std::collections::HashMap<u32, Allocator>,
+    default_allocator: Allocator,
+}
+
+/// What the reports say of a process's allocator: the file probed and which allocator it is.
+#[derive(Clone, Debug, Default)]
+struct Allocator {
+    path: String,
+    kind: String,
+}
+
+impl Allocator {
+    fn of(lib: &target::AllocatorLib) -> Allocator {
+        Allocator {
+            path: lib.path.display().to_string(),
+            kind: lib.kinds(),
+        }
+    }
 }
 
 impl Source for Live {
@@ -214,13 +237,14 @@ impl Source for Live {
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
+        let a = self
+            .allocator_of
+            .get(&pid)
+            .unwrap_or(&self.default_allocator);
         Some(ProcInfo {
             command: read_comm(pid)?,
-            allocator: self
-                .allocator_of
-                .get(&pid)
-                .unwrap_or(&self.default_allocator)
-                .clone(),
+            allocator: a.path.clone(),
+            allocator_kind: a.kind.clone(),
             exited: false,
         })
     }
@@ -232,7 +256,7 @@ struct Session {
     /// Exec'd processes whose allocator could not be found yet, and how often it was tried.
     exec_retries: Vec<(u32, u32)>,
     /// Programs (scope pid, file identity) whose allocator was already found, and its path.
-    exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), String>,
+    exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), Allocator>,
     system_wide: bool,
     /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
     attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
@@ -368,8 +392,8 @@ impl Session {
         // new allocator: its libraries are not parsed again.
         let exe = file_id(std::path::Path::new(&format!("/proc/{pid}/exe")));
         if Some(pid) != self.launched {
-            if let Some(path) = exe.and_then(|e| self.exes_seen.get(&(scope, e))) {
-                self.live.allocator_of.insert(pid, path.clone());
+            if let Some(a) = exe.and_then(|e| self.exes_seen.get(&(scope, e))) {
+                self.live.allocator_of.insert(pid, a.clone());
                 return Ok(true);
             }
         }
@@ -389,11 +413,11 @@ impl Session {
         let Some(id) = file_id(&lib.open_path) else {
             return Ok(true);
         };
-        let path = lib.path.display().to_string();
+        let a = Allocator::of(&lib);
         if let Some(exe) = exe {
-            self.exes_seen.insert((scope, exe), path.clone());
+            self.exes_seen.insert((scope, exe), a.clone());
         }
-        self.live.allocator_of.insert(pid, path);
+        self.live.allocator_of.insert(pid, a);
         if self.attached.insert((scope, id)) {
             eprintln!(
                 "tracer: note: pid {pid} ({}) exec'd: probing its allocator in {}",

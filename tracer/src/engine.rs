@@ -49,6 +49,8 @@ pub trait Source {
 pub struct ProcInfo {
     pub command: String,
     pub allocator: String,
+    /// Which allocator that is (`glibc`, `jemalloc`...; empty when unknown).
+    pub allocator_kind: String,
     pub exited: bool,
 }
 
@@ -303,6 +305,7 @@ impl Engine {
                 pid,
                 command: info.command,
                 allocator: info.allocator,
+                allocator_kind: info.allocator_kind,
                 exited: info.exited,
             })?;
         }
@@ -316,6 +319,7 @@ impl Engine {
             self.head.command = info.command.clone();
             if !info.allocator.is_empty() {
                 self.head.allocator = info.allocator.clone();
+                self.head.allocator_kind = info.allocator_kind.clone();
             }
         }
         self.procs.insert(pid, info);
@@ -352,6 +356,7 @@ impl Engine {
                 pid,
                 command: info.command,
                 allocator: info.allocator,
+                allocator_kind: info.allocator_kind,
                 exited: true,
             })?;
         }
@@ -762,6 +767,7 @@ impl Engine {
             pid: self.head.pid,
             command: self.head.command.clone(),
             allocator: self.head.allocator.clone(),
+            allocator_kind: self.head.allocator_kind.clone(),
             lost,
             events,
             totals,
@@ -792,6 +798,7 @@ impl Engine {
                         pid,
                         command: info.command,
                         allocator: info.allocator,
+                        allocator_kind: info.allocator_kind,
                         exited: info.exited,
                         totals: Totals::default(),
                         summary: Summary::default(),
@@ -1201,6 +1208,7 @@ mod tests {
             Some(ProcInfo {
                 command: format!("proc{pid}"),
                 allocator: "libc.so.6".into(),
+                allocator_kind: "glibc".into(),
                 exited: false,
             })
         }
@@ -1244,6 +1252,7 @@ mod tests {
             pid: PID,
             command: "victim".into(),
             allocator: "libc.so.6".into(),
+            allocator_kind: "glibc".into(),
             start_mono_ns: 0,
             start_unix_ns: 0,
             ring_size: 4096,

@@ -20,6 +20,7 @@
 //!   6 mark    u64 ns since start, counters
 //!   7 end     u64 ns since start, counters, u8 has exit code, i32 exit code
 //!   8 process u32 pid, str command, str allocator, u8 exited   (version 2)
+//!             [str allocator kind]   (absent in recordings of earlier tracers)
 //! counters: u64 bad records, u8 n, n × u64 kernel counter
 //! str/bytes: u16 length, bytes
 //! ```
@@ -65,6 +66,9 @@ pub struct RecordHeader {
     pub pid: u32,
     pub command: String,
     pub allocator: String,
+    /// Absent from recordings of tracer versions before it was reported.
+    #[serde(default)]
+    pub allocator_kind: String,
     /// CLOCK_MONOTONIC at the start of tracing (event timestamps use that clock).
     pub start_mono_ns: u64,
     /// Wall-clock time at the start of tracing, ns since the Unix epoch.
@@ -106,6 +110,8 @@ pub enum Frame {
         pid: u32,
         command: String,
         allocator: String,
+        /// Written after `exited`; absent (empty) in older recordings.
+        allocator_kind: String,
         exited: bool,
     },
 }
@@ -452,12 +458,14 @@ fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             pid,
             command,
             allocator,
+            allocator_kind,
             exited,
         } => {
             put_u32(b, *pid);
             put_bytes(b, command.as_bytes());
             put_bytes(b, allocator.as_bytes());
             b.push(*exited as u8);
+            put_bytes(b, allocator_kind.as_bytes());
             tag::PROCESS
         }
     }
@@ -683,12 +691,24 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                 exit_code: (has != 0).then_some(code),
             }
         }
-        tag::PROCESS => Frame::Process {
-            pid: c.u32("pid")?,
-            command: String::from_utf8_lossy(c.bytes("command")?).into_owned(),
-            allocator: String::from_utf8_lossy(c.bytes("allocator")?).into_owned(),
-            exited: c.u8("exited flag")? != 0,
-        },
+        tag::PROCESS => {
+            let pid = c.u32("pid")?;
+            let command = String::from_utf8_lossy(c.bytes("command")?).into_owned();
+            let allocator = String::from_utf8_lossy(c.bytes("allocator")?).into_owned();
+            let exited = c.u8("exited flag")? != 0;
+            let allocator_kind = if c.pos < c.b.len() {
+                String::from_utf8_lossy(c.bytes("allocator kind")?).into_owned()
+            } else {
+                String::new()
+            };
+            Frame::Process {
+                pid,
+                command,
+                allocator,
+                allocator_kind,
+                exited,
+            }
+        }
         t => {
             return Err(FormatError {
                 offset: base.saturating_sub(5),
@@ -721,6 +741,7 @@ mod tests {
                 pid: 42,
                 command: "leaky".into(),
                 allocator: "/lib/libc.so.6".into(),
+                allocator_kind: "glibc".into(),
                 start_mono_ns: 1_000_000,
                 start_unix_ns: 1_700_000_000_000_000_000,
                 ring_size: 4096,
@@ -782,6 +803,7 @@ mod tests {
                 pid: 43,
                 command: "worker".into(),
                 allocator: "/lib/libc.so.6".into(),
+                allocator_kind: "glibc".into(),
                 exited: true,
             },
             Frame::End {

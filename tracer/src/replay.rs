@@ -73,6 +73,7 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
                 pid,
                 command,
                 allocator,
+                allocator_kind,
                 exited,
             }) => {
                 if exited {
@@ -83,6 +84,7 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
                         ProcInfo {
                             command,
                             allocator,
+                            allocator_kind,
                             exited,
                         },
                     );

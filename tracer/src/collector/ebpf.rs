@@ -4,7 +4,7 @@
 //! Needs: root (or CAP_BPF + CAP_PERFMON), a kernel with uprobes, BPF ring buffers (5.8) and
 //! uprobe cookies (5.15).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     num::NonZeroU32,
     os::fd::AsRawFd,
 };
@@ -22,13 +22,20 @@ use tracer_common::{counter, globals, names, AllocFn};
 
 use super::{
     decode, inline_stack,
-    probes::{entry_programs, PROBES, RETURN_PROGRAM},
+    probes::{entry_programs, Group, ProbeSpec, PROBES, RETURN_PROGRAM},
     target::AllocatorLib,
     Counters, DecodeError, Event,
 };
 
 /// Holds a launched process at `exit()` (see `Settings::stop_at_exit`).
 const EXIT_PROGRAM: &str = "exit_stop";
+/// The exit probe's label (its cookie is not read).
+const EXIT_SPEC: ProbeSpec = ProbeSpec {
+    symbol: "exit",
+    func: AllocFn::Free,
+    entry: EXIT_PROGRAM,
+    group: Group::Std,
+};
 /// Reports execs (and holds a launched process at exec until its new program is probed).
 const EXEC_PROGRAM: &str = "process_exec";
 
@@ -155,75 +162,62 @@ impl EbpfCollector {
         })
     }
 
-    /// Attaches the probe table to `lib`, for one process or (pid None) every process.
-    /// Returns warnings (optional functions missing).
+    /// Attaches the probe table to `lib` (and the files probed with it), for one process or
+    /// (pid None) every process. Returns warnings (optional functions missing).
     pub fn attach(&mut self, lib: &AllocatorLib, pid: Option<u32>) -> Result<Vec<String>> {
         let scope = match pid.and_then(NonZeroU32::new) {
             Some(p) => UProbeScope::OneProcess(p),
             None => UProbeScope::AllProcesses,
         };
         let mut warnings = Vec::new();
-        // Functions at the same address (glibc's aligned_alloc is memalign) get one probe.
-        let mut by_offset: HashMap<u64, AllocFn> = HashMap::new();
-        let mut plan = Vec::new();
-        for p in PROBES {
-            match lib.functions.get(&p.func) {
-                Some(&off) => {
-                    if by_offset.insert(off, p.func).is_none() {
-                        plan.push((p, off));
-                    }
+        for p in PROBES.iter().filter(|p| p.group == Group::Std) {
+            if !lib.defines(p.symbol) {
+                if p.required() {
+                    bail!(
+                        "{} does not define {}: it is not an allocator tracer can follow",
+                        lib.path.display(),
+                        p.symbol
+                    );
                 }
-                None if p.required => bail!(
-                    "{} does not define {}: it is not an allocator tracer can follow",
-                    lib.path.display(),
-                    p.func.symbol()
-                ),
-                // C allocators need not define C++'s operator new.
-                None if p.func.is_cxx_new() => {}
-                None => warnings.push(format!(
+                warnings.push(format!(
                     "{} has no {}; calls to it (if any) are not traced",
                     lib.path.display(),
-                    p.func.symbol()
-                )),
+                    p.symbol
+                ));
             }
         }
-        // Returns first: every entry the programs record then has its return probed too.
-        for (p, off) in plan.iter().filter(|(p, _)| p.has_return) {
-            self.attach_one(RETURN_PROGRAM, p.func, *off, lib, scope)?;
-        }
-        for (p, off) in &plan {
-            self.attach_one(p.entry, p.func, *off, lib, scope)?;
-        }
-        if let Some(off) = lib.exit {
-            self.attach_one(EXIT_PROGRAM, AllocFn::Free, off, lib, scope)?;
-        }
-        if let Some(cxx) = &lib.cxx {
-            // operator new in libstdc++: returns first, as above.
-            let mut seen: HashMap<u64, AllocFn> = HashMap::new();
-            let plan: Vec<(AllocFn, u64)> = cxx
-                .functions
-                .iter()
-                .filter(|(_, off)| seen.insert(**off, AllocFn::New).is_none())
-                .map(|(f, o)| (*f, *o))
-                .collect();
-            for (f, off) in &plan {
-                self.attach_one(RETURN_PROGRAM, *f, *off, cxx, scope)?;
-            }
-            for (f, off) in &plan {
-                let entry = PROBES
-                    .iter()
-                    .find(|p| p.func == *f)
-                    .map_or("size_arg0", |p| p.entry);
-                self.attach_one(entry, *f, *off, cxx, scope)?;
-            }
+        for file in std::iter::once(lib).chain(&lib.also) {
+            self.attach_file(file, scope)?;
         }
         Ok(warnings)
+    }
+
+    /// One file's probes: one per address (aliases share one), returns before entries so
+    /// that every entry the programs record has its return probed too.
+    fn attach_file(&mut self, lib: &AllocatorLib, scope: UProbeScope) -> Result<()> {
+        let mut seen = HashSet::new();
+        let plan: Vec<_> = lib
+            .functions
+            .iter()
+            .filter(|(_, off)| seen.insert(*off))
+            .copied()
+            .collect();
+        for (p, off) in plan.iter().filter(|(p, _)| p.has_return()) {
+            self.attach_one(RETURN_PROGRAM, p, *off, lib, scope)?;
+        }
+        for (p, off) in &plan {
+            self.attach_one(p.entry, p, *off, lib, scope)?;
+        }
+        if let Some(off) = lib.exit {
+            self.attach_one(EXIT_PROGRAM, &EXIT_SPEC, off, lib, scope)?;
+        }
+        Ok(())
     }
 
     fn attach_one(
         &mut self,
         program: &str,
-        func: AllocFn,
+        spec: &ProbeSpec,
         offset: u64,
         lib: &AllocatorLib,
         scope: UProbeScope,
@@ -235,10 +229,10 @@ impl EbpfCollector {
             .try_into()?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(func as u64),
+            cookie: Some(spec.func as u64),
         };
         prog.attach(point, &lib.open_path, scope)
-            .map_err(|e| explain_attach_error(e, func, offset, lib))?;
+            .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
         Ok(())
     }
 
@@ -344,7 +338,7 @@ fn preflight() -> Result<()> {
 
 fn explain_attach_error(
     e: ProgramError,
-    func: AllocFn,
+    symbol: &str,
     offset: u64,
     lib: &AllocatorLib,
 ) -> anyhow::Error {
@@ -355,11 +349,7 @@ fn explain_attach_error(
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .and_then(|io| io.raw_os_error()),
     };
-    let what = format!(
-        "{} in {} (offset {offset:#x})",
-        func.symbol(),
-        lib.path.display()
-    );
+    let what = format!("{symbol} in {} (offset {offset:#x})", lib.path.display());
     match io {
         Some(libc::ESRCH) => {
             anyhow!("the target process exited while tracer was attaching to {what}")

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
-use tracer_common::AllocFn;
+
+use super::probes::{self, Group, ProbeSpec};
 
 /// An ELF file with allocator functions, ready to probe.
 #[derive(Debug, Clone)]
@@ -20,46 +21,133 @@ pub struct AllocatorLib {
     pub path: PathBuf,
     /// Where this process can open it (through `/proc/PID/root` when attaching to a pid).
     pub open_path: PathBuf,
-    /// File offset of each allocator function the file defines.
-    pub functions: BTreeMap<AllocFn, u64>,
+    /// Which allocator this is (`glibc`, `musl`, `jemalloc`, `tcmalloc`, `mimalloc`, or
+    /// `unknown`), from the symbols it defines.
+    pub kind: &'static str,
+    /// The entry points to probe in this file and their file offsets, in table order.
+    pub functions: Vec<(&'static ProbeSpec, u64)>,
     /// File offset of `exit()` when this file defines it (the C library, a static binary).
     pub exit: Option<u64>,
-    /// Another file defining C++'s `operator new` ahead of this one in lookup order
-    /// (libstdc++): its `new` variants are probed too.
-    pub cxx: Option<Box<AllocatorLib>>,
+    /// Other files probed for the same processes: libstdc++'s `operator new`, an allocator
+    /// linked for its own interface beside the C library's malloc (Rust's jemalloc or mimalloc
+    /// global allocators), the C library's `exit`.
+    pub also: Vec<AllocatorLib>,
 }
 
+impl AllocatorLib {
+    pub fn defines(&self, symbol: &str) -> bool {
+        self.functions.iter().any(|(p, _)| p.symbol == symbol)
+    }
+
+    /// The allocators this process uses, for the report: `glibc`, or `glibc, mimalloc` when
+    /// a second allocator serves the program's own calls.
+    pub fn kinds(&self) -> String {
+        let mut kinds = vec![self.kind];
+        for a in &self.also {
+            if a.functions.iter().any(|(p, _)| p.group == Group::Own) && !kinds.contains(&a.kind) {
+                kinds.push(a.kind);
+            }
+        }
+        kinds.join(", ")
+    }
+}
+
+/// What an ELF file defines that matters here.
+#[derive(Debug, Default)]
+pub struct ElfAllocs {
+    /// The probe table's symbols it defines, with their file offsets, in table order.
+    pub functions: Vec<(&'static ProbeSpec, u64)>,
+    pub exit: Option<u64>,
+    pub kind: &'static str,
+}
+
+impl ElfAllocs {
+    fn defines(&self, symbol: &str) -> bool {
+        self.functions.iter().any(|(p, _)| p.symbol == symbol)
+    }
+
+    fn group(&self, keep: impl Fn(Group) -> bool) -> Vec<(&'static ProbeSpec, u64)> {
+        self.functions
+            .iter()
+            .filter(|(p, _)| keep(p.group))
+            .copied()
+            .collect()
+    }
+
+    /// It allocates through an interface of its own (not only `free`-like functions).
+    fn has_own_allocator(&self) -> bool {
+        self.functions
+            .iter()
+            .any(|(p, _)| p.group == Group::Own && p.has_return())
+    }
+}
+
+/// Symbols that tell allocators apart (static binaries keep them in their full symbol table).
+const MARKERS: &[(&str, &str)] = &[
+    ("mallocx", "jemalloc"),
+    ("je_mallocx", "jemalloc"),
+    ("_rjem_mallocx", "jemalloc"),
+    ("tc_malloc", "tcmalloc"),
+    ("mi_malloc", "mimalloc"),
+    ("__libc_malloc_impl", "musl"),
+    ("__malloc_context", "musl"),
+    ("__simple_malloc", "musl"),
+    ("malloc_trim", "glibc"),
+    ("_int_malloc", "glibc"),
+];
+
 /// Reads an ELF file and finds the allocator functions it defines (dynamic symbols first,
-/// then the full symbol table for static binaries), and `exit`.
-pub fn allocator_functions(path: &Path) -> Result<(BTreeMap<AllocFn, u64>, Option<u64>)> {
+/// then the full symbol table for static binaries), `exit`, and which allocator it is.
+pub fn allocator_functions(path: &Path) -> Result<ElfAllocs> {
     // Through a read cache: only the headers and symbol tables are read, not whole libraries.
     let cache = object::ReadCache::new(
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
     );
     let file = object::File::parse(&cache)
         .with_context(|| format!("{} is not an ELF file we can read", path.display()))?;
-    let mut found = BTreeMap::new();
+    let mut found: BTreeMap<usize, u64> = BTreeMap::new();
     let mut exit = None;
+    let mut marks: Vec<&'static str> = Vec::new();
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         if !sym.is_definition() || sym.address() == 0 {
             continue;
         }
         let Ok(name) = sym.name() else { continue };
+        if let Some((_, kind)) = MARKERS.iter().find(|(m, _)| *m == name) {
+            marks.push(kind);
+        }
         if name == "exit" && exit.is_none() {
             exit = file_offset(&file, sym.address());
             continue;
         }
-        let Some(func) = AllocFn::ALL.iter().copied().find(|f| f.symbol() == name) else {
+        let Some(idx) = probes::PROBES.iter().position(|p| p.symbol == name) else {
             continue;
         };
-        if found.contains_key(&func) {
+        if found.contains_key(&idx) {
             continue;
         }
         if let Some(off) = file_offset(&file, sym.address()) {
-            found.insert(func, off);
+            found.insert(idx, off);
         }
     }
-    Ok((found, exit))
+    let kind = ["jemalloc", "tcmalloc", "mimalloc", "musl", "glibc"]
+        .into_iter()
+        .find(|k| marks.contains(k))
+        .or_else(|| {
+            let name = path.file_name()?.to_string_lossy().to_string();
+            ["jemalloc", "tcmalloc", "mimalloc", "musl"]
+                .into_iter()
+                .find(|k| name.contains(k))
+        })
+        .unwrap_or("unknown");
+    Ok(ElfAllocs {
+        functions: found
+            .into_iter()
+            .map(|(i, off)| (&probes::PROBES[i], off))
+            .collect(),
+        exit,
+        kind,
+    })
 }
 
 fn file_offset<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>, vaddr: u64) -> Option<u64> {
@@ -90,62 +178,74 @@ fn is_loader(path: &Path) -> bool {
 /// Picks the allocator among candidate files in symbol lookup order (the executable first):
 /// the first file defining both `malloc` and `free`, except that the C library yields to a
 /// later allocator library (a preload or link whose order maps do not reveal) and the dynamic
-/// loader's private malloc never counts.
+/// loader's private malloc never counts. Also probed: the first other file defining C++'s
+/// `operator new` (libstdc++), files with an allocator interface of their own, and `exit`.
 pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib>> {
-    let mut libc = None;
-    let mut main: Option<AllocatorLib> = None;
-    let mut cxx: Option<AllocatorLib> = None;
+    let mut scanned: Vec<(PathBuf, PathBuf, ElfAllocs)> = Vec::new();
     for (i, (path, open_path)) in candidates.into_iter().enumerate() {
         if is_loader(&path) {
             continue;
         }
-        let (functions, exit) = match allocator_functions(&open_path) {
-            Ok(f) => f,
+        match allocator_functions(&open_path) {
+            Ok(f) => scanned.push((path, open_path, f)),
             Err(e) if i == 0 => return Err(e),
             Err(_) => continue,
+        }
+    }
+    let serves_malloc = |f: &ElfAllocs| f.defines("malloc") && f.defines("free");
+    let main = scanned
+        .iter()
+        .enumerate()
+        .find(|(i, (p, _, f))| serves_malloc(f) && !(*i > 0 && is_libc(p)))
+        .or_else(|| {
+            scanned
+                .iter()
+                .enumerate()
+                .find(|(_, (_, _, f))| serves_malloc(f))
+        })
+        .map(|(i, _)| i);
+    let Some(main) = main else { return Ok(None) };
+    let lib = |i: usize, functions: Vec<(&'static ProbeSpec, u64)>, exit: Option<u64>| {
+        let (path, open_path, f) = &scanned[i];
+        AllocatorLib {
+            path: path.clone(),
+            open_path: open_path.clone(),
+            kind: f.kind,
+            functions,
+            exit,
+            also: Vec::new(),
+        }
+    };
+    let m = &scanned[main].2;
+    let mut out = lib(main, m.group(|_| true), m.exit);
+    let cxx = scanned
+        .iter()
+        .position(|(_, _, f)| f.defines(probes::CXX_NEW))
+        .filter(|&i| i != main);
+    let mut exit_found = out.exit.is_some();
+    for (i, (path, _, f)) in scanned.iter().enumerate() {
+        if i == main {
+            continue;
+        }
+        let mut functions = Vec::new();
+        if Some(i) == cxx {
+            functions.extend(f.group(|g| g == Group::CxxNew));
+        }
+        if f.has_own_allocator() {
+            functions.extend(f.group(|g| g == Group::Own));
+        }
+        // Held at exit: the exit the process calls is its C library's.
+        let exit = if !exit_found && is_libc(path) {
+            f.exit
+        } else {
+            None
         };
-        if cxx.is_none() && functions.contains_key(&AllocFn::New) {
-            cxx = Some(AllocatorLib {
-                path: path.clone(),
-                open_path: open_path.clone(),
-                functions: functions
-                    .iter()
-                    .filter(|(f, _)| f.is_cxx_new())
-                    .map(|(f, o)| (*f, *o))
-                    .collect(),
-                exit: None,
-                cxx: None,
-            });
-        }
-        if main.is_none()
-            && functions.contains_key(&AllocFn::Malloc)
-            && functions.contains_key(&AllocFn::Free)
-        {
-            let lib = AllocatorLib {
-                path,
-                open_path,
-                functions,
-                exit,
-                cxx: None,
-            };
-            if i > 0 && is_libc(&lib.path) {
-                libc.get_or_insert(lib);
-            } else {
-                main = Some(lib);
-            }
-        }
-        if main.is_some() && cxx.is_some() {
-            break;
+        exit_found |= exit.is_some();
+        if !functions.is_empty() || exit.is_some() {
+            out.also.push(lib(i, functions, exit));
         }
     }
-    let mut main = main.or(libc);
-    if let (Some(m), Some(c)) = (&mut main, cxx) {
-        // An allocator defining its own operator new (tcmalloc) has it in its own table.
-        if c.path != m.path && !m.functions.contains_key(&AllocFn::New) {
-            m.cxx = Some(Box::new(c));
-        }
-    }
-    Ok(main)
+    Ok(Some(out))
 }
 
 /// The allocator of a running process, from its memory map.
@@ -367,18 +467,78 @@ mod tests {
 
     #[test]
     fn finds_allocator_functions_in_the_system_libc() {
-        let (f, exit) = allocator_functions(&system_libc()).unwrap();
-        assert!(exit.is_some());
-        for func in [
-            AllocFn::Malloc,
-            AllocFn::Free,
-            AllocFn::Calloc,
-            AllocFn::Realloc,
-        ] {
-            assert!(f.contains_key(&func), "{func:?} missing");
+        let f = allocator_functions(&system_libc()).unwrap();
+        assert!(f.exit.is_some());
+        assert_eq!(f.kind, "glibc");
+        for func in ["malloc", "free", "calloc", "realloc"] {
+            assert!(f.defines(func), "{func} missing");
         }
         // Offsets are distinct for distinct functions (malloc is not free).
-        assert_ne!(f[&AllocFn::Malloc], f[&AllocFn::Free]);
+        let off = |s: &str| f.functions.iter().find(|(p, _)| p.symbol == s).unwrap().1;
+        assert_ne!(off("malloc"), off("free"));
+    }
+
+    /// Debian's allocator libraries (scripts/setup installs them).
+    fn debian_lib(name: &str) -> PathBuf {
+        let p = PathBuf::from("/usr/lib/x86_64-linux-gnu").join(name);
+        assert!(p.exists(), "{} missing: run scripts/setup", p.display());
+        p
+    }
+
+    fn chosen(files: &[PathBuf]) -> AllocatorLib {
+        choose(files.iter().map(|p| (p.clone(), p.clone())).collect())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn allocators_are_named_and_their_own_interfaces_probed() {
+        let libc = system_libc();
+        for (file, kind, own) in [
+            (
+                "libjemalloc.so.2",
+                "jemalloc",
+                ["mallocx", "sdallocx", "_ZdlPvm"],
+            ),
+            (
+                "libtcmalloc_minimal.so.4",
+                "tcmalloc",
+                ["tc_malloc", "tc_free_sized", "_Znwm"],
+            ),
+            (
+                "libmimalloc.so.2",
+                "mimalloc",
+                ["mi_malloc", "mi_free_size", "_ZdlPvm"],
+            ),
+        ] {
+            // Preloaded: after the executable, before the C library; or linked, after it in
+            // the map: the C library yields either way.
+            let lib = debian_lib(file);
+            for order in [
+                vec![lib.clone(), libc.clone()],
+                vec![libc.clone(), lib.clone()],
+            ] {
+                let exe = PathBuf::from("/bin/true");
+                let a = chosen(&[&[exe][..], &order[..]].concat());
+                assert_eq!(a.path, lib, "{order:?}");
+                assert_eq!(a.kind, kind);
+                assert_eq!(a.kinds(), kind);
+                for s in own {
+                    assert!(a.defines(s), "{file}: {s} not probed");
+                }
+                // Aliases share one address: no address is probed twice in a file.
+                let mut offs: Vec<u64> = a.functions.iter().map(|(_, o)| *o).collect();
+                let n = offs.len();
+                offs.sort_unstable();
+                offs.dedup();
+                assert!(
+                    offs.len() < n || kind == "jemalloc",
+                    "{file}: no aliases seen"
+                );
+                // The process's exit is the C library's.
+                assert!(a.also.iter().any(|x| x.path == libc && x.exit.is_some()));
+            }
+        }
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct Report {
     pub command: String,
     /// The file whose allocator functions are probed.
     pub allocator: String,
+    /// Which allocator that is: `glibc`, `musl`, `jemalloc`, `tcmalloc`, `mimalloc` or
+    /// `unknown`; `glibc, mimalloc` when a second one serves the program's own calls.
+    pub allocator_kind: String,
     /// Events that could not be recorded, by cause (cumulative). See [`lost_hints`].
     pub lost: BTreeMap<&'static str, u64>,
     pub events: EventCounts,
@@ -148,6 +151,7 @@ pub struct ProcessReport {
     pub pid: u32,
     pub command: String,
     pub allocator: String,
+    pub allocator_kind: String,
     /// It exited: these are its last numbers (its books are closed after this report).
     pub exited: bool,
     pub totals: Totals,
@@ -253,6 +257,7 @@ pub(crate) fn sample_report() -> Report {
         pid: 42,
         command: "leaky".into(),
         allocator: "/lib/libc.so.6".into(),
+        allocator_kind: "glibc".into(),
         lost: BTreeMap::from([("ring_full_allocs", 3), ("ring_full_frees", 0)]),
         events: EventCounts::default(),
         totals: Totals {
