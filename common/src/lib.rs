@@ -18,6 +18,9 @@ pub mod kind {
     /// An [`AllocStackRecord`](super::AllocStackRecord): an allocation whose stack collided
     /// with another in the stack map, carrying its stack itself.
     pub const ALLOC_STACK: u8 = 4;
+    /// A [`ForkRecord`](super::ForkRecord): a followed process forked a new process (which is
+    /// followed too).
+    pub const FORK: u8 = 5;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -162,6 +165,16 @@ pub struct FreeRecord {
     pub addr: u64,
 }
 
+/// A followed process forked: `hdr.pid` is the child, which starts as a copy of `parent`'s
+/// address space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub hdr: Header,
+    pub parent: u32,
+    pub _pad: u32,
+}
+
 /// Per-CPU counters (index into the `COUNTERS` map) of what happened in the kernel, and above
 /// all of what could not be recorded.
 pub mod counter {
@@ -200,8 +213,14 @@ pub mod counter {
     pub const RING_FULL_EXEC: u32 = 13;
     /// Times a launched process was held at exec until its new allocator was probed.
     pub const EXEC_STOPS: u32 = 14;
+    /// Processes forked by a followed process, and followed from then on (--follow-children).
+    pub const FORKS_FOLLOWED: u32 = 16;
+    /// Forked processes not followed: the table of followed processes was full.
+    pub const FOLLOW_FULL: u32 = 17;
+    /// Fork records dropped because the ring buffer was full (the child is followed anyway).
+    pub const RING_FULL_FORK: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 19;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -210,6 +229,8 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const COUNTERS: &str = "COUNTERS";
+    /// `u32 tgid → u32 parent tgid`: the processes followed besides `FILTER_PID`.
+    pub const FOLLOWED: &str = "FOLLOWED";
 }
 
 /// Load-time settings (read-only globals of the eBPF object).
@@ -227,6 +248,10 @@ pub mod globals {
     /// out of range still releases its input block).
     pub const MIN_SIZE: &str = "MIN_SIZE";
     pub const MAX_SIZE: &str = "MAX_SIZE";
+    /// `u32`: non-zero follows the processes `FILTER_PID` forks, and theirs (--follow-children).
+    pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
+    /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 }
 
 /// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
@@ -257,5 +282,6 @@ mod user {
 const _: () = assert!(core::mem::size_of::<Header>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 56 + 8 + 8 * MAX_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

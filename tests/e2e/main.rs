@@ -4,6 +4,7 @@ mod allocators;
 mod attach;
 mod cli;
 mod flame;
+mod follow;
 mod launch;
 mod lost;
 mod system;

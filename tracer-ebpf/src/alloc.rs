@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_send_signal,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -20,8 +20,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    counter, kind, AllocFn, AllocRecord, AllocStackRecord, FreeRecord, Header, InFlight,
-    MAX_STACK_DEPTH,
+    counter, kind, AllocFn, AllocRecord, AllocStackRecord, ForkRecord, FreeRecord, Header,
+    InFlight, MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -34,6 +34,8 @@ static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Per thread, the last block a free-like function was entered with (see [`free`]).
 #[map]
 static LAST_FREE: LruHashMap<u64, LastFree> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -49,6 +51,10 @@ static STOP_AT_EXIT: u32 = 0;
 static MIN_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
 static MAX_SIZE: u64 = u64::MAX;
+#[unsafe(no_mangle)]
+static FOLLOW_FORKS: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u64 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A free-like call of the same block on the same thread, at the same depth or deeper, this
@@ -78,7 +84,7 @@ fn traced() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let filter = unsafe { core::ptr::read_volatile(&FILTER_PID) };
-    if filter != 0 && tgid != filter {
+    if filter != 0 && tgid != filter && !followed_child(tgid) {
         return None;
     }
     // Tracing every process must not trace the tracer: its own allocations would feed back.
@@ -86,6 +92,13 @@ fn traced() -> Option<u64> {
         return None;
     }
     Some(pid_tgid)
+}
+
+/// A process forked (directly or not) by the traced one, with --follow-children.
+#[inline(always)]
+fn followed_child(tgid: u32) -> bool {
+    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
+    follow != 0 && unsafe { FOLLOWED.get(&tgid) }.is_some()
 }
 
 /// Submit without waking the reader unless the watermark is reached: userspace drains on a
@@ -346,7 +359,56 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
     entry.submit(flags);
 }
 
+/// `sched_process_fork` (current: the parent). A new process forked by a followed one is
+/// followed from its first instruction: it is in the table before it can run. Threads (same
+/// tgid) need nothing.
+#[inline(always)]
+pub fn fork(child_task: u64) {
+    if unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) } == 0 {
+        return;
+    }
+    let Some(pid_tgid) = traced() else { return };
+    let parent = (pid_tgid >> 32) as u32;
+    let off = unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) };
+    let Ok(child) = (unsafe { bpf_probe_read_kernel((child_task + off) as *const u32) }) else {
+        return;
+    };
+    if child == parent || child == 0 {
+        return;
+    }
+    if FOLLOWED.insert(&child, &parent, 0).is_err() {
+        bump(counter::FOLLOW_FULL);
+        return;
+    }
+    bump(counter::FORKS_FOLLOWED);
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+        bump(counter::RING_FULL_FORK);
+        return;
+    };
+    entry.write(ForkRecord {
+        hdr: Header {
+            kind: kind::FORK,
+            func: 0,
+            _pad: 0,
+            pid: child,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        parent,
+        _pad: 0,
+    });
+    // Woken at once: the child's symbols are its parent's until it execs, read while both live.
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+}
+
 const SIGSTOP: u32 = 19;
+
+/// The launched command itself stops at exec and exit (its children are not: a stop is seen
+/// by the parent, which for them is not tracer).
+#[inline(always)]
+fn held(tgid: u32) -> bool {
+    let stop = unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) };
+    stop != 0 && tgid == unsafe { core::ptr::read_volatile(&FILTER_PID) }
+}
 
 /// A traced process exec'd: tell userspace (its books restart), waking the reader at once; a
 /// launched command stops itself until its new program's allocator is probed.
@@ -368,9 +430,7 @@ pub fn exec() {
         ts_ns: unsafe { bpf_ktime_get_ns() },
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
-    if unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) } != 0
-        && unsafe { bpf_send_signal(SIGSTOP) } == 0
-    {
+    if held((pid_tgid >> 32) as u32) && unsafe { bpf_send_signal(SIGSTOP) } == 0 {
         bump(counter::EXEC_STOPS);
     }
 }
@@ -379,7 +439,7 @@ pub fn exec() {
 /// function runs) so userspace reads its memory map while it still has one, then continues it.
 #[inline(always)]
 pub fn stop_at_exit() {
-    if traced().is_none() || unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) } == 0 {
+    if traced().is_none() || !held((bpf_get_current_pid_tgid() >> 32) as u32) {
         return;
     }
     if unsafe { bpf_send_signal(SIGSTOP) } == 0 {

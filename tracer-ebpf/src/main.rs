@@ -21,6 +21,13 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `sched_process_fork(parent, child)`: a followed process forked (--follow-children).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn process_fork(ctx: RawTracePointContext) -> i32 {
+    alloc::fork(ctx.arg::<u64>(1));
+    0
+}
+
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
 #[uprobe]
 pub fn size_arg0(ctx: ProbeContext) -> u32 {

@@ -71,11 +71,17 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             stop_at_exit: held.is_some(),
             min_size: t.min_size,
             max_size: t.max_size,
+            follow_forks: t.follow_children,
         };
+        // Followed children are other processes: the probes must fire in every process that
+        // maps the allocator (the kernel keeps only the followed ones).
+        let scope_of = |pid: Option<u32>| if t.follow_children { None } else { pid };
+        // Following children, the reports have a process level, as with several pids.
+        let report_pid = if t.follow_children { 0 } else { head_pid };
         let mut collector = EbpfCollector::load(&settings)?;
         let mut warnings = Vec::new();
         for (pid, lib) in &plan {
-            for w in collector.attach(lib, *pid)? {
+            for w in collector.attach(lib, scope_of(*pid))? {
                 if !warnings.contains(&w) {
                     warnings.push(w);
                 }
@@ -125,6 +131,11 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                 (c, w)
             }
         };
+        let what = if t.follow_children {
+            format!("{what} and the processes it forks")
+        } else {
+            what
+        };
         eprintln!(
             "tracer: tracing {what}: malloc and friends in {} ({}); a report every {:.1}s{}{}",
             allocators.join(", "),
@@ -144,7 +155,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let start = Instant::now();
         let head = RecordHeader {
             tracer: env!("CARGO_PKG_VERSION").into(),
-            pid: head_pid,
+            pid: report_pid,
             command,
             allocator: allocators.join(", "),
             allocator_kind: kinds.join("; "),
@@ -171,7 +182,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             launched,
             exec_retries: Vec::new(),
             exes_seen: Default::default(),
-            system_wide: matches!(t.target, Target::All),
+            scope_all: matches!(t.target, Target::All) || t.follow_children,
+            followed: Vec::new(),
+            launched_status: None,
             attached,
             exec_stops_handled: 0,
             live: Live {
@@ -257,7 +270,13 @@ struct Session {
     exec_retries: Vec<(u32, u32)>,
     /// Programs (scope pid, file identity) whose allocator was already found, and its path.
     exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), Allocator>,
-    system_wide: bool,
+    /// Probes attached for one process reach every process (system-wide, or following
+    /// children: the kernel filters).
+    scope_all: bool,
+    /// Processes forked by the target (and theirs) that are still alive (--follow-children).
+    followed: Vec<u32>,
+    /// The launched command's exit, while followed children still run.
+    launched_status: Option<ExitStatus>,
     /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
     attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
     /// Stops at exec already answered with SIGCONT.
@@ -301,13 +320,20 @@ impl Session {
             if stops > 1 || (stops == 1 && launched.is_none()) {
                 break End::Stopped;
             }
+            self.forget_exited_children();
             if let Some(child) = launched {
-                self.continue_from_exec(child)?;
-                self.continue_from_exit(child)?;
-                if let Some(status) = launch::try_wait(child) {
-                    break End::Exited(Some(status));
+                if self.launched_status.is_none() {
+                    self.continue_from_exec(child)?;
+                    self.continue_from_exit(child)?;
+                    self.launched_status = launch::try_wait(child);
                 }
-            } else if !self.targets.is_empty() && !self.targets.iter().any(|&p| alive(p)) {
+                if self.launched_status.is_some() && self.followed.is_empty() {
+                    break End::Exited(self.launched_status);
+                }
+            } else if !self.targets.is_empty()
+                && !self.targets.iter().any(|&p| alive(p))
+                && self.followed.is_empty()
+            {
                 break End::Exited(None);
             }
             if self.engine.multi() {
@@ -334,8 +360,16 @@ impl Session {
                 return Ok(0);
             }
         };
-        // Whatever the kernel still holds belongs in the final report.
+        // Whatever the kernel still holds belongs in the final report, and so does which
+        // processes have exited.
         self.drain()?;
+        if self.engine.multi() {
+            for pid in self.engine.live_processes() {
+                if !alive(pid) {
+                    self.engine.process_exited(pid)?;
+                }
+            }
+        }
         let exit = match end {
             End::Exited(status) => status,
             End::Stopped => None,
@@ -363,9 +397,30 @@ impl Session {
         Ok(())
     }
 
+    /// Followed children that exited leave the kernel's table (their pids may be reused).
+    fn forget_exited_children(&mut self) {
+        let collector = &mut self.live.collector;
+        self.followed.retain(|&pid| {
+            let keep = alive(pid);
+            if !keep {
+                collector.unfollow(pid);
+            }
+            keep
+        });
+    }
+
     fn drain(&mut self) -> Result<()> {
         let batch = &mut self.batch;
         self.live.collector.drain(|ev| batch.push(ev));
+        for ev in &self.batch {
+            if let Event::Fork { pid, parent, .. } = *ev {
+                self.followed.push(pid);
+                // Its allocator is its parent's until it execs.
+                if let Some(a) = self.live.allocator_of.get(&parent).cloned() {
+                    self.live.allocator_of.insert(pid, a);
+                }
+            }
+        }
         let r = self.engine.ingest(&mut self.live, &self.batch);
         self.batch.clear();
         r?;
@@ -387,7 +442,7 @@ impl Session {
         if parent(pid) == Some(std::process::id()) && Some(pid) != self.launched {
             return Ok(true);
         }
-        let scope = if self.system_wide { None } else { Some(pid) };
+        let scope = if self.scope_all { None } else { Some(pid) };
         // A program already examined (most execs on a busy host run the same few) brings no
         // new allocator: its libraries are not parsed again.
         let exe = file_id(std::path::Path::new(&format!("/proc/{pid}/exe")));
@@ -397,14 +452,10 @@ impl Session {
                 return Ok(true);
             }
         }
-        let lib = if Some(pid) == self.launched {
-            // Held at the exec: nothing but the program and its loader is mapped yet, so ask
-            // the loader, as before a launch, with the process's own LD_PRELOAD.
-            target::for_exec(pid).or_else(|_| target::for_pid(pid))
-        } else {
-            // Running on: its map shows its libraries once its loader has mapped them.
-            target::for_pid(pid)
-        };
+        // Just after the exec (the launched command is held there) nothing but the program
+        // and its loader is mapped yet: ask the loader, as before a launch, with the process's
+        // own LD_PRELOAD, rather than wait for its libraries to appear in its map.
+        let lib = target::for_exec(pid).or_else(|_| target::for_pid(pid));
         let lib = match lib {
             Ok(lib) => lib,
             // Not mapped yet (or gone).

@@ -32,6 +32,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Vec<u32>,
 
+    /// Follow the processes the target forks, and theirs, from their first instruction
+    /// (with a launched command or one --pid). Each gets its own books; tracing ends when all
+    /// of them have exited. Their allocator is probed for every process that maps it (filtered
+    /// in the kernel), which costs other processes on the host a trap per call.
+    #[arg(short = 'f', long)]
+    pub follow_children: bool,
+
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,

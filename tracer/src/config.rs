@@ -38,6 +38,8 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
     pub target: Target,
+    /// Follow the target's forks (--follow-children).
+    pub follow_children: bool,
     pub duration: Option<Duration>,
     pub ring_size: u32,
     pub stack_slots: u32,
@@ -112,6 +114,12 @@ impl Config {
             }
             (true, true) => Target::All,
         };
+        if cli.follow_children
+            && !matches!(&target, Target::Launch { .. })
+            && !matches!(&target, Target::Pids(p) if p.len() == 1)
+        {
+            bail!("--follow-children follows one process's children: give a command after `--` or one --pid");
+        }
         if report.comm.is_some() && !matches!(target, Target::All) {
             bail!("--comm filters the processes of system-wide tracing: use it without --pid or a command");
         }
@@ -123,6 +131,7 @@ impl Config {
         Ok(Config {
             mode: Mode::Trace(TraceOptions {
                 target,
+                follow_children: cli.follow_children,
                 duration: cli.duration.map(Duration::from_secs_f64),
                 ring_size: cli.ring_size,
                 stack_slots: cli.stack_slots,
@@ -257,6 +266,26 @@ mod tests {
             .to_string();
         assert!(e.contains("--comm"), "{e}");
         assert!(cfg(&["tracer", "--comm", "a-name-longer-than-15"]).is_err());
+    }
+
+    #[test]
+    fn follow_children_needs_one_target() {
+        let c = cfg(&["tracer", "-f", "--", "true"]).unwrap();
+        assert!(matches!(
+            c.mode,
+            Mode::Trace(TraceOptions {
+                follow_children: true,
+                ..
+            })
+        ));
+        assert!(cfg(&["tracer", "--follow-children", "--pid", "1"]).is_ok());
+        for bad in [
+            &["tracer", "--follow-children"][..],
+            &["tracer", "--follow-children", "--pid", "1,2"],
+        ] {
+            let e = cfg(bad).unwrap_err().to_string();
+            assert!(e.contains("--follow-children"), "{e}");
+        }
     }
 
     #[test]

@@ -204,6 +204,38 @@ impl Engine {
         self.execs.push(pid);
     }
 
+    /// A followed process forked: the child's address space is a copy of its parent's, so its
+    /// addresses mean what the parent's meant until it execs or maps something new (a child
+    /// that lives too briefly to have its own map read is still symbolized). Its books start
+    /// empty: what it inherited and frees is counted as unknown frees. Its name is its
+    /// parent's until it execs.
+    fn fork(&mut self, src: &mut dyn Source, pid: u32, parent: u32) -> Result<()> {
+        if self.symbolizer.maps_of(parent).is_none() {
+            self.refresh_maps(src, parent)?;
+        }
+        if self.symbolizer.maps_of(pid).is_none() {
+            if let Some(maps) = self.symbolizer.maps_of(parent) {
+                let maps = maps.to_vec();
+                self.symbolizer.set_maps(pid, maps);
+            }
+        }
+        if self.multi() && !self.procs.contains_key(&pid) {
+            if !self.procs.contains_key(&parent) {
+                self.learn_process(src, parent)?;
+            }
+            if let Some(info) = self.procs.get(&parent).cloned() {
+                self.install_process(
+                    pid,
+                    ProcInfo {
+                        exited: false,
+                        ..info
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Processes that exec'd since the last call (the live tracer probes their new allocator).
     pub fn take_execs(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.execs)
@@ -212,6 +244,11 @@ impl Engine {
     fn ingest_segment(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
+        }
+        for ev in events {
+            if let Event::Fork { pid, parent, .. } = *ev {
+                self.fork(src, pid, parent)?;
+            }
         }
         let kept: Vec<Event>;
         let mut events = events;
@@ -225,7 +262,9 @@ impl Engine {
             if self.opts.comm.is_some() {
                 kept = events
                     .iter()
-                    .filter(|e| matches!(e, Event::Exec { .. }) || self.wanted(e.pid()))
+                    .filter(|e| {
+                        matches!(e, Event::Exec { .. } | Event::Fork { .. }) || self.wanted(e.pid())
+                    })
                     .cloned()
                     .collect();
                 events = &kept[..];

@@ -146,7 +146,7 @@ impl Ledger {
             }
             Event::Alloc(a) => self.alloc(a, frames_of),
             // The engine closes the old program's books (it knows what to report of them).
-            Event::Exec { .. } => {}
+            Event::Exec { .. } | Event::Fork { .. } => {}
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
         ProgramError, RawTracePoint, UProbe,
@@ -36,6 +36,8 @@ const EXIT_SPEC: ProbeSpec = ProbeSpec {
     entry: EXIT_PROGRAM,
     group: Group::Std,
 };
+/// Follows forks (--follow-children).
+const FORK_PROGRAM: &str = "process_fork";
 /// Reports execs (and holds a launched process at exec until its new program is probed).
 const EXEC_PROGRAM: &str = "process_exec";
 
@@ -52,6 +54,8 @@ pub struct Settings {
     /// Only allocations of `min_size..=max_size` bytes are recorded.
     pub min_size: u64,
     pub max_size: u64,
+    /// Follow the processes `filter_pid` forks (and theirs).
+    pub follow_forks: bool,
 }
 
 pub struct EbpfCollector {
@@ -60,6 +64,7 @@ pub struct EbpfCollector {
     ring_buf: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    followed: AyaHashMap<MapData, u32, u32>,
     /// Records that could not be decoded, by reason (never fatal).
     pub bad_records: u64,
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
@@ -102,6 +107,15 @@ impl EbpfCollector {
     pub fn load(s: &Settings) -> Result<EbpfCollector> {
         preflight()?;
         let wakeup = (s.ring_size as u64 / 4).max(1);
+        // The fork tracepoint reads the child's tgid from its task_struct, whose layout is
+        // this kernel's: the offset comes from the kernel's BTF.
+        let tgid_offset = if s.follow_forks {
+            super::btf::Btf::kernel()
+                .and_then(|b| b.member_offset("task_struct", "tgid"))
+                .context("--follow-children needs the kernel's BTF to read a forked task's tgid")?
+        } else {
+            0
+        };
         #[allow(deprecated)]
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
@@ -110,6 +124,8 @@ impl EbpfCollector {
             .override_global(globals::STOP_AT_EXIT, &u32::from(s.stop_at_exit), true)
             .override_global(globals::MIN_SIZE, &s.min_size, true)
             .override_global(globals::MAX_SIZE, &s.max_size, true)
+            .override_global(globals::FOLLOW_FORKS, &u32::from(s.follow_forks), true)
+            .override_global(globals::TASK_TGID_OFFSET, &tgid_offset, true)
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
@@ -136,6 +152,20 @@ impl EbpfCollector {
         exec.attach("sched_process_exec").map_err(|e| {
             anyhow!("cannot attach to the sched_process_exec raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
         })?;
+        if s.follow_forks {
+            let fork: &mut RawTracePoint = ebpf
+                .program_mut(FORK_PROGRAM)
+                .context("program process_fork missing from the eBPF object")?
+                .try_into()?;
+            fork.load().map_err(|e| {
+                anyhow!("the kernel's verifier rejected program {FORK_PROGRAM}: {e}")
+            })?;
+            fork.attach("sched_process_fork").map_err(|e| {
+                anyhow!("cannot attach to the sched_process_fork raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
+            })?;
+        }
+        let followed =
+            AyaHashMap::try_from(ebpf.take_map(names::FOLLOWED).context("no FOLLOWED map")?)?;
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let stacks =
             StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
@@ -156,6 +186,7 @@ impl EbpfCollector {
             ring_buf,
             stacks,
             counters,
+            followed,
             bad_records: 0,
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
@@ -234,6 +265,12 @@ impl EbpfCollector {
         prog.attach(point, &lib.open_path, scope)
             .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
         Ok(())
+    }
+
+    /// A followed process exited: its pid leaves the kernel's table, so a process that gets
+    /// the pid later is not followed by mistake.
+    pub fn unfollow(&mut self, pid: u32) {
+        let _ = self.followed.remove(&pid);
     }
 
     /// Waits until the kernel signals the watermark or `timeout` passes.

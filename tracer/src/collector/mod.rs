@@ -3,12 +3,13 @@
 //! The eBPF collector (`ebpf`) loads the probes, attaches them to the allocator the target
 //! really uses (`target`, `probes`) and drains the ring buffer on a timer. [`decode`] is the
 //! one place that reads the wire format of `tracer-common`.
+pub mod btf;
 pub mod ebpf;
 pub mod launch;
 pub mod probes;
 pub mod target;
 
-use tracer_common::{kind, AllocFn, AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH};
+use tracer_common::{kind, AllocFn, AllocRecord, ForkRecord, FreeRecord, Header, MAX_STACK_DEPTH};
 
 /// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
 /// kernel's counters (indices in `tracer_common::counter`) and records that could not be decoded.
@@ -38,13 +39,20 @@ pub enum Event {
         pid: u32,
         ts_ns: u64,
     },
+    /// A followed process forked `pid` (--follow-children): the child starts as a copy of the
+    /// parent's address space, and is followed from then on.
+    Fork {
+        pid: u32,
+        parent: u32,
+        ts_ns: u64,
+    },
 }
 
 impl Event {
     pub fn pid(&self) -> u32 {
         match self {
             Event::Alloc(a) => a.pid,
-            Event::Free { pid, .. } | Event::Exec { pid, .. } => *pid,
+            Event::Free { pid, .. } | Event::Exec { pid, .. } | Event::Fork { pid, .. } => *pid,
         }
     }
 }
@@ -141,6 +149,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             pid: hdr.pid,
             ts_ns: hdr.ts_ns,
         }),
+        kind::FORK => {
+            let r: ForkRecord = read(bytes).ok_or_else(short)?;
+            Ok(Event::Fork {
+                pid: r.hdr.pid,
+                parent: r.parent,
+                ts_ns: r.hdr.ts_ns,
+            })
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }

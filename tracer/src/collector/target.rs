@@ -99,11 +99,15 @@ const MARKERS: &[(&str, &str)] = &[
 /// Reads an ELF file and finds the allocator functions it defines (dynamic symbols first,
 /// then the full symbol table for static binaries), `exit`, and which allocator it is.
 pub fn allocator_functions(path: &Path) -> Result<ElfAllocs> {
-    // Through a read cache: only the headers and symbol tables are read, not whole libraries.
-    let cache = object::ReadCache::new(
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
-    );
-    let file = object::File::parse(&cache)
+    // Mapped, not read: only the pages of the headers and symbol tables are touched, and
+    // parsing allocates nothing per symbol (system-wide, tracer's own mallocs trap in the
+    // probes too, so allocation-heavy parsing is slow there).
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // SAFETY: a read-only private mapping; a library or program being rewritten in place
+    // while tracer reads it is the one way this can fault, as for any debugger or profiler.
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+    let file = object::File::parse(&*map)
         .with_context(|| format!("{} is not an ELF file we can read", path.display()))?;
     let mut found: BTreeMap<usize, u64> = BTreeMap::new();
     let mut exit = None;
