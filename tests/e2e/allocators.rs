@@ -266,3 +266,59 @@ fn every_process_covers_a_program_on_another_allocator() {
     assert!(p["allocator"].as_str().unwrap().contains("jemalloc"), "{p}");
     assert_outstanding_is_truth(p, &truth);
 }
+
+/// Builds a Go program from tests/victims/go/NAME (cgo or not) with Debian's Go.
+fn go_victim(name: &str, cgo: bool) -> std::path::PathBuf {
+    let src = root().join("tests/victims/go").join(name);
+    let out = root()
+        .join("target/test-victims")
+        .join(format!("go-{name}"));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let st = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&src)
+        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+        .env("GOFLAGS", "-mod=mod")
+        // The C side of cgo with frame pointers, so the stack walks on into the Go frames.
+        .env("CGO_CFLAGS", "-g -O2 -fno-omit-frame-pointer")
+        .status()
+        .expect("go (scripts/setup installs golang-go)");
+    assert!(st.success(), "go build {name}");
+    out
+}
+
+#[test]
+fn go_programs_are_explained() {
+    if !privileged("go_programs_are_explained") {
+        return;
+    }
+    // Pure Go: no malloc anywhere, a clear error.
+    let pure = go_victim("pure", false);
+    let o = run(Command::new(tracer()).arg("--").arg(&pure));
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("is a Go program without the C library"), "{e}");
+    // cgo: the C allocations are traced, and the user is told the Go heap is not.
+    let cgo = go_victim("cgo", true);
+    let run = launch_json(&[], &cgo, &["30"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("is a Go program: the Go runtime manages Go's heap itself"),
+        "{}",
+        run.stderr
+    );
+    let fin = &run.final_report;
+    let c_leak = fin["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["live_objects"] == 30 && s["live_bytes"] == 30 * 72)
+        .unwrap_or_else(|| panic!("no site with the 30 C.malloc(72) blocks: {fin}"));
+    assert!(
+        functions(c_leak).iter().any(|f| f == "main.leakC"),
+        "{c_leak}"
+    );
+}

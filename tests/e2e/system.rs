@@ -125,3 +125,49 @@ fn comm_filters_processes_by_name() {
     }
     assert!(seen, "leaky not reported");
 }
+
+#[test]
+fn every_process_probes_the_allocator_of_one_already_running() {
+    if !privileged("every_process_probes_the_allocator_of_one_already_running") {
+        return;
+    }
+    // leaky on jemalloc, running before the tracer starts: its allocator is found from its
+    // map and probed, and its leak is seen from then on at its true rate.
+    let leaky = victim("workloads/leaky.c", FP);
+    let mut c = Command::new(&leaky)
+        .args(["6", "0"])
+        .env("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let t = start_tracer(&["-i", "1", "-d", "4"]);
+    let (reps, rest) = finish(t);
+    c.wait().unwrap();
+    assert!(
+        rest.contains(&format!(
+            "pid {} (leaky-fp) is running: probing its allocator (jemalloc)",
+            c.id()
+        )),
+        "{rest}"
+    );
+    let intervals: Vec<&Value> = reps
+        .iter()
+        .filter(|r| r["kind"] == "interval")
+        .filter_map(|r| process(r, c.id()))
+        .collect();
+    assert!(intervals.len() >= 3, "{reps:?}");
+    for p in &intervals[1..] {
+        assert_eq!(p["allocator_kind"], "jemalloc", "{p}");
+        // leak_fixed: 100 blocks of 64 bytes a second
+        let d = by_site(p, "delta_bytes");
+        let got = d.get("leak_fixed").copied().unwrap_or(0);
+        assert!(
+            (5760..=7040).contains(&got),
+            "leak_fixed grew {got} B in 1 s: {d:?}"
+        );
+    }
+}

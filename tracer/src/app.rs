@@ -81,6 +81,9 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let mut collector = EbpfCollector::load(&settings)?;
         let mut warnings = Vec::new();
         for (pid, lib) in &plan {
+            if pid.is_some() {
+                warnings.extend(lib.notes.iter().cloned());
+            }
             for w in collector.attach(lib, scope_of(*pid))? {
                 if !warnings.contains(&w) {
                     warnings.push(w);
@@ -90,6 +93,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         for w in warnings {
             eprintln!("tracer: note: {w}");
         }
+        let noted = program.as_deref().and_then(file_id).into_iter().collect();
         let launched = match (held, program) {
             (Some(child), Some(program)) => Some(child.release(&program)?),
             _ => None,
@@ -185,6 +189,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             scope_all: matches!(t.target, Target::All) || t.follow_children,
             followed: Vec::new(),
             launched_status: None,
+            noted,
             attached,
             exec_stops_handled: 0,
             live: Live {
@@ -208,6 +213,11 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         };
         for pid in session.targets.clone() {
             session.engine.refresh_maps(&mut session.live, pid)?;
+        }
+        if matches!(t.target, Target::All) {
+            for pid in user_processes() {
+                session.probe_running(pid)?;
+            }
         }
         let result = session.run(launched).await;
         drop(session);
@@ -270,6 +280,8 @@ struct Session {
     exec_retries: Vec<(u32, u32)>,
     /// Programs (scope pid, file identity) whose allocator was already found, and its path.
     exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), Allocator>,
+    /// Programs (file identity) whose notes were said.
+    noted: std::collections::HashSet<(u64, u64)>,
     /// Probes attached for one process reach every process (system-wide, or following
     /// children: the kernel filters).
     scope_all: bool,
@@ -438,6 +450,18 @@ impl Session {
     /// (for this process, or for every process when tracing system-wide).
     /// Ok(false): its libraries are not mapped yet (look again later).
     fn probe_after_exec(&mut self, pid: u32) -> Result<bool> {
+        self.probe_process(pid, true)
+    }
+
+    /// A process that was running before tracing began (system-wide): probe its allocator
+    /// if that is not the file already probed (jemalloc linked into a service, another C
+    /// library in a container). Its allocations before now are not known: their frees count
+    /// as unknown frees.
+    fn probe_running(&mut self, pid: u32) -> Result<()> {
+        self.probe_process(pid, false).map(|_| ())
+    }
+
+    fn probe_process(&mut self, pid: u32, exec: bool) -> Result<bool> {
         // tracer's own helpers (the loader it asks) are not the user's processes.
         if parent(pid) == Some(std::process::id()) && Some(pid) != self.launched {
             return Ok(true);
@@ -455,15 +479,32 @@ impl Session {
         // Just after the exec (the launched command is held there) nothing but the program
         // and its loader is mapped yet: ask the loader, as before a launch, with the process's
         // own LD_PRELOAD, rather than wait for its libraries to appear in its map.
-        let lib = target::for_exec(pid).or_else(|_| target::for_pid(pid));
+        let lib = if exec {
+            target::for_exec(pid).or_else(|_| target::for_pid(pid))
+        } else {
+            target::for_pid(pid)
+        };
         let lib = match lib {
             Ok(lib) => lib,
-            // Not mapped yet (or gone).
-            Err(_) => return Ok(false),
+            Err(e) => {
+                // A runtime with no malloc at all (pure Go) is worth saying, once.
+                let e = format!("{e:#}");
+                if e.contains("Go program") && exe.is_some_and(|x| self.noted.insert(x)) {
+                    eprintln!("tracer: note: pid {pid} ({}): {e}", comm(pid));
+                }
+                // Not mapped yet (or gone).
+                return Ok(false);
+            }
         };
         let Some(id) = file_id(&lib.open_path) else {
             return Ok(true);
         };
+        // Said once per program (the launched one's at the start).
+        if exe.is_some_and(|e| self.noted.insert(e)) {
+            for n in &lib.notes {
+                eprintln!("tracer: note: pid {pid}: {n}");
+            }
+        }
         let a = Allocator::of(&lib);
         if let Some(exe) = exe {
             self.exes_seen.insert((scope, exe), a.clone());
@@ -471,8 +512,10 @@ impl Session {
         self.live.allocator_of.insert(pid, a);
         if self.attached.insert((scope, id)) {
             eprintln!(
-                "tracer: note: pid {pid} ({}) exec'd: probing its allocator in {}",
+                "tracer: note: pid {pid} ({}) {}: probing its allocator ({}) in {}",
                 comm(pid),
+                if exec { "exec'd" } else { "is running" },
+                lib.kinds(),
                 lib.path.display()
             );
             self.live.collector.attach(&lib, scope)?;
@@ -548,6 +591,21 @@ fn parent(pid: u32) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The user processes running now (not kernel threads, not tracer).
+fn user_processes() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(|p| p.ok())
+        .filter_map(|p| {
+            let stat = p.stat().ok()?;
+            const PF_KTHREAD: u32 = 0x0020_0000;
+            (stat.flags & PF_KTHREAD == 0 && p.pid as u32 != me).then_some(p.pid as u32)
+        })
+        .collect()
 }
 
 /// The process exists and is not a zombie.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 use super::probes::{self, Group, ProbeSpec};
 
@@ -32,6 +32,8 @@ pub struct AllocatorLib {
     /// linked for its own interface beside the C library's malloc (Rust's jemalloc or mimalloc
     /// global allocators), the C library's `exit`.
     pub also: Vec<AllocatorLib>,
+    /// What tracer cannot see in this process (a language runtime with a heap of its own).
+    pub notes: Vec<String>,
 }
 
 impl AllocatorLib {
@@ -59,6 +61,8 @@ pub struct ElfAllocs {
     pub functions: Vec<(&'static ProbeSpec, u64)>,
     pub exit: Option<u64>,
     pub kind: &'static str,
+    /// A Go program (it has Go's symbol-table sections).
+    pub go: bool,
 }
 
 impl ElfAllocs {
@@ -144,7 +148,10 @@ pub fn allocator_functions(path: &Path) -> Result<ElfAllocs> {
                 .find(|k| name.contains(k))
         })
         .unwrap_or("unknown");
+    let go = file.section_by_name(".gopclntab").is_some()
+        || file.section_by_name(".go.buildinfo").is_some();
     Ok(ElfAllocs {
+        go,
         functions: found
             .into_iter()
             .map(|(i, off)| (&probes::PROBES[i], off))
@@ -208,7 +215,17 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
                 .find(|(_, (_, _, f))| serves_malloc(f))
         })
         .map(|(i, _)| i);
-    let Some(main) = main else { return Ok(None) };
+    let notes = runtime_notes(&scanned);
+    let Some(main) = main else {
+        if let Some(go) = scanned.first().filter(|(_, _, f)| f.go) {
+            bail!(
+                "{} is a Go program without the C library: the Go runtime manages its heap \
+                 itself, with no malloc for tracer to probe",
+                go.0.display()
+            );
+        }
+        return Ok(None);
+    };
     let lib = |i: usize, functions: Vec<(&'static ProbeSpec, u64)>, exit: Option<u64>| {
         let (path, open_path, f) = &scanned[i];
         AllocatorLib {
@@ -218,6 +235,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
             functions,
             exit,
             also: Vec::new(),
+            notes: Vec::new(),
         }
     };
     let m = &scanned[main].2;
@@ -249,7 +267,55 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
             out.also.push(lib(i, functions, exit));
         }
     }
+    out.notes = notes;
     Ok(Some(out))
+}
+
+/// Language runtimes whose own heap tracer does not see, from the files a process maps (or
+/// will): what the user should know, and what to do about it.
+fn runtime_notes(scanned: &[(PathBuf, PathBuf, ElfAllocs)]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some((exe, _, exe_f)) = scanned.first() else {
+        return notes;
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let exe_name = name(exe);
+    if exe_f.go {
+        notes.push(format!(
+            "{} is a Go program: the Go runtime manages Go's heap itself and tracer does not \
+             trace it; only allocations through the C library (cgo) are",
+            exe.display()
+        ));
+    }
+    if exe_name.starts_with("python")
+        || scanned
+            .iter()
+            .any(|(p, _, _)| name(p).starts_with("libpython"))
+    {
+        notes.push(format!(
+            "{} is a Python interpreter: objects up to 512 bytes come from pymalloc's arenas, \
+             not malloc; run it with PYTHONMALLOC=malloc in its environment to trace every object",
+            exe.display()
+        ));
+    }
+    if scanned.iter().any(|(p, _, _)| name(p) == "libjvm.so") {
+        notes.push(format!(
+            "{} runs a Java VM: the Java heap is managed by the JVM and not traced; native \
+             allocations are",
+            exe.display()
+        ));
+    }
+    if exe_name == "node" || exe_name == "nodejs" {
+        notes.push(format!(
+            "{} is Node.js: V8's JavaScript heap is not traced; native allocations are",
+            exe.display()
+        ));
+    }
+    notes
 }
 
 /// The allocator of a running process, from its memory map.
@@ -325,6 +391,16 @@ pub fn for_program(program: &Path) -> Result<AllocatorLib> {
 /// loader has mapped any library): its new program as the loader would load it with the
 /// process's own `LD_PRELOAD` and `LD_LIBRARY_PATH`.
 pub fn for_exec(pid: u32) -> Result<AllocatorLib> {
+    // Paths mean what they mean in the process's own mount namespace: in another one (a
+    // container), its map (through /proc/PID/root) is the way.
+    let ns = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    if ns(&format!("/proc/{pid}/ns/mnt")) != ns("/proc/self/ns/mnt") {
+        bail!("process {pid} is in another mount namespace");
+    }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|_| anyhow::anyhow!("process {pid} exited right after its exec"))?;
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();

@@ -1,0 +1,3 @@
+module pure
+
+go 1.19
