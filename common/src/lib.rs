@@ -21,6 +21,9 @@ pub mod kind {
     /// A [`ForkRecord`](super::ForkRecord): a followed process forked a new process (which is
     /// followed too).
     pub const FORK: u8 = 5;
+    /// A [`MunmapRecord`](super::MunmapRecord): the program unmapped a range of its address
+    /// space (anonymous mappings it made are [`ALLOC_STACK`] records of `AllocFn::Mmap`).
+    pub const MUNMAP: u8 = 6;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -49,10 +52,15 @@ pub enum AllocFn {
     NewArrayAligned = 16,
     NewAlignedNothrow = 17,
     NewArrayAlignedNothrow = 18,
+    /// An anonymous memory mapping the program made itself (`mmap`, or the raw syscall), not
+    /// one an allocator made inside a call: its own category in the reports.
+    Mmap = 19,
+    /// `mremap` of such a mapping: like realloc, it may move it.
+    Mremap = 20,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 18] = [
+    pub const ALL: [AllocFn; 20] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -71,6 +79,8 @@ impl AllocFn {
         AllocFn::NewArrayAligned,
         AllocFn::NewAlignedNothrow,
         AllocFn::NewArrayAlignedNothrow,
+        AllocFn::Mmap,
+        AllocFn::Mremap,
     ];
 
     pub fn from_u8(v: u8) -> Option<AllocFn> {
@@ -98,12 +108,19 @@ impl AllocFn {
             AllocFn::NewArrayAligned => "_ZnamSt11align_val_t",
             AllocFn::NewAlignedNothrow => "_ZnwmSt11align_val_tRKSt9nothrow_t",
             AllocFn::NewArrayAlignedNothrow => "_ZnamSt11align_val_tRKSt9nothrow_t",
+            AllocFn::Mmap => "mmap",
+            AllocFn::Mremap => "mremap",
         }
     }
 
     /// One of C++'s `operator new` variants.
     pub fn is_cxx_new(self) -> bool {
-        self as u8 >= AllocFn::New as u8
+        (AllocFn::New as u8..=AllocFn::NewArrayAlignedNothrow as u8).contains(&(self as u8))
+    }
+
+    /// A memory mapping (its own category), not a heap block.
+    pub fn is_mapping(self) -> bool {
+        matches!(self, AllocFn::Mmap | AllocFn::Mremap)
     }
 
     /// Whether this entry point may release a block it was given (realloc's input).
@@ -175,6 +192,38 @@ pub struct ForkRecord {
     pub _pad: u32,
 }
 
+/// The program unmapped `[addr, addr + len)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MunmapRecord {
+    pub hdr: Header,
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// A memory-mapping syscall between its entry and its exit, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapCall {
+    /// Syscall number (mmap 9, munmap 11, mremap 25 on x86_64).
+    pub nr: u64,
+    /// munmap's and mremap's address.
+    pub addr: u64,
+    /// mmap's and munmap's length, mremap's new length.
+    pub len: u64,
+}
+
+/// The caller of a C-library mapping wrapper (`mmap`, `munmap`, `mremap`), taken at its
+/// entry: the syscall's stack then starts at the caller, as an allocator's does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapCaller {
+    /// Stack pointer at the wrapper's entry.
+    pub sp: u64,
+    /// Return address into the caller.
+    pub ret: u64,
+}
+
 /// Per-CPU counters (index into the `COUNTERS` map) of what happened in the kernel, and above
 /// all of what could not be recorded.
 pub mod counter {
@@ -219,8 +268,12 @@ pub mod counter {
     pub const FOLLOW_FULL: u32 = 17;
     /// Fork records dropped because the ring buffer was full (the child is followed anyway).
     pub const RING_FULL_FORK: u32 = 18;
+    /// Mapping records (mmap, munmap, mremap) dropped because the ring buffer was full.
+    pub const RING_FULL_MAP: u32 = 19;
+    /// Anonymous mappings the program made (recorded).
+    pub const MAPS: u32 = 20;
     /// Number of counters.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -250,6 +303,8 @@ pub mod globals {
     pub const MAX_SIZE: &str = "MAX_SIZE";
     /// `u32`: non-zero follows the processes `FILTER_PID` forks, and theirs (--follow-children).
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
+    /// `u32`: non-zero traces anonymous memory mappings (--no-mmap turns it off).
+    pub const TRACE_MAPS: &str = "TRACE_MAPS";
     /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 }
@@ -283,5 +338,6 @@ const _: () = assert!(core::mem::size_of::<Header>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 56 + 8 + 8 * MAX_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

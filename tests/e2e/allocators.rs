@@ -302,7 +302,8 @@ fn go_programs_are_explained() {
     assert!(e.contains("is a Go program without the C library"), "{e}");
     // cgo: the C allocations are traced, and the user is told the Go heap is not.
     let cgo = go_victim("cgo", true);
-    let run = launch_json(&[], &cgo, &["30"]);
+    // The Go runtime's own heap arenas show as mappings: room for them all in the report.
+    let run = launch_json(&["-n", "100"], &cgo, &["30"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.stderr
@@ -320,5 +321,13 @@ fn go_programs_are_explained() {
     assert!(
         functions(c_leak).iter().any(|f| f == "main.leakC"),
         "{c_leak}"
+    );
+    assert_eq!(c_leak["category"], "heap");
+    // Go's heap grows by mappings its runtime makes, which are seen, with their Go stacks.
+    assert!(
+        fin["sites"].as_array().unwrap().iter().any(
+            |s| s["category"] == "mmap" && functions(s).iter().any(|f| f == "runtime.mallocgc")
+        ),
+        "{fin}"
     );
 }

@@ -7,5 +7,6 @@ mod flame;
 mod follow;
 mod launch;
 mod lost;
+mod maps;
 mod system;
 mod workflow;

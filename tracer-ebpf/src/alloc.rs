@@ -16,12 +16,12 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
+    programs::{tracing::StackIdContext, ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ForkRecord, FreeRecord, Header,
-    InFlight, MAX_STACK_DEPTH,
+    InFlight, MapCall, MapCaller, MunmapRecord, MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -34,6 +34,10 @@ static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Per thread, the last block a free-like function was entered with (see [`free`]).
 #[map]
 static LAST_FREE: LruHashMap<u64, LastFree> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static MAP_CALLS: HashMap<u64, MapCall> = HashMap::with_max_entries(16384, 0);
+#[map]
+static MAP_CALLERS: LruHashMap<u64, MapCaller> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -55,6 +59,8 @@ static MAX_SIZE: u64 = u64::MAX;
 static FOLLOW_FORKS: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TRACE_MAPS: u32 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A free-like call of the same block on the same thread, at the same depth or deeper, this
@@ -398,6 +404,180 @@ pub fn fork(child_task: u64) {
     });
     // Woken at once: the child's symbols are its parent's until it execs, read while both live.
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+}
+
+// ---- memory mappings -------------------------------------------------------------------
+//
+// The syscalls themselves are traced (sys_enter/sys_exit raw tracepoints), so a mapping made
+// without the C library (Go's runtime, a raw syscall) is seen too. A mapping made inside an
+// allocator call on the same thread (an arena, a large malloc block) is the allocator's: not
+// recorded, so it is never counted twice. The C library's wrappers are probed at entry only
+// to learn the caller: a syscall's user stack starts inside the wrapper, whose frame (or lack
+// of one) hides its caller from a frame-pointer walk.
+
+const NR_MMAP: u64 = 9;
+const NR_MUNMAP: u64 = 11;
+const NR_MREMAP: u64 = 25;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// Offsets in x86_64's `struct pt_regs` (a kernel ABI): the syscall's arguments and the user
+/// stack pointer.
+const REGS_R10: u64 = 56;
+const REGS_DX: u64 = 96;
+const REGS_SI: u64 = 104;
+const REGS_DI: u64 = 112;
+const REGS_SP: u64 = 152;
+/// How far below the wrapper's entry the syscall may find the stack pointer (mremap's frame).
+const WRAPPER_FRAME_MAX: u64 = 512;
+
+#[inline(always)]
+pub fn is_map_syscall(nr: u64) -> bool {
+    nr == NR_MMAP || nr == NR_MUNMAP || nr == NR_MREMAP
+}
+
+#[inline(always)]
+fn reg(regs: u64, off: u64) -> u64 {
+    unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn map_caller(ctx: &ProbeContext) {
+    let Some(pid_tgid) = traced() else { return };
+    let sp = unsafe { (*ctx.regs).rsp };
+    let Ok(ret) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
+        return;
+    };
+    let _ = MAP_CALLERS.insert(&pid_tgid, &MapCaller { sp, ret }, 0);
+}
+
+#[inline(always)]
+pub fn map_enter(regs: u64, nr: u64) {
+    if unsafe { core::ptr::read_volatile(&TRACE_MAPS) } == 0 {
+        return;
+    }
+    let Some(pid_tgid) = traced() else { return };
+    let sp = reg(regs, REGS_SP);
+    if nested_in_outer_call(pid_tgid, sp) {
+        // The allocator's own mapping (an arena, a large block): its blocks are the record.
+        bump(counter::NESTED);
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        return;
+    }
+    let call = match nr {
+        NR_MMAP => {
+            // Anonymous and accessible: a reservation (PROT_NONE) is address space, not memory.
+            let (prot, flags) = (reg(regs, REGS_DX), reg(regs, REGS_R10));
+            if flags & MAP_ANONYMOUS == 0 || prot == 0 {
+                return;
+            }
+            MapCall {
+                nr,
+                addr: 0,
+                len: reg(regs, REGS_SI),
+            }
+        }
+        NR_MUNMAP => MapCall {
+            nr,
+            addr: reg(regs, REGS_DI),
+            len: reg(regs, REGS_SI),
+        },
+        _ => MapCall {
+            nr,
+            addr: reg(regs, REGS_DI),
+            len: reg(regs, REGS_DX),
+        },
+    };
+    if MAP_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
+    if unsafe { core::ptr::read_volatile(&TRACE_MAPS) } == 0 {
+        return;
+    }
+    let Some(pid_tgid) = traced() else { return };
+    let Some(call) = (unsafe { MAP_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = MAP_CALLS.remove(&pid_tgid);
+    // -4095..-1 are errors: nothing changed.
+    if ret > (-4096i64) as u64 {
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        return;
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    if call.nr == NR_MUNMAP {
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        let Some(mut entry) = EVENTS.reserve::<MunmapRecord>(0) else {
+            bump(counter::RING_FULL_MAP);
+            return;
+        };
+        entry.write(MunmapRecord {
+            hdr: Header {
+                kind: kind::MUNMAP,
+                func: AllocFn::Mmap as u8,
+                _pad: 0,
+                pid,
+                ts_ns,
+            },
+            addr: call.addr,
+            len: call.len,
+        });
+        entry.submit(wakeup_flags());
+        return;
+    }
+    let moves = call.nr == NR_MREMAP;
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
+        bump(counter::RING_FULL_MAP);
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        return;
+    };
+    bump(counter::MAPS);
+    let sp = reg(regs, REGS_SP);
+    let caller = MAP_CALLERS.get_ptr(&pid_tgid);
+    let p = entry.as_mut_ptr();
+    unsafe {
+        (*p).alloc = AllocRecord {
+            hdr: Header {
+                kind: kind::ALLOC_STACK,
+                func: if moves {
+                    AllocFn::Mremap
+                } else {
+                    AllocFn::Mmap
+                } as u8,
+                _pad: 0,
+                pid,
+                ts_ns,
+            },
+            tid: pid_tgid as u32,
+            stack_id: -1,
+            addr: ret,
+            old_addr: if moves { call.addr } else { 0 },
+            size: call.len,
+            weight: 1,
+        };
+        let n = bpf_get_stack(
+            ctx.as_ptr(),
+            (*p).ips.as_mut_ptr() as *mut core::ffi::c_void,
+            (8 * MAX_STACK_DEPTH) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        (*p).nr_bytes = if n > 0 { n as u64 } else { 0 };
+        // Called through the C library's wrapper: the stack starts at the wrapper's caller.
+        if n > 0 {
+            if let Some(c) = caller {
+                let (csp, cret) = ((*c).sp, (*c).ret);
+                if csp >= sp && csp - sp <= WRAPPER_FRAME_MAX {
+                    (*p).ips[0] = cret;
+                }
+            }
+        }
+    }
+    let _ = MAP_CALLERS.remove(&pid_tgid);
+    entry.submit(flags);
 }
 
 const SIGSTOP: u32 = 19;

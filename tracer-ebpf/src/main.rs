@@ -28,6 +28,30 @@ pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Entry of every system call: mmap, munmap and mremap of traced processes are noted.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr = ctx.arg::<u64>(1);
+    if alloc::is_map_syscall(nr) {
+        alloc::map_enter(ctx.arg::<u64>(0), nr);
+    }
+    0
+}
+
+/// Exit of every system call: a noted mapping call's result is sent.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    alloc::map_exit(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Entry of the C library's `mmap`, `munmap`, `mremap`: remembers the caller.
+#[uprobe]
+pub fn map_caller(ctx: ProbeContext) -> u32 {
+    alloc::map_caller(&ctx);
+    0
+}
+
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
 #[uprobe]
 pub fn size_arg0(ctx: ProbeContext) -> u32 {

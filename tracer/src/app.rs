@@ -72,6 +72,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             min_size: t.min_size,
             max_size: t.max_size,
             follow_forks: t.follow_children,
+            trace_maps: t.trace_maps,
         };
         // Followed children are other processes: the probes must fire in every process that
         // maps the allocator (the kernel keeps only the followed ones).

@@ -39,6 +39,12 @@ pub struct Cli {
     #[arg(short = 'f', long)]
     pub follow_children: bool,
 
+    /// Do not trace anonymous memory mappings (mmap, munmap, mremap made by the program
+    /// itself rather than by its allocator). Tracing them costs every process on the host a
+    /// few instructions per system call.
+    #[arg(long)]
+    pub no_mmap: bool,
+
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,

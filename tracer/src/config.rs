@@ -40,6 +40,8 @@ pub struct TraceOptions {
     pub target: Target,
     /// Follow the target's forks (--follow-children).
     pub follow_children: bool,
+    /// Trace anonymous memory mappings (not --no-mmap).
+    pub trace_maps: bool,
     pub duration: Option<Duration>,
     pub ring_size: u32,
     pub stack_slots: u32,
@@ -132,6 +134,7 @@ impl Config {
             mode: Mode::Trace(TraceOptions {
                 target,
                 follow_children: cli.follow_children,
+                trace_maps: !cli.no_mmap,
                 duration: cli.duration.map(Duration::from_secs_f64),
                 ring_size: cli.ring_size,
                 stack_slots: cli.stack_slots,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracer_common::counter;
+use tracer_common::{counter, AllocFn};
 
 use crate::{
     aggregate::{
@@ -26,7 +26,7 @@ use crate::{
     flame::{self, Profile as FlameProfile, Stack as FlameStack, What},
     record::{Frame as RecFrame, RecordHeader, RecordedMapping, Recorder},
     report::{
-        self, EventCounts, LimitSettings, LiveObjects, ProcessReport, Report, ReportKind,
+        self, Category, EventCounts, LimitSettings, LiveObjects, ProcessReport, Report, ReportKind,
         SiteReport, SizeCount, Summary, Totals,
     },
     symbolize::{self, Frame, Mapping, Symbolizer},
@@ -271,6 +271,17 @@ impl Engine {
             }
         }
         let mut fresh: HashMap<SiteKey, Vec<u64>> = HashMap::new();
+        let loader_maps = self.loader_mappings(src, events, &mut fresh)?;
+        let without_loader: Vec<Event>;
+        if !loader_maps.is_empty() {
+            without_loader = events
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !loader_maps.contains(i))
+                .map(|(_, e)| e.clone())
+                .collect();
+            events = &without_loader[..];
+        }
         for ev in events {
             let Event::Alloc(a) = ev else { continue };
             if a.addr == 0 || a.stack_id < 0 {
@@ -316,6 +327,58 @@ impl Engine {
             self.refresh_maps(src, pid)?;
         }
         Ok(())
+    }
+
+    /// The indices of the mappings in `events` that the dynamic loader made (the zero-filled
+    /// data of the libraries it maps, its own bookkeeping): they are part of loading a
+    /// program, not allocations, and are left out. Their stacks, read to tell, stay in `fresh`.
+    fn loader_mappings(
+        &mut self,
+        src: &mut dyn Source,
+        events: &[Event],
+        fresh: &mut HashMap<SiteKey, Vec<u64>>,
+    ) -> Result<Vec<usize>> {
+        let mut out = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            let Event::Alloc(a) = ev else { continue };
+            if a.func != AllocFn::Mmap || a.stack_id < 0 {
+                continue;
+            }
+            let key = SiteKey {
+                pid: a.pid,
+                stack_id: a.stack_id,
+            };
+            let first = match self.ledger.site_id(&key) {
+                Some(id) => self.ledger.site(id).frames.first().copied(),
+                None => {
+                    if let std::collections::hash_map::Entry::Vacant(e) = fresh.entry(key) {
+                        let addrs = src.stack(a.pid, a.stack_id);
+                        if let Some(rec) = &mut self.recorder {
+                            rec.write(&RecFrame::Stack {
+                                pid: a.pid,
+                                stack_id: a.stack_id,
+                                addrs: addrs.clone(),
+                            })?;
+                        }
+                        e.insert(addrs);
+                    }
+                    fresh[&key].first().copied()
+                }
+            };
+            let Some(first) = first else { continue };
+            if !self.symbolizer.knows(a.pid, first) {
+                self.refresh_maps(src, a.pid)?;
+            }
+            let by_loader = self.symbolizer.mapping(a.pid, first).is_some_and(|m| {
+                m.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("ld-linux"))
+            });
+            if by_loader {
+                out.push(i);
+            }
+        }
+        Ok(out)
     }
 
     /// Tracing several processes (system-wide, or several pids): reports get a process level.
@@ -677,6 +740,7 @@ impl Engine {
             ("memptr_faults", c.get(counter::MEMPTR_FAULT)),
             ("bad_records", c.bad_records),
             ("ring_full_execs", c.get(counter::RING_FULL_EXEC)),
+            ("ring_full_maps", c.get(counter::RING_FULL_MAP)),
         ]);
         let st = self.ledger.stats;
         let events = EventCounts {
@@ -689,6 +753,9 @@ impl Engine {
             unknown_frees: st.unknown_frees,
             filtered: c.get(counter::FILTERED),
             inline_stacks: c.get(counter::STACK_INLINE),
+            maps: c.get(counter::MAPS),
+            received_maps: st.map_events,
+            received_unmaps: st.unmap_events,
         };
         (lost, events)
     }
@@ -705,9 +772,12 @@ impl Engine {
         c: &Counters,
     ) -> Report {
         let t = self.ledger.totals();
+        let m = self.ledger.mapping_totals();
         let mut totals = Totals {
             live_objects: t.live_objects,
             live_bytes: t.live_bytes,
+            mmap_live_objects: m.live_objects,
+            mmap_live_bytes: m.live_bytes,
             ..Totals::default()
         };
         let deltas = snap.diff(base);
@@ -774,6 +844,11 @@ impl Engine {
             let assessment = self.judge(&g.members, &points, &mut point_verdicts);
             sites.push(SiteReport {
                 pid: g.pid,
+                category: if g.mapping {
+                    Category::Mmap
+                } else {
+                    Category::Heap
+                },
                 assessment,
                 objects: b.summary(now_mono),
                 frames: g.frames,
@@ -910,10 +985,13 @@ impl Engine {
             let frames = self.symbolizer.stack(pid, &addrs);
             let mut key: Vec<String> = frames.iter().map(source_key).collect();
             key.push(pid.to_string());
+            key.push(site.mapping.to_string());
+            let mapping = site.mapping;
             let g = *index.entry(key).or_insert_with(|| {
                 groups.push(Group {
                     pid,
                     frames,
+                    mapping,
                     ..Group::default()
                 });
                 groups.len() - 1
@@ -1074,6 +1152,8 @@ impl Engine {
 struct Group {
     pid: u32,
     frames: Vec<Frame>,
+    /// Memory mappings, not heap blocks.
+    mapping: bool,
     members: Vec<SiteId>,
     live_objects: u64,
     live_bytes: u64,

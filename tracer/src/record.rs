@@ -15,7 +15,7 @@
 //!   1 header  JSON object (RecordHeader)
 //!   2 maps    u32 pid, u32 n, n × (u64 start, u64 end, u64 offset, str path, bytes build_id)
 //!   3 stack   u32 pid, i32 stack id, u16 n, n × u64 return address (innermost first)
-//!   4 events  u32 n, n × event (varints, see `put_event`: alloc, free, exec, fork)
+//!   4 events  u32 n, n × event (varints, see `put_event`: alloc, free, exec, fork, munmap)
 //!   5 tick    u64 ns since start, counters
 //!   6 mark    u64 ns since start, counters
 //!   7 end     u64 ns since start, counters, u8 has exit code, i32 exit code
@@ -387,6 +387,18 @@ fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
             put_var(b, *pid as u64);
             ts(b, *ts_ns);
         }
+        Event::Munmap {
+            pid,
+            ts_ns,
+            addr,
+            len,
+        } => {
+            b.push(5);
+            put_var(b, *pid as u64);
+            ts(b, *ts_ns);
+            put_var(b, *addr);
+            put_var(b, *len);
+        }
         Event::Fork { pid, parent, ts_ns } => {
             b.push(4);
             put_var(b, *pid as u64);
@@ -674,6 +686,19 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                         prev_ts = ts_ns;
                         let parent = c.var32("parent pid")?;
                         Event::Fork { pid, parent, ts_ns }
+                    }
+                    5 => {
+                        let pid = c.var32("pid")?;
+                        let ts_ns = prev_ts.wrapping_add(unzigzag(c.var("timestamp")?) as u64);
+                        prev_ts = ts_ns;
+                        let addr = c.var("address")?;
+                        let len = c.var("length")?;
+                        Event::Munmap {
+                            pid,
+                            ts_ns,
+                            addr,
+                            len,
+                        }
                     }
                     k => {
                         c.pos = at;
@@ -1036,6 +1061,14 @@ mod tests {
         let exec = (any::<u32>(), any::<u64>()).prop_map(|(pid, ts_ns)| Event::Exec { pid, ts_ns });
         let fork = (any::<u32>(), any::<u32>(), any::<u64>())
             .prop_map(|(pid, parent, ts_ns)| Event::Fork { pid, parent, ts_ns });
-        prop_oneof![alloc, free, exec, fork]
+        let munmap = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(pid, ts_ns, addr, len)| Event::Munmap {
+                pid,
+                ts_ns,
+                addr,
+                len,
+            },
+        );
+        prop_oneof![alloc, free, exec, fork, munmap]
     }
 }

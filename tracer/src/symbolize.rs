@@ -129,7 +129,8 @@ impl Symbolizer {
         self.mapping(pid, addr).is_some()
     }
 
-    fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
+    /// The mapping of `pid` that holds `addr`.
+    pub fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
         self.maps
             .get(&pid)?
             .iter()

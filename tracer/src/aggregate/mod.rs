@@ -3,7 +3,10 @@
 //! Plain synchronous code that owns all state: no kernel, no locks, no I/O, so every rule here
 //! is unit-tested. Blocks are keyed by (process, address) in an ordered map so that "which live
 //! block holds address X" is one range lookup.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Mappings are whole pages.
+const PAGE: u64 = 4096;
 
 pub mod verdict;
 
@@ -33,6 +36,8 @@ pub struct Site {
     /// allocator itself is not included). Empty when the stack was not available.
     pub frames: Vec<u64>,
     pub counts: Counts,
+    /// Its blocks are memory mappings the program made (mmap), not heap blocks.
+    pub mapping: bool,
     /// Its process exited and its books were closed (a new process with the same pid gets new
     /// sites).
     pub retired: bool,
@@ -63,6 +68,9 @@ pub struct Block {
 pub struct LedgerStats {
     pub alloc_events: u64,
     pub free_events: u64,
+    /// Mappings made (or moved by mremap) and munmap calls.
+    pub map_events: u64,
+    pub unmap_events: u64,
     /// Frees (or realloc inputs) of blocks allocated before tracing began, or whose allocation
     /// was lost.
     pub unknown_frees: u64,
@@ -73,6 +81,9 @@ pub struct LedgerStats {
 #[derive(Default)]
 pub struct Ledger {
     live: BTreeMap<(u32, u64), Block>,
+    /// The starts of the live blocks that are mappings (they never overlap one another, so a
+    /// munmap finds the ones it touches by walking down from its end).
+    mapped: BTreeSet<(u32, u64)>,
     sites: Vec<Site>,
     index: HashMap<SiteKey, SiteId>,
     pub stats: LedgerStats,
@@ -115,7 +126,13 @@ impl Ledger {
     }
 
     /// The site for `key`, created on first sight with the frames `frames_of` gives for it.
-    pub fn intern(&mut self, key: SiteKey, frames_of: impl FnOnce(&SiteKey) -> Vec<u64>) -> SiteId {
+    /// `mapping`: the site's blocks are memory mappings.
+    fn intern(
+        &mut self,
+        key: SiteKey,
+        mapping: bool,
+        frames_of: impl FnOnce(&SiteKey) -> Vec<u64>,
+    ) -> SiteId {
         if let Some(&id) = self.index.get(&key) {
             return id;
         }
@@ -129,6 +146,7 @@ impl Ledger {
             key: Some(key),
             frames,
             counts: Counts::default(),
+            mapping,
             retired: false,
         });
         self.index.insert(key, id);
@@ -145,13 +163,18 @@ impl Ledger {
                 }
             }
             Event::Alloc(a) => self.alloc(a, frames_of),
+            Event::Munmap { pid, addr, len, .. } => self.unmap(*pid, *addr, *len),
             // The engine closes the old program's books (it knows what to report of them).
             Event::Exec { .. } | Event::Fork { .. } => {}
         }
     }
 
     fn alloc(&mut self, a: &Alloc, frames_of: impl FnOnce(&SiteKey) -> Vec<u64>) {
-        self.stats.alloc_events += 1;
+        if a.func.is_mapping() {
+            self.stats.map_events += 1;
+        } else {
+            self.stats.alloc_events += 1;
+        }
         // realloc: the input block is gone once the call succeeded (moved or released).
         if a.old_addr != 0 && !self.release(a.pid, a.old_addr) {
             self.stats.unknown_frees += 1;
@@ -164,11 +187,13 @@ impl Ledger {
         } else {
             a.stack_id
         };
+        let mapping = a.func.is_mapping();
         let site = self.intern(
             SiteKey {
                 pid: a.pid,
                 stack_id,
             },
+            mapping,
             frames_of,
         );
         if self.release(a.pid, a.addr) {
@@ -176,15 +201,22 @@ impl Ledger {
             self.stats.reused_live += 1;
         }
         let weight = a.weight.max(1);
+        // A mapping holds whole pages, whatever length was asked for.
+        let size = if mapping {
+            a.size.div_ceil(PAGE) * PAGE
+        } else {
+            a.size
+        };
         let c = &mut self.sites[site].counts;
         c.live_objects += weight;
-        c.live_bytes += a.size * weight;
+        c.live_bytes += size * weight;
         c.allocs += weight;
-        c.alloc_bytes += a.size * weight;
-        self.live.insert(
-            (a.pid, a.addr),
+        c.alloc_bytes += size * weight;
+        self.insert(
+            a.pid,
+            a.addr,
             Block {
-                size: a.size,
+                size,
                 site,
                 ts_ns: a.ts_ns,
                 weight,
@@ -192,10 +224,59 @@ impl Ledger {
         );
     }
 
+    fn insert(&mut self, pid: u32, addr: u64, b: Block) {
+        if self.sites[b.site].mapping {
+            self.mapped.insert((pid, addr));
+        }
+        self.live.insert((pid, addr), b);
+    }
+
+    /// `munmap(addr, len)`: the mappings in the range go, those it cuts keep what is left of
+    /// them (one mapping cut in the middle becomes two). Ranges the books do not hold (an
+    /// allocator returning its own mapping) change nothing.
+    fn unmap(&mut self, pid: u32, addr: u64, len: u64) {
+        self.stats.unmap_events += 1;
+        let end = addr.saturating_add(len.div_ceil(PAGE) * PAGE);
+        let touched: Vec<u64> = self
+            .mapped
+            .range(..(pid, end))
+            .rev()
+            .take_while(|(p, _)| *p == pid)
+            .map(|(_, s)| *s)
+            .take_while(|s| self.live.get(&(pid, *s)).is_some_and(|b| s + b.size > addr))
+            .collect();
+        for start in touched {
+            let Some(b) = self.live.remove(&(pid, start)) else {
+                continue;
+            };
+            self.mapped.remove(&(pid, start));
+            let c = &mut self.sites[b.site].counts;
+            c.live_objects -= b.weight;
+            c.live_bytes -= b.size * b.weight;
+            let block_end = start + b.size;
+            let left = addr.saturating_sub(start).min(b.size);
+            let right = block_end.saturating_sub(end).min(b.size);
+            if left == 0 && right == 0 {
+                c.frees += b.weight;
+            }
+            for (at, size) in [(start, left), (end, right)] {
+                if size > 0 {
+                    let c = &mut self.sites[b.site].counts;
+                    c.live_objects += b.weight;
+                    c.live_bytes += size * b.weight;
+                    self.insert(pid, at, Block { size, ..b });
+                }
+            }
+        }
+    }
+
     /// Drops a live block; false when the books did not hold it.
     fn release(&mut self, pid: u32, addr: u64) -> bool {
         match self.live.remove(&(pid, addr)) {
             Some(b) => {
+                if self.sites[b.site].mapping {
+                    self.mapped.remove(&(pid, addr));
+                }
                 let c = &mut self.sites[b.site].counts;
                 c.live_objects -= b.weight;
                 c.live_bytes -= b.size * b.weight;
@@ -228,6 +309,7 @@ impl Ledger {
         let addrs: Vec<u64> = self.live_blocks(pid).map(|(a, _)| a).collect();
         for a in addrs {
             self.live.remove(&(pid, a));
+            self.mapped.remove(&(pid, a));
         }
         self.index.retain(|k, _| k.pid != pid);
         for s in &mut self.sites {
@@ -248,6 +330,14 @@ impl Ledger {
     pub fn totals(&self) -> Counts {
         self.sites
             .iter()
+            .fold(Counts::default(), |acc, s| add(acc, s.counts))
+    }
+
+    /// Totals over the sites of memory mappings.
+    pub fn mapping_totals(&self) -> Counts {
+        self.sites
+            .iter()
+            .filter(|s| s.mapping)
             .fold(Counts::default(), |acc, s| add(acc, s.counts))
     }
 
@@ -533,5 +623,95 @@ mod tests {
         let d = l.snapshot(1).diff(&before);
         assert!(d.iter().all(|d| d.site != 0));
         assert!(d.iter().any(|d| d.site == 1 && d.delta_bytes == 16));
+    }
+
+    fn munmap(addr: u64, len: u64) -> Event {
+        Event::Munmap {
+            pid: PID,
+            ts_ns: 2,
+            addr,
+            len,
+        }
+    }
+
+    const P: u64 = PAGE;
+
+    #[test]
+    fn mappings_are_whole_pages_and_their_own_sites() {
+        let l = run(&[
+            alloc(AllocFn::Mmap, 0x10000, 0, 3000, 5),
+            malloc(0x50, 3000, 6),
+        ]);
+        assert_eq!(l.totals().live_bytes, P + 3000);
+        assert_eq!(l.mapping_totals().live_bytes, P);
+        assert!(l.sites()[0].mapping && !l.sites()[1].mapping);
+        assert_eq!(l.stats.map_events, 1);
+        assert_eq!(l.stats.alloc_events, 1);
+    }
+
+    #[test]
+    fn munmap_removes_cuts_and_splits_mappings() {
+        let base = 0x100000;
+        // whole
+        let l = run(&[alloc(AllocFn::Mmap, base, 0, 2 * P, 5), munmap(base, 2 * P)]);
+        assert_eq!(l.totals().live_bytes, 0);
+        assert_eq!(l.sites()[0].counts.frees, 1);
+        // the middle of five pages: two mappings of one and two pages are left
+        let l = run(&[
+            alloc(AllocFn::Mmap, base, 0, 5 * P, 5),
+            munmap(base + P, 2 * P),
+        ]);
+        let live: Vec<(u64, u64)> = l.live_blocks(PID).map(|(a, b)| (a, b.size)).collect();
+        assert_eq!(live, vec![(base, P), (base + 3 * P, 2 * P)]);
+        assert_eq!(l.totals().live_objects, 2);
+        assert_eq!(l.totals().live_bytes, 3 * P);
+        assert_eq!(l.sites()[0].counts.frees, 0);
+        // one range over two mappings, cutting the head of one and the tail of the other; a
+        // length that is not a page multiple covers its last page
+        let l = run(&[
+            alloc(AllocFn::Mmap, base, 0, 2 * P, 5),
+            alloc(AllocFn::Mmap, base + 2 * P, 0, 2 * P, 6),
+            munmap(base + P, 2 * P - 100),
+        ]);
+        let live: Vec<(u64, u64)> = l.live_blocks(PID).map(|(a, b)| (a, b.size)).collect();
+        assert_eq!(live, vec![(base, P), (base + 3 * P, P)]);
+        assert_eq!(l.stats.unmap_events, 1);
+    }
+
+    #[test]
+    fn munmap_of_what_the_books_do_not_hold_changes_nothing() {
+        // an allocator's own mapping (its large blocks are heap blocks, not mappings)
+        let l = run(&[
+            malloc(0x200010, 1 << 20, 1),
+            munmap(0x200000, (1 << 20) + P),
+            alloc(AllocFn::Mmap, 0x900000, 0, P, 2),
+            munmap(0x800000, P),
+        ]);
+        assert_eq!(l.totals().live_objects, 2);
+        assert_eq!(l.stats.unknown_frees, 0);
+        // a heap block's free never touches mappings, and retiring drops both kinds
+        let mut l = run(&[alloc(AllocFn::Mmap, 0x900000, 0, P, 2), free(0x900000)]);
+        assert_eq!(l.stats.unknown_frees, 0);
+        assert_eq!(l.totals().live_objects, 0);
+        l.apply(&alloc(AllocFn::Mmap, 0x900000, 0, P, 2), frames);
+        l.retire(PID);
+        l.apply(&munmap(0x900000, P), frames);
+        assert_eq!(l.totals().live_objects, 0);
+    }
+
+    #[test]
+    fn mremap_moves_a_mapping() {
+        let l = run(&[
+            alloc(AllocFn::Mmap, 0x100000, 0, P, 5),
+            alloc(AllocFn::Mremap, 0x300000, 0x100000, 3 * P, 6),
+        ]);
+        let live: Vec<(u64, u64)> = l.live_blocks(PID).map(|(a, b)| (a, b.size)).collect();
+        assert_eq!(live, vec![(0x300000, 3 * P)]);
+        assert_eq!(l.mapping_totals().live_bytes, 3 * P);
+        assert_eq!(l.stats.unknown_frees, 0);
+        // and a munmap of the new place finds it
+        let mut l = l;
+        l.apply(&munmap(0x300000, 3 * P), frames);
+        assert_eq!(l.totals().live_bytes, 0);
     }
 }

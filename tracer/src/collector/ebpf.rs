@@ -56,6 +56,8 @@ pub struct Settings {
     pub max_size: u64,
     /// Follow the processes `filter_pid` forks (and theirs).
     pub follow_forks: bool,
+    /// Trace anonymous memory mappings (mmap, munmap, mremap).
+    pub trace_maps: bool,
 }
 
 pub struct EbpfCollector {
@@ -65,10 +67,11 @@ pub struct EbpfCollector {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
+    trace_maps: bool,
     /// Records that could not be decoded, by reason (never fatal).
     pub bad_records: u64,
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
-    inline_ids: HashMap<Vec<u64>, i32>,
+    inline_ids: HashMap<(bool, Vec<u64>), i32>,
     inline_stacks: Vec<Vec<u64>>,
 }
 
@@ -126,6 +129,7 @@ impl EbpfCollector {
             .override_global(globals::MAX_SIZE, &s.max_size, true)
             .override_global(globals::FOLLOW_FORKS, &u32::from(s.follow_forks), true)
             .override_global(globals::TASK_TGID_OFFSET, &tgid_offset, true)
+            .override_global(globals::TRACE_MAPS, &u32::from(s.trace_maps), true)
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
@@ -152,6 +156,19 @@ impl EbpfCollector {
         exec.attach("sched_process_exec").map_err(|e| {
             anyhow!("cannot attach to the sched_process_exec raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
         })?;
+        if s.trace_maps {
+            for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+                let p: &mut RawTracePoint = ebpf
+                    .program_mut(prog)
+                    .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                    .try_into()?;
+                p.load()
+                    .map_err(|e| anyhow!("the kernel's verifier rejected program {prog}: {e}"))?;
+                p.attach(tp).map_err(|e| {
+                    anyhow!("cannot attach to the {tp} raw tracepoint (needs CONFIG_BPF_EVENTS; --no-mmap does without): {e}")
+                })?;
+            }
+        }
         if s.follow_forks {
             let fork: &mut RawTracePoint = ebpf
                 .program_mut(FORK_PROGRAM)
@@ -187,6 +204,7 @@ impl EbpfCollector {
             stacks,
             counters,
             followed,
+            trace_maps: s.trace_maps,
             bad_records: 0,
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
@@ -230,6 +248,7 @@ impl EbpfCollector {
         let plan: Vec<_> = lib
             .functions
             .iter()
+            .filter(|(p, _)| self.trace_maps || p.group != Group::Syscall)
             .filter(|(_, off)| seen.insert(*off))
             .copied()
             .collect();
@@ -289,7 +308,10 @@ impl EbpfCollector {
                 Ok(Event::Alloc(mut a)) => {
                     if let Some(ips) = inline_stack(&item) {
                         let next = INLINE_BASE + self.inline_stacks.len() as i32;
-                        a.stack_id = *self.inline_ids.entry(ips.clone()).or_insert_with(|| {
+                        // A mapping's stack is a site of its own even where a heap block's
+                        // stack has the same frames: the category is part of the key.
+                        let key = (a.func.is_mapping(), ips.clone());
+                        a.stack_id = *self.inline_ids.entry(key).or_insert_with(|| {
                             self.inline_stacks.push(ips);
                             next
                         });

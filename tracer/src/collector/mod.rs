@@ -9,7 +9,9 @@ pub mod launch;
 pub mod probes;
 pub mod target;
 
-use tracer_common::{kind, AllocFn, AllocRecord, ForkRecord, FreeRecord, Header, MAX_STACK_DEPTH};
+use tracer_common::{
+    kind, AllocFn, AllocRecord, ForkRecord, FreeRecord, Header, MunmapRecord, MAX_STACK_DEPTH,
+};
 
 /// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
 /// kernel's counters (indices in `tracer_common::counter`) and records that could not be decoded.
@@ -39,6 +41,13 @@ pub enum Event {
         pid: u32,
         ts_ns: u64,
     },
+    /// The program unmapped `[addr, addr + len)`: the mappings it made there shrink or go.
+    Munmap {
+        pid: u32,
+        ts_ns: u64,
+        addr: u64,
+        len: u64,
+    },
     /// A followed process forked `pid` (--follow-children): the child starts as a copy of the
     /// parent's address space, and is followed from then on.
     Fork {
@@ -52,7 +61,10 @@ impl Event {
     pub fn pid(&self) -> u32 {
         match self {
             Event::Alloc(a) => a.pid,
-            Event::Free { pid, .. } | Event::Exec { pid, .. } | Event::Fork { pid, .. } => *pid,
+            Event::Free { pid, .. }
+            | Event::Exec { pid, .. }
+            | Event::Fork { pid, .. }
+            | Event::Munmap { pid, .. } => *pid,
         }
     }
 }
@@ -149,6 +161,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             pid: hdr.pid,
             ts_ns: hdr.ts_ns,
         }),
+        kind::MUNMAP => {
+            let r: MunmapRecord = read(bytes).ok_or_else(short)?;
+            Ok(Event::Munmap {
+                pid: r.hdr.pid,
+                ts_ns: r.hdr.ts_ns,
+                addr: r.addr,
+                len: r.len,
+            })
+        }
         kind::FORK => {
             let r: ForkRecord = read(bytes).ok_or_else(short)?;
             Ok(Event::Fork {

@@ -34,17 +34,21 @@ pub enum Group {
     /// any file that defines it, even one whose `malloc` is not the process's (a Rust program
     /// with a jemalloc or mimalloc global allocator linked in).
     Own,
+    /// The C library's memory-mapping wrappers: probed at entry only, to learn the caller of
+    /// the syscall the tracepoints see.
+    Syscall,
 }
 
 /// The symbol that marks a file as defining C++'s `operator new`.
 pub const CXX_NEW: &str = "_Znwm";
 pub const RETURN_PROGRAM: &str = "alloc_return";
 pub const FREE_PROGRAM: &str = "free";
+pub const MAP_CALLER_PROGRAM: &str = "map_caller";
 
 impl ProbeSpec {
     /// Whether the function's return is probed too (everything that allocates).
     pub fn has_return(&self) -> bool {
-        self.entry != FREE_PROGRAM
+        self.entry != FREE_PROGRAM && self.entry != MAP_CALLER_PROGRAM
     }
 
     /// Without these a process's books would be wrong.
@@ -192,6 +196,11 @@ pub const PROBES: &[ProbeSpec] = &[
     p("mi_free_aligned", Free, FREE_PROGRAM, Own),
     p("mi_free_size_aligned", Free, FREE_PROGRAM, Own),
     p("mi_cfree", Free, FREE_PROGRAM, Own),
+    // The C library's mapping wrappers (mmap64 is mmap's other name).
+    p("mmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
+    p("mmap64", Mmap, MAP_CALLER_PROGRAM, Syscall),
+    p("munmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
+    p("mremap", Mremap, MAP_CALLER_PROGRAM, Syscall),
 ];
 
 /// The entry program names, each once.
@@ -225,10 +234,11 @@ mod tests {
                 Realloc => assert_eq!(a.entry, "realloc", "{}", a.symbol),
                 ReallocArray => assert_eq!(a.entry, "reallocarray", "{}", a.symbol),
                 Free => assert_eq!(a.entry, FREE_PROGRAM, "{}", a.symbol),
+                Mmap | Mremap => assert_eq!(a.entry, MAP_CALLER_PROGRAM, "{}", a.symbol),
                 _ => assert!(
                     !matches!(
                         a.entry,
-                        "posix_memalign" | "realloc" | "reallocarray" | "free"
+                        "posix_memalign" | "realloc" | "reallocarray" | "free" | "map_caller"
                     ),
                     "{}",
                     a.symbol

@@ -256,6 +256,10 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         if f.has_own_allocator() {
             functions.extend(f.group(|g| g == Group::Own));
         }
+        if is_libc(path) {
+            // The mapping wrappers the program calls are its C library's.
+            functions.extend(f.group(|g| g == Group::Syscall));
+        }
         // Held at exit: the exit the process calls is its C library's.
         let exit = if !exit_found && is_libc(path) {
             f.exit
@@ -286,8 +290,9 @@ fn runtime_notes(scanned: &[(PathBuf, PathBuf, ElfAllocs)]) -> Vec<String> {
     let exe_name = name(exe);
     if exe_f.go {
         notes.push(format!(
-            "{} is a Go program: the Go runtime manages Go's heap itself and tracer does not \
-             trace it; only allocations through the C library (cgo) are",
+            "{} is a Go program: the Go runtime manages Go's heap itself; tracer sees the C \
+             library's allocations (cgo) and the memory mappings the runtime grows its heap by \
+             (category mmap), not Go's objects",
             exe.display()
         ));
     }

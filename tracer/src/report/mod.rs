@@ -23,8 +23,12 @@ pub enum ReportKind {
 /// Live and changed objects and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
+    /// Heap blocks and memory mappings together.
     pub live_objects: u64,
     pub live_bytes: u64,
+    /// Of which memory mappings the program made itself (mmap).
+    pub mmap_live_objects: u64,
+    pub mmap_live_bytes: u64,
     pub delta_objects: i64,
     pub delta_bytes: i64,
     /// Allocations and releases (frees, blocks moved by realloc) within the report's window.
@@ -32,10 +36,23 @@ pub struct Totals {
     pub frees: u64,
 }
 
+/// A site's kind of memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// Blocks from malloc and its relatives (and C++'s new).
+    #[default]
+    Heap,
+    /// Anonymous mappings made by the program itself (not by its allocator).
+    Mmap,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SiteReport {
     /// The process the site belongs to.
     pub pid: u32,
+    /// What its blocks are: heap blocks, or memory mappings the program made itself.
+    pub category: Category,
     /// Innermost first; the allocator itself is not included.
     pub frames: Vec<Frame>,
     pub live_objects: u64,
@@ -105,6 +122,11 @@ pub struct EventCounts {
     /// Allocations whose stack collided with another in the kernel's stack map and came inline
     /// instead (nothing lost).
     pub inline_stacks: u64,
+    /// Anonymous mappings the program made itself (kernel count), and the mapping and
+    /// munmap records received.
+    pub maps: u64,
+    pub received_maps: u64,
+    pub received_unmaps: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -267,9 +289,11 @@ pub(crate) fn sample_report() -> Report {
             delta_bytes: 128,
             allocs: 2,
             frees: 0,
+            ..Totals::default()
         },
         sites: vec![SiteReport {
             pid: 42,
+            category: Category::Heap,
             frames: vec![Frame {
                 addr: 0x401136,
                 function: Some("leak_fixed".into()),

@@ -5,7 +5,8 @@ use std::io::Write;
 use prettytable::{format, Cell, Row, Table};
 
 use super::{
-    group, lost_hints, signed, LimitSettings, LiveObjects, Report, ReportKind, SiteReport, Totals,
+    group, lost_hints, signed, Category, LimitSettings, LiveObjects, Report, ReportKind,
+    SiteReport, Totals,
 };
 use crate::{aggregate::verdict::Verdict, symbolize::Frame};
 
@@ -313,6 +314,16 @@ fn process_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std::io::Result<()> {
     let t = &report.totals;
     let sm = &report.summary;
+    let mmap = if t.mmap_live_objects > 0 {
+        format!(
+            " (of which {} B in {} mmap mapping{})",
+            group(t.mmap_live_bytes),
+            group(t.mmap_live_objects),
+            if t.mmap_live_objects == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
     let verdicts = if sm.leak_sites > 0 {
         format!(
             "; {} site{} leak{} ({} B/s)",
@@ -327,7 +338,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     match report.kind {
         ReportKind::Interval => writeln!(
             out,
-            "[{:.1}s] {}: {} B in {} blocks over {:.1}s; live {} B in {} blocks{verdicts}",
+            "[{:.1}s] {}: {} B in {} blocks over {:.1}s; live {} B in {} blocks{mmap}{verdicts}",
             report.elapsed_s,
             who(report),
             signed(t.delta_bytes),
@@ -351,7 +362,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
         )?,
         ReportKind::Final => writeln!(
             out,
-            "[{:.1}s] final report, {}{}: outstanding {} B in {} blocks{verdicts}",
+            "[{:.1}s] final report, {}{}: outstanding {} B in {} blocks{mmap}{verdicts}",
             report.elapsed_s,
             who(report),
             match report.exit_code {
@@ -398,11 +409,13 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     table.set_titles(Row::new(titles.iter().map(|t| Cell::new(t)).collect()));
     let several = !report.processes.is_empty();
     for s in &report.sites {
-        let label = if several {
-            format!("[{}] {}", s.pid, site_label(&s.frames))
-        } else {
-            site_label(&s.frames)
-        };
+        let mut label = site_label(&s.frames);
+        if s.category == Category::Mmap {
+            label = format!("mmap: {label}");
+        }
+        if several {
+            label = format!("[{}] {label}", s.pid);
+        }
         table.add_row(row(report.kind, label, &Line::of(s)));
     }
     let total_label = if report.sites_omitted > 0 {

@@ -1,0 +1,55 @@
+//! Anonymous memory mappings the program makes itself: their own category, exact in pages,
+//! munmap and mremap followed, and never counted twice with the allocator's own mappings.
+use tracer_tests::*;
+
+#[test]
+fn the_programs_own_mappings_are_their_own_category() {
+    if !privileged("the_programs_own_mappings_are_their_own_category") {
+        return;
+    }
+    let maps = victim("victims/maps.c", FP);
+    let run = launch_json(&[], &maps, &["20"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    let truth = truth_leaks(&run.stdout);
+    assert_eq!(truth.len(), 4, "{}", run.stdout);
+    assert_outstanding_is_truth(fin, &truth);
+    let sites = fin["sites"].as_array().unwrap();
+    for s in sites {
+        let name = site_name(s);
+        let expected = if name.starts_with("map_") {
+            "mmap"
+        } else {
+            "heap"
+        };
+        assert_eq!(s["category"], expected, "{name}");
+        // The dynamic loader's mappings (the libraries' zero-filled data) are not the program's.
+        assert!(!functions(s).iter().any(|f| f.starts_with("_dl_")), "{s}");
+    }
+    let live = by_site(fin, "live_bytes");
+    for gone in ["map_churn", "map_reserve"] {
+        assert!(!live.contains_key(gone), "{gone}: {live:?}");
+    }
+    let mapped: u64 = ["map_leak", "map_grow", "map_cut"]
+        .iter()
+        .map(|s| truth[*s].1)
+        .sum();
+    assert_eq!(
+        fin["totals"]["mmap_live_bytes"], mapped,
+        "{}",
+        fin["totals"]
+    );
+    assert_eq!(fin["events"]["unknown_frees"], 0);
+    // 1 MiB blocks: heap blocks only (glibc's mapping for each, made inside malloc, is nested)
+    assert_eq!(live["big_malloc"], 20 << 20);
+
+    // --no-mmap: the heap alone, as before.
+    let run = launch_json(&["--no-mmap"], &maps, &["20"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    assert_eq!(fin["events"]["maps"], 0);
+    assert_eq!(fin["totals"]["mmap_live_bytes"], 0);
+    let live = by_site(fin, "live_bytes");
+    assert_eq!(live.get("big_malloc"), Some(&(20 << 20)));
+    assert!(!live.keys().any(|k| k.starts_with("map_")), "{live:?}");
+}
