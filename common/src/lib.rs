@@ -312,6 +312,11 @@ pub mod globals {
 /// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// Uprobe cookie: the low byte is the [`AllocFn`]; this bit says the probed file has several
+/// free-like functions that may call one another (so frees are checked for nesting; a file
+/// with `free` alone, glibc's, skips that work).
+pub const COOKIE_NESTING_FREES: u64 = 1 << 8;
+
 /// Entry state kept between an allocator call's entry and its return, per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -325,7 +330,9 @@ pub struct InFlight {
     /// Non-zero when the size is outside the recorded range: the return only releases
     /// realloc's input block.
     pub filtered: u8,
-    pub _pad: [u8; 6],
+    /// The call's file has nesting free-like functions ([`COOKIE_NESTING_FREES`]).
+    pub nesting_frees: u8,
+    pub _pad: [u8; 5],
 }
 
 #[cfg(feature = "user")]

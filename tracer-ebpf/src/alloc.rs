@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ForkRecord, FreeRecord, Header,
-    InFlight, MapCall, MapCaller, MunmapRecord, MAX_STACK_DEPTH,
+    InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -136,7 +136,8 @@ pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         bump(counter::NESTED);
         return;
     }
-    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let func = cookie as u8;
     // Out-of-range calls keep their slot so that the calls nested in them are still known
     // as nested; their return does no stack walk and sends nothing but a release.
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
@@ -147,7 +148,8 @@ pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         ptr,
         func,
         filtered: (size < min || size > max) as u8,
-        _pad: [0; 6],
+        nesting_frees: (cookie & COOKIE_NESTING_FREES != 0) as u8,
+        _pad: [0; 5],
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
@@ -226,7 +228,7 @@ pub fn leave(ctx: &RetProbeContext) {
     } else {
         0
     };
-    if addr != 0 {
+    if addr != 0 && call.nesting_frees != 0 {
         // This thread got the block back: a later free of it is a new free, not the
         // implementation of the earlier one.
         if let Some(last) = LAST_FREE.get_ptr_mut(pid_tgid) {
@@ -319,7 +321,8 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    match LAST_FREE.get_ptr_mut(pid_tgid) {
+    let nesting = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & COOKIE_NESTING_FREES != 0;
+    match LAST_FREE.get_ptr_mut(pid_tgid).filter(|_| nesting) {
         Some(last) => unsafe {
             if (*last).addr == ptr
                 && (*last).sp >= sp
@@ -334,7 +337,7 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
                 ts_ns: now,
             };
         },
-        None => {
+        None if nesting => {
             let _ = LAST_FREE.insert(
                 pid_tgid,
                 LastFree {
@@ -345,6 +348,7 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
                 0,
             );
         }
+        None => {}
     }
     bump(counter::FREES);
     let flags = wakeup_flags();

@@ -18,11 +18,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, globals, names, AllocFn};
+use tracer_common::{counter, globals, names, AllocFn, COOKIE_NESTING_FREES};
 
 use super::{
     decode, inline_stack,
-    probes::{entry_programs, Group, ProbeSpec, PROBES, RETURN_PROGRAM},
+    probes::{entry_programs, Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
     target::AllocatorLib,
     Counters, DecodeError, Event,
 };
@@ -252,14 +252,18 @@ impl EbpfCollector {
             .filter(|(_, off)| seen.insert(*off))
             .copied()
             .collect();
+        // Several free-like functions in one file may call one another: their frees are
+        // checked for nesting (glibc's lone free is not).
+        let nesting = plan.iter().filter(|(p, _)| p.entry == FREE_PROGRAM).count() > 1;
+        let flags = if nesting { COOKIE_NESTING_FREES } else { 0 };
         for (p, off) in plan.iter().filter(|(p, _)| p.has_return()) {
-            self.attach_one(RETURN_PROGRAM, p, *off, lib, scope)?;
+            self.attach_one(RETURN_PROGRAM, p, *off, lib, scope, flags)?;
         }
         for (p, off) in &plan {
-            self.attach_one(p.entry, p, *off, lib, scope)?;
+            self.attach_one(p.entry, p, *off, lib, scope, flags)?;
         }
         if let Some(off) = lib.exit {
-            self.attach_one(EXIT_PROGRAM, &EXIT_SPEC, off, lib, scope)?;
+            self.attach_one(EXIT_PROGRAM, &EXIT_SPEC, off, lib, scope, 0)?;
         }
         Ok(())
     }
@@ -271,6 +275,7 @@ impl EbpfCollector {
         offset: u64,
         lib: &AllocatorLib,
         scope: UProbeScope,
+        cookie_flags: u64,
     ) -> Result<()> {
         let prog: &mut UProbe = self
             .ebpf
@@ -279,7 +284,7 @@ impl EbpfCollector {
             .try_into()?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(spec.func as u64),
+            cookie: Some(spec.func as u64 | cookie_flags),
         };
         prog.attach(point, &lib.open_path, scope)
             .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
