@@ -443,6 +443,12 @@ impl Session {
                 self.exec_retries.push((pid, 0));
             }
             self.engine.learn_after_exec(&mut self.live, pid)?;
+            // Its new program's map, read now: a process that lives only milliseconds may be
+            // gone before its first events are drained, and its program's frames can still
+            // be named (libraries mapped later are read with its first new sites).
+            if self.engine.multi() {
+                self.engine.refresh_maps(&mut self.live, pid)?;
+            }
         }
         Ok(())
     }
