@@ -12,8 +12,8 @@ pub mod kind {
     pub const ALLOC: u8 = 1;
     /// A [`FreeRecord`](super::FreeRecord): a block was handed back.
     pub const FREE: u8 = 2;
-    /// A bare [`Header`](super::Header): the process exec'd a new program (its old address
-    /// space, and every block in it, is gone).
+    /// An [`ExecRecord`](super::ExecRecord): the process exec'd a new program (its old
+    /// address space, and every block in it, is gone).
     pub const EXEC: u8 = 3;
     /// An [`AllocStackRecord`](super::AllocStackRecord): an allocation whose stack collided
     /// with another in the stack map, carrying its stack itself.
@@ -182,6 +182,15 @@ pub struct FreeRecord {
     pub addr: u64,
 }
 
+/// A process exec'd: its new command name (the kernel's comm), for a process gone before
+/// userspace could read /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub hdr: Header,
+    pub comm: [u8; 16],
+}
+
 /// A followed process forked: `hdr.pid` is the child, which starts as a copy of `parent`'s
 /// address space.
 #[repr(C)]
@@ -345,6 +354,7 @@ const _: () = assert!(core::mem::size_of::<Header>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 56 + 8 + 8 * MAX_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

@@ -223,3 +223,41 @@ fn every_process_reaches_a_c_library_in_another_mount_namespace() {
         "leak_fixed {got} of {blocks}: {live:?}"
     );
 }
+
+#[test]
+fn every_process_names_processes_that_live_milliseconds() {
+    if !privileged("every_process_names_processes_that_live_milliseconds") {
+        return;
+    }
+    // forker with no children: leaks 10 blocks of 40 bytes and exits within a millisecond or
+    // two, before tracer can read anything of it in /proc. Its name comes with its exec record.
+    let forker = victim("victims/forker.c", FP);
+    let t = start_tracer(&["-i", "1", "-d", "4"]);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let c = Command::new(&forker)
+            .arg("0")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        pids.push(c.id());
+        c.wait_with_output().unwrap();
+    }
+    let (reps, _) = finish(t);
+    let fin = reps.last().unwrap();
+    for pid in pids {
+        let p = process(fin, pid).unwrap_or_else(|| panic!("{pid} not in {fin}"));
+        assert_eq!(p["command"], "forker-fp", "{p}");
+        assert_eq!(p["exited"], true, "{p}");
+        // Its 10 blocks of 40 bytes are one site (named when its map could still be read).
+        assert!(
+            p["sites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["live_objects"] == 10 && s["live_bytes"] == 400),
+            "{p}"
+        );
+    }
+}

@@ -11,8 +11,8 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -20,8 +20,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    counter, kind, AllocFn, AllocRecord, AllocStackRecord, ForkRecord, FreeRecord, Header,
-    InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
+    Header, InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -602,16 +602,19 @@ pub fn exec() {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(mut entry) = EVENTS.reserve::<Header>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         bump(counter::RING_FULL_EXEC);
         return;
     };
-    entry.write(Header {
-        kind: kind::EXEC,
-        func: 0,
-        _pad: 0,
-        pid: (pid_tgid >> 32) as u32,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+    entry.write(ExecRecord {
+        hdr: Header {
+            kind: kind::EXEC,
+            func: 0,
+            _pad: 0,
+            pid: (pid_tgid >> 32) as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     if held((pid_tgid >> 32) as u32) && unsafe { bpf_send_signal(SIGSTOP) } == 0 {

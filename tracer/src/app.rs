@@ -191,6 +191,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             followed: Vec::new(),
             launched_status: None,
             noted,
+            helpers: Default::default(),
             attached,
             exec_stops_handled: 0,
             live: Live {
@@ -203,6 +204,7 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                     .first()
                     .map(|(_, l)| Allocator::of(l))
                     .unwrap_or_default(),
+                early: Default::default(),
             },
             engine,
             targets,
@@ -233,6 +235,15 @@ struct Live {
     /// The allocator probed for each target pid; system-wide, the one library probed.
     allocator_of: std::collections::HashMap<u32, Allocator>,
     default_allocator: Allocator,
+    /// What was known of a process right after its exec (its name from the kernel, its map
+    /// as soon as the exec was drained), for a process gone before its events were read.
+    early: std::collections::HashMap<u32, Early>,
+}
+
+struct Early {
+    comm: Option<String>,
+    maps: Option<Vec<Mapping>>,
+    at: Instant,
 }
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
@@ -257,7 +268,7 @@ impl Source for Live {
     }
 
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>> {
-        symbolize::read_maps(pid)
+        symbolize::read_maps(pid).or_else(|| self.early.get(&pid)?.maps.clone())
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
@@ -265,8 +276,9 @@ impl Source for Live {
             .allocator_of
             .get(&pid)
             .unwrap_or(&self.default_allocator);
+        let early = self.early.get(&pid).and_then(|e| e.comm.clone());
         Some(ProcInfo {
-            command: read_comm(pid)?,
+            command: read_comm(pid).or(early)?,
             allocator: a.path.clone(),
             allocator_kind: a.kind.clone(),
             exited: false,
@@ -281,6 +293,8 @@ struct Session {
     exec_retries: Vec<(u32, u32)>,
     /// Programs (scope pid, file identity) whose allocator was already found, and its path.
     exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), Allocator>,
+    /// tracer's own helper processes, and when they were started.
+    helpers: std::collections::HashMap<u32, Instant>,
     /// Programs (file identity) whose notes were said.
     noted: std::collections::HashSet<(u64, u64)>,
     /// Probes attached for one process reach every process (system-wide, or following
@@ -410,8 +424,12 @@ impl Session {
         Ok(())
     }
 
-    /// Followed children that exited leave the kernel's table (their pids may be reused).
+    /// Followed children that exited leave the kernel's table (their pids may be reused), and
+    /// what was noted of processes at their exec goes once they are long gone.
     fn forget_exited_children(&mut self) {
+        self.live
+            .early
+            .retain(|&pid, e| e.at.elapsed() < Duration::from_secs(10) || alive(pid));
         let collector = &mut self.live.collector;
         self.followed.retain(|&pid| {
             let keep = alive(pid);
@@ -425,7 +443,27 @@ impl Session {
     fn drain(&mut self) -> Result<()> {
         let batch = &mut self.batch;
         self.live.collector.drain(|ev| batch.push(ev));
+        // tracer's own helpers (the loader it asks for a program's libraries) are not the
+        // user's processes; their records may come a drain after they ran.
+        let now = Instant::now();
+        self.helpers
+            .extend(target::take_helpers().into_iter().map(|p| (p, now)));
+        self.helpers
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(5));
+        if !self.helpers.is_empty() {
+            let helpers = &self.helpers;
+            self.batch.retain(|ev| !helpers.contains_key(&ev.pid()));
+        }
         for ev in &self.batch {
+            if let Event::Exec { pid, .. } = *ev {
+                // At once, while a short-lived process may still be there.
+                let early = Early {
+                    comm: self.live.collector.take_exec_name(pid),
+                    maps: symbolize::read_maps(pid),
+                    at: Instant::now(),
+                };
+                self.live.early.insert(pid, early);
+            }
             if let Event::Fork { pid, parent, .. } = *ev {
                 self.followed.push(pid);
                 // Its allocator is its parent's until it execs.

@@ -68,6 +68,8 @@ pub struct EbpfCollector {
     counters: PerCpuArray<MapData, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
     trace_maps: bool,
+    /// The command name of each process at its last exec, from the kernel.
+    exec_names: HashMap<u32, String>,
     /// Records that could not be decoded, by reason (never fatal).
     pub bad_records: u64,
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
@@ -205,6 +207,7 @@ impl EbpfCollector {
             counters,
             followed,
             trace_maps: s.trace_maps,
+            exec_names: HashMap::new(),
             bad_records: 0,
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
@@ -291,6 +294,11 @@ impl EbpfCollector {
         Ok(())
     }
 
+    /// The command name `pid` exec'd under, as the kernel told it (once: the entry is taken).
+    pub fn take_exec_name(&mut self, pid: u32) -> Option<String> {
+        self.exec_names.remove(&pid)
+    }
+
     /// A followed process exited: its pid leaves the kernel's table, so a process that gets
     /// the pid later is not followed by mistake.
     pub fn unfollow(&mut self, pid: u32) {
@@ -322,6 +330,12 @@ impl EbpfCollector {
                         });
                     }
                     sink(Event::Alloc(a))
+                }
+                Ok(ev @ Event::Exec { pid, .. }) => {
+                    if let Some(c) = super::exec_comm(&item) {
+                        self.exec_names.insert(pid, c);
+                    }
+                    sink(ev)
                 }
                 Ok(ev) => sink(ev),
                 Err(

@@ -10,7 +10,8 @@ pub mod probes;
 pub mod target;
 
 use tracer_common::{
-    kind, AllocFn, AllocRecord, ForkRecord, FreeRecord, Header, MunmapRecord, MAX_STACK_DEPTH,
+    kind, AllocFn, AllocRecord, ExecRecord, ForkRecord, FreeRecord, Header, MunmapRecord,
+    MAX_STACK_DEPTH,
 };
 
 /// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
@@ -121,6 +122,16 @@ pub fn inline_stack(bytes: &[u8]) -> Option<Vec<u64>> {
             .filter(|&ip| ip != 0)
             .collect(),
     )
+}
+
+/// The command name an exec record carries (None for other records and older shorter ones).
+pub fn exec_comm(bytes: &[u8]) -> Option<String> {
+    if bytes.first() != Some(&kind::EXEC) {
+        return None;
+    }
+    let r: ExecRecord = read(bytes)?;
+    let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+    Some(String::from_utf8_lossy(&r.comm[..end]).into_owned()).filter(|s| !s.is_empty())
 }
 
 /// Decodes one ring-buffer record.
@@ -270,6 +281,25 @@ mod tests {
         let mut plain = b.clone();
         plain[0] = kind::ALLOC;
         assert_eq!(inline_stack(&plain), None);
+    }
+
+    #[test]
+    fn an_exec_record_names_the_new_program() {
+        let mut r = tracer_common::ExecRecord {
+            hdr: Header {
+                kind: kind::EXEC,
+                pid: 9,
+                ..Header::default()
+            },
+            comm: [0; 16],
+        };
+        r.comm[..5].copy_from_slice(b"leaky");
+        let b = bytes(&r);
+        assert_eq!(decode(&b), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
+        assert_eq!(exec_comm(&b).as_deref(), Some("leaky"));
+        // a bare header (an older record) decodes, without a name
+        assert_eq!(exec_comm(&b[..16]), None);
+        assert_eq!(decode(&b[..16]), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
     }
 
     #[test]

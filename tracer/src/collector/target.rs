@@ -386,6 +386,15 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
     })
 }
 
+/// Processes tracer started itself (the dynamic loader asked for a program's libraries), for
+/// the live loop to leave out of the books (see [`take_helpers`]).
+static HELPERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The helper processes started since the last call.
+pub fn take_helpers() -> Vec<u32> {
+    std::mem::take(&mut *HELPERS.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// The allocator a program will use once started, found before it runs: the executable itself
 /// when static, else the libraries its dynamic loader lists, in load order.
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
@@ -454,8 +463,19 @@ fn for_program_depth(
             cmd.env_remove("LD_PRELOAD").env_remove("LD_LIBRARY_PATH");
             cmd.envs(env.iter().map(|(k, v)| (k, v)));
         }
-        let out = cmd
-            .output()
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
+        // tracer's own helper: tracing every process, its allocations are not the user's.
+        HELPERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        let out = child
+            .wait_with_output()
             .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
         if !out.status.success() {
             bail!(
