@@ -54,7 +54,7 @@ fn forked_children_are_followed_with_their_own_books() {
     }
     assert_eq!(fin["events"]["unknown_frees"], 0);
     // The recording replays to the same final report.
-    let re = run_as_is(
+    let re = run_ok(
         Command::new(tracer())
             .args(["replay", "--format", "json"])
             .arg(&rec),
@@ -72,12 +72,6 @@ fn forked_children_are_followed_with_their_own_books() {
     let live = by_site(&run.final_report, "live_bytes");
     assert_eq!(live.get("parent_leak"), Some(&400), "{live:?}");
     assert!(!live.contains_key("child_leak"), "{live:?}");
-}
-
-fn run_as_is(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
 }
 
 #[test]

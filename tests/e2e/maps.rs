@@ -1,5 +1,7 @@
 //! Anonymous memory mappings the program makes itself: their own category, exact in pages,
 //! munmap and mremap followed, and never counted twice with the allocator's own mappings.
+use std::process::Command;
+
 use tracer_tests::*;
 
 #[test]
@@ -8,7 +10,8 @@ fn the_programs_own_mappings_are_their_own_category() {
         return;
     }
     let maps = victim("victims/maps.c", FP);
-    let run = launch_json(&[], &maps, &["20"]);
+    let rec = std::env::temp_dir().join(format!("tracer-maps-{}.rec", std::process::id()));
+    let run = launch_json(&["--record", rec.to_str().unwrap()], &maps, &["20"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let fin = &run.final_report;
     let truth = truth_leaks(&run.stdout);
@@ -42,6 +45,18 @@ fn the_programs_own_mappings_are_their_own_category() {
     assert_eq!(fin["events"]["unknown_frees"], 0);
     // 1 MiB blocks: heap blocks only (glibc's mapping for each, made inside malloc, is nested)
     assert_eq!(live["big_malloc"], 20 << 20);
+    // Mappings and munmaps replay to the same report.
+    let re = run_ok(
+        Command::new(tracer())
+            .args(["replay", "--format", "json"])
+            .arg(&rec),
+    );
+    std::fs::remove_file(&rec).ok();
+    let replayed = reports(&re)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    assert_eq!(&replayed, fin);
 
     // --no-mmap: the heap alone, as before.
     let run = launch_json(&["--no-mmap"], &maps, &["20"]);

@@ -102,6 +102,13 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run")
 }
 
+/// Runs a command that must succeed; its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
