@@ -291,7 +291,8 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const COUNTERS: &str = "COUNTERS";
-    /// `u32 tgid → u32 parent tgid`: the processes followed besides `FILTER_PID`.
+    /// `u32 tgid → u32 parent tgid`: the processes traced besides `FILTER_PID`: followed
+    /// children, or (with `FILTER_SET`) the several `--pid` targets (parent 0).
     pub const FOLLOWED: &str = "FOLLOWED";
 }
 
@@ -310,6 +311,9 @@ pub mod globals {
     /// out of range still releases its input block).
     pub const MIN_SIZE: &str = "MIN_SIZE";
     pub const MAX_SIZE: &str = "MAX_SIZE";
+    /// `u32`: non-zero traces only the processes in the `FOLLOWED` table (several --pid: the
+    /// uprobes are scoped per process, the tracepoints are not).
+    pub const FILTER_SET: &str = "FILTER_SET";
     /// `u32`: non-zero follows the processes `FILTER_PID` forks, and theirs (--follow-children).
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// `u32`: non-zero traces anonymous memory mappings (--no-mmap turns it off).

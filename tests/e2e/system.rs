@@ -92,6 +92,16 @@ fn several_pids_each_with_its_own_books() {
         let p = process(fin, *pid).unwrap_or_else(|| panic!("{pid} missing: {fin}"));
         assert_outstanding_is_truth(p, truth);
     }
+    // Only the targets: no other process's mappings or execs (the tracepoints see every
+    // process; the kernel keeps the targets).
+    for r in &reps {
+        for p in r["processes"].as_array().into_iter().flatten() {
+            assert!(
+                truths.iter().any(|(pid, _)| p["pid"] == *pid),
+                "not a target: {p}"
+            );
+        }
+    }
 }
 
 #[test]

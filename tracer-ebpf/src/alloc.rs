@@ -61,6 +61,8 @@ static FOLLOW_FORKS: u32 = 0;
 static TASK_TGID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static TRACE_MAPS: u32 = 0;
+#[unsafe(no_mangle)]
+static FILTER_SET: u32 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A free-like call of the same block on the same thread, at the same depth or deeper, this
@@ -91,6 +93,11 @@ fn traced() -> Option<u64> {
     let tgid = (pid_tgid >> 32) as u32;
     let filter = unsafe { core::ptr::read_volatile(&FILTER_PID) };
     if filter != 0 && tgid != filter && !followed_child(tgid) {
+        return None;
+    }
+    if unsafe { core::ptr::read_volatile(&FILTER_SET) } != 0
+        && unsafe { FOLLOWED.get(&tgid) }.is_none()
+    {
         return None;
     }
     // Tracing every process must not trace the tracer: its own allocations would feed back.

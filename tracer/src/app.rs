@@ -73,6 +73,10 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             max_size: t.max_size,
             follow_forks: t.follow_children,
             trace_maps: t.trace_maps,
+            filter_set: match &t.target {
+                Target::Pids(p) if p.len() > 1 => p.clone(),
+                _ => Vec::new(),
+            },
         };
         // Followed children are other processes: the probes must fire in every process that
         // maps the allocator (the kernel keeps only the followed ones).
@@ -477,6 +481,11 @@ impl Session {
         r?;
         self.retry_execs()?;
         for pid in self.engine.take_execs() {
+            // With several --pid the kernel reports every exec (its pid filter is off; the
+            // probes are scoped per process): only the targets' matter.
+            if !self.scope_all && !self.targets.contains(&pid) && Some(pid) != self.launched {
+                continue;
+            }
             if !self.probe_after_exec(pid)? && alive(pid) {
                 self.exec_retries.push((pid, 0));
             }
@@ -563,7 +572,13 @@ impl Session {
                 lib.kinds(),
                 lib.path.display()
             );
-            self.live.collector.attach(&lib, scope)?;
+            if let Err(e) = self.live.collector.attach(&lib, scope) {
+                // A process gone while its probes went on has nothing left to trace.
+                if scope.is_some() && !alive(pid) {
+                    return Ok(true);
+                }
+                return Err(e);
+            }
         }
         Ok(true)
     }

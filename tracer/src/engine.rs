@@ -294,14 +294,7 @@ impl Engine {
             if self.ledger.site_id(&key).is_some() || fresh.contains_key(&key) {
                 continue;
             }
-            let addrs = src.stack(a.pid, a.stack_id);
-            if let Some(rec) = &mut self.recorder {
-                rec.write(&RecFrame::Stack {
-                    pid: a.pid,
-                    stack_id: a.stack_id,
-                    addrs: addrs.clone(),
-                })?;
-            }
+            let addrs = self.read_stack(src, key)?;
             fresh.insert(key, addrs);
         }
         if let Some(rec) = &mut self.recorder {
@@ -329,6 +322,19 @@ impl Engine {
         Ok(())
     }
 
+    /// A stack seen for the first time, read through `src` (and recorded).
+    fn read_stack(&mut self, src: &mut dyn Source, key: SiteKey) -> Result<Vec<u64>> {
+        let addrs = src.stack(key.pid, key.stack_id);
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Stack {
+                pid: key.pid,
+                stack_id: key.stack_id,
+                addrs: addrs.clone(),
+            })?;
+        }
+        Ok(addrs)
+    }
+
     /// The indices of the mappings in `events` that the dynamic loader made (the zero-filled
     /// data of the libraries it maps, its own bookkeeping): they are part of loading a
     /// program, not allocations, and are left out. Their stacks, read to tell, stay in `fresh`.
@@ -352,15 +358,7 @@ impl Engine {
                 Some(id) => self.ledger.site(id).frames.first().copied(),
                 None => {
                     if let std::collections::hash_map::Entry::Vacant(e) = fresh.entry(key) {
-                        let addrs = src.stack(a.pid, a.stack_id);
-                        if let Some(rec) = &mut self.recorder {
-                            rec.write(&RecFrame::Stack {
-                                pid: a.pid,
-                                stack_id: a.stack_id,
-                                addrs: addrs.clone(),
-                            })?;
-                        }
-                        e.insert(addrs);
+                        e.insert(self.read_stack(src, key)?);
                     }
                     fresh[&key].first().copied()
                 }

@@ -58,6 +58,8 @@ pub struct Settings {
     pub follow_forks: bool,
     /// Trace anonymous memory mappings (mmap, munmap, mremap).
     pub trace_maps: bool,
+    /// Several processes, no pid filter: only these (the tracepoints see every process).
+    pub filter_set: Vec<u32>,
 }
 
 pub struct EbpfCollector {
@@ -132,6 +134,11 @@ impl EbpfCollector {
             .override_global(globals::FOLLOW_FORKS, &u32::from(s.follow_forks), true)
             .override_global(globals::TASK_TGID_OFFSET, &tgid_offset, true)
             .override_global(globals::TRACE_MAPS, &u32::from(s.trace_maps), true)
+            .override_global(
+                globals::FILTER_SET,
+                &u32::from(!s.filter_set.is_empty()),
+                true,
+            )
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
@@ -183,8 +190,13 @@ impl EbpfCollector {
                 anyhow!("cannot attach to the sched_process_fork raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
             })?;
         }
-        let followed =
+        let mut followed: AyaHashMap<MapData, u32, u32> =
             AyaHashMap::try_from(ebpf.take_map(names::FOLLOWED).context("no FOLLOWED map")?)?;
+        for &pid in &s.filter_set {
+            followed
+                .insert(pid, 0, 0)
+                .context("cannot fill the kernel's table of traced processes")?;
+        }
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let stacks =
             StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
