@@ -362,6 +362,11 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
         files.push(exe.clone());
     }
     for m in maps.iter() {
+        // Code only: a file mapped as data (tracer reading an allocator library's symbols,
+        // any program reading ELF files) is not a library the process calls into.
+        if !m.perms.contains(procfs::process::MMPermissions::EXECUTE) {
+            continue;
+        }
         if let procfs::process::MMapPath::Path(p) = &m.pathname {
             if !files.contains(p) {
                 files.push(p.clone());
@@ -654,7 +659,13 @@ mod tests {
 
     #[test]
     fn this_process_uses_its_libc() {
+        // An allocator library mapped as data (as tracer maps the files it reads) is not one
+        // the process calls into.
+        let f = std::fs::File::open(debian_lib("libtcmalloc_minimal.so.4")).unwrap();
+        // SAFETY: a read-only mapping of a system library nobody rewrites during the test.
+        let data = unsafe { memmap2::Mmap::map(&f) }.unwrap();
         let lib = for_pid(std::process::id()).unwrap();
+        drop(data);
         assert!(is_libc(&lib.path), "{:?}", lib.path);
         assert!(lib.open_path.starts_with("/proc/"));
     }
