@@ -294,12 +294,34 @@ fn go_programs_are_explained() {
     if !privileged("go_programs_are_explained") {
         return;
     }
-    // Pure Go: no malloc anywhere, a clear error.
+    // Pure Go: no malloc anywhere; the mappings its runtime grows the heap by are traced, and
+    // the user is told that is all.
     let pure = go_victim("pure", false);
-    let o = run(Command::new(tracer()).arg("--").arg(&pure));
+    let traced = launch_json(&["-n", "100"], &pure, &[]);
+    assert_eq!(traced.code, Some(0), "{}", traced.stderr);
+    assert!(
+        traced
+            .stderr
+            .contains("is a Go program without the C library"),
+        "{}",
+        traced.stderr
+    );
+    let fin = &traced.final_report;
+    assert_eq!(fin["allocator_kind"], "go");
+    let sites = fin["sites"].as_array().unwrap();
+    assert!(!sites.is_empty(), "{fin}");
+    assert!(sites.iter().all(|s| s["category"] == "mmap"), "{fin}");
+    assert!(
+        sites
+            .iter()
+            .any(|s| functions(s).iter().any(|f| f == "runtime.mallocgc")),
+        "{fin}"
+    );
+    // With --no-mmap there is nothing to trace: a clear error.
+    let o = run(Command::new(tracer()).args(["--no-mmap", "--"]).arg(&pure));
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("is a Go program without the C library"), "{e}");
+    assert!(e.contains("with --no-mmap there is nothing"), "{e}");
     // cgo: the C allocations are traced, and the user is told the Go heap is not.
     let cgo = go_victim("cgo", true);
     // The Go runtime's own heap arenas show as mappings: room for them all in the report.

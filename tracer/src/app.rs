@@ -493,9 +493,7 @@ impl Session {
             // Its new program's map, read now: a process that lives only milliseconds may be
             // gone before its first events are drained, and its program's frames can still
             // be named (libraries mapped later are read with its first new sites).
-            if self.engine.multi() {
-                self.engine.refresh_maps(&mut self.live, pid)?;
-            }
+            self.engine.refresh_maps(&mut self.live, pid)?;
         }
         Ok(())
     }
@@ -564,6 +562,10 @@ impl Session {
             self.exes_seen.insert((scope, exe), a.clone());
         }
         self.live.allocator_of.insert(pid, a);
+        // A pure Go program has no allocator functions: its mappings are traced already.
+        if lib.functions.is_empty() && lib.also.is_empty() {
+            return Ok(true);
+        }
         if self.attached.insert((scope, id)) {
             eprintln!(
                 "tracer: note: pid {pid} ({}) {}: probing its allocator ({}) in {}",

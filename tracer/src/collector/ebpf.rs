@@ -234,6 +234,17 @@ impl EbpfCollector {
             None => UProbeScope::AllProcesses,
         };
         let mut warnings = Vec::new();
+        if lib.kind == "go" && lib.functions.is_empty() {
+            // A pure Go program: its runtime's mappings are all there is to trace.
+            if !self.trace_maps {
+                bail!(
+                    "{} is a Go program without the C library: with --no-mmap there is nothing \
+                     of it to trace (its heap grows by memory mappings)",
+                    lib.path.display()
+                );
+            }
+            return Ok(warnings);
+        }
         for p in PROBES.iter().filter(|p| p.group == Group::Std) {
             if !lib.defines(p.symbol) {
                 if p.required() {

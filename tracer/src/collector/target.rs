@@ -217,14 +217,24 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         .map(|(i, _)| i);
     let notes = runtime_notes(&scanned);
     let Some(main) = main else {
-        if let Some(go) = scanned.first().filter(|(_, _, f)| f.go) {
-            bail!(
-                "{} is a Go program without the C library: the Go runtime manages its heap \
-                 itself, with no malloc for tracer to probe",
-                go.0.display()
-            );
-        }
-        return Ok(None);
+        // A pure Go program: no malloc anywhere, only the mappings its runtime makes.
+        return Ok(scanned
+            .first()
+            .filter(|(_, _, f)| f.go)
+            .map(|(path, open_path, _)| AllocatorLib {
+                path: path.clone(),
+                open_path: open_path.clone(),
+                kind: "go",
+                functions: Vec::new(),
+                exit: None,
+                also: Vec::new(),
+                notes: vec![format!(
+                    "{} is a Go program without the C library: the Go runtime manages its \
+                     heap with no malloc; tracer sees the memory mappings the runtime grows it \
+                     by (category mmap), not Go's objects",
+                    path.display()
+                )],
+            }));
     };
     let lib = |i: usize, functions: Vec<(&'static ProbeSpec, u64)>, exit: Option<u64>| {
         let (path, open_path, f) = &scanned[i];

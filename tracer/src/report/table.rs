@@ -19,8 +19,9 @@ pub fn site_label(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[stack unavailable]".into();
     }
-    // Allocation plumbing inlined into the caller (Rust's Box::new → alloc::alloc::alloc)
-    // says nothing about who allocates: start at the first frame that is not.
+    // Allocation plumbing inlined into the caller (Rust's Box::new → alloc::alloc::alloc), or
+    // the Go runtime growing its heap, says nothing about who allocates: start at the first
+    // frame that is not.
     let plumbing = |f: &Frame| {
         f.function.as_deref().is_some_and(|n| {
             [
@@ -30,6 +31,8 @@ pub fn site_label(frames: &[Frame]) -> String {
                 "<core::alloc::",
                 "std::alloc::",
                 "__rust_",
+                "runtime.",
+                "internal/",
             ]
             .iter()
             .any(|p| n.starts_with(p))
@@ -564,5 +567,15 @@ mod tests {
             site_label(&rust),
             "app::Store::leak (leaky.c:12) ← app::main:30"
         );
+        // The Go runtime growing its heap for a caller: the caller names the site; a stack
+        // of runtime frames alone keeps them.
+        let go = vec![
+            f("runtime.sysMmap", None),
+            f("runtime.mallocgc", None),
+            f("main.fill", Some(7)),
+            f("main.main", Some(20)),
+        ];
+        assert_eq!(site_label(&go), "main.fill (leaky.c:7) ← main.main:20");
+        assert!(site_label(&go[..2]).starts_with("runtime.sysMmap"));
     }
 }
