@@ -50,10 +50,10 @@ fn a_small_stack_map_loses_no_attribution() {
     if !privileged("a_small_stack_map_loses_no_attribution") {
         return;
     }
-    // 64 buckets for leaky's stacks: collisions are all but certain; each colliding stack is
-    // sent inline instead, so the books stay exact.
-    let leaky = victim("workloads/leaky.c", FP);
-    let run = launch_json(&["--stack-slots", "64"], &leaky, &["2", "0"]);
+    // 100 distinct stacks in 64 buckets: collisions are certain; each colliding stack is sent
+    // inline instead, so the books stay exact.
+    let stacks = victim("victims/stacks.c", FP);
+    let run = launch_json(&["--stack-slots", "64", "-n", "1000"], &stacks, &["100"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let fin = &run.final_report;
     assert!(
