@@ -183,9 +183,10 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let (out, writer) = output::spawn(std::io::stdout());
         let engine = Engine::new(opts, head, recorder, Box::new(out));
         let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
+        // Keyed by the scope the probes really have (following children, every process).
         let attached = plan
             .iter()
-            .filter_map(|(p, l)| file_id(&l.open_path).map(|id| (*p, id)))
+            .filter_map(|(p, l)| file_id(&l.open_path).map(|id| (scope_of(*p), id)))
             .collect();
         let mut session = Session {
             launched,
