@@ -316,8 +316,6 @@ pub mod globals {
     pub const FILTER_SET: &str = "FILTER_SET";
     /// `u32`: non-zero follows the processes `FILTER_PID` forks, and theirs (--follow-children).
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
-    /// `u32`: non-zero traces anonymous memory mappings (--no-mmap turns it off).
-    pub const TRACE_MAPS: &str = "TRACE_MAPS";
     /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 }

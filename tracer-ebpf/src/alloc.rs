@@ -60,8 +60,6 @@ static FOLLOW_FORKS: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
-static TRACE_MAPS: u32 = 0;
-#[unsafe(no_mangle)]
 static FILTER_SET: u32 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -419,7 +417,8 @@ pub fn fork(child_task: u64) {
 
 // ---- memory mappings -------------------------------------------------------------------
 //
-// The syscalls themselves are traced (sys_enter/sys_exit raw tracepoints), so a mapping made
+// The syscalls themselves are traced (sys_enter/sys_exit raw tracepoints, attached only when
+// mappings are traced: --no-mmap leaves them and the wrapper probes off), so a mapping made
 // without the C library (Go's runtime, a raw syscall) is seen too. A mapping made inside an
 // allocator call on the same thread (an arena, a large malloc block) is the allocator's: not
 // recorded, so it is never counted twice. The C library's wrappers are probed at entry only
@@ -462,9 +461,6 @@ pub fn map_caller(ctx: &ProbeContext) {
 
 #[inline(always)]
 pub fn map_enter(regs: u64, nr: u64) {
-    if unsafe { core::ptr::read_volatile(&TRACE_MAPS) } == 0 {
-        return;
-    }
     let Some(pid_tgid) = traced() else { return };
     let sp = reg(regs, REGS_SP);
     if nested_in_outer_call(pid_tgid, sp) {
@@ -504,9 +500,6 @@ pub fn map_enter(regs: u64, nr: u64) {
 
 #[inline(always)]
 pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
-    if unsafe { core::ptr::read_volatile(&TRACE_MAPS) } == 0 {
-        return;
-    }
     let Some(pid_tgid) = traced() else { return };
     let Some(call) = (unsafe { MAP_CALLS.get(&pid_tgid) }).copied() else {
         return;

@@ -352,7 +352,7 @@ impl Session {
             if stops > 1 || (stops == 1 && launched.is_none()) {
                 break End::Stopped;
             }
-            self.forget_exited_children();
+            self.forget_gone();
             if let Some(child) = launched {
                 if self.launched_status.is_none() {
                     self.continue_from_exec(child)?;
@@ -431,7 +431,7 @@ impl Session {
 
     /// Followed children that exited leave the kernel's table (their pids may be reused), and
     /// what was noted of processes at their exec goes once they are long gone.
-    fn forget_exited_children(&mut self) {
+    fn forget_gone(&mut self) {
         self.live
             .early
             .retain(|&pid, e| e.at.elapsed() < Duration::from_secs(10) || alive(pid));
@@ -564,7 +564,7 @@ impl Session {
         }
         self.live.allocator_of.insert(pid, a);
         // A pure Go program has no allocator functions: its mappings are traced already.
-        if lib.functions.is_empty() && lib.also.is_empty() {
+        if lib.mappings_only() {
             return Ok(true);
         }
         if self.attached.insert((scope, id)) {

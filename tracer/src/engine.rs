@@ -345,6 +345,8 @@ impl Engine {
         fresh: &mut HashMap<SiteKey, Vec<u64>>,
     ) -> Result<Vec<usize>> {
         let mut out = Vec::new();
+        // A process's map is read at most once here (a gone process's read fails every time).
+        let mut refreshed: Vec<u32> = Vec::new();
         for (i, ev) in events.iter().enumerate() {
             let Event::Alloc(a) = ev else { continue };
             if a.func != AllocFn::Mmap || a.stack_id < 0 {
@@ -364,7 +366,8 @@ impl Engine {
                 }
             };
             let Some(first) = first else { continue };
-            if !self.symbolizer.knows(a.pid, first) {
+            if !self.symbolizer.knows(a.pid, first) && !refreshed.contains(&a.pid) {
+                refreshed.push(a.pid);
                 self.refresh_maps(src, a.pid)?;
             }
             let by_loader = self.symbolizer.mapping(a.pid, first).is_some_and(|m| {

@@ -133,7 +133,6 @@ impl EbpfCollector {
             .override_global(globals::MAX_SIZE, &s.max_size, true)
             .override_global(globals::FOLLOW_FORKS, &u32::from(s.follow_forks), true)
             .override_global(globals::TASK_TGID_OFFSET, &tgid_offset, true)
-            .override_global(globals::TRACE_MAPS, &u32::from(s.trace_maps), true)
             .override_global(
                 globals::FILTER_SET,
                 &u32::from(!s.filter_set.is_empty()),
@@ -234,7 +233,7 @@ impl EbpfCollector {
             None => UProbeScope::AllProcesses,
         };
         let mut warnings = Vec::new();
-        if lib.kind == "go" && lib.functions.is_empty() {
+        if lib.mappings_only() {
             // A pure Go program: its runtime's mappings are all there is to trace.
             if !self.trace_maps {
                 bail!(

@@ -38,7 +38,12 @@ pub struct AllocatorLib {
 
 impl AllocatorLib {
     pub fn defines(&self, symbol: &str) -> bool {
-        self.functions.iter().any(|(p, _)| p.symbol == symbol)
+        defines(&self.functions, symbol)
+    }
+
+    /// Nothing to probe: a pure Go program, whose runtime's mappings are all there is.
+    pub fn mappings_only(&self) -> bool {
+        self.functions.is_empty() && self.also.is_empty()
     }
 
     /// The allocators this process uses, for the report: `glibc`, or `glibc, mimalloc` when
@@ -67,7 +72,7 @@ pub struct ElfAllocs {
 
 impl ElfAllocs {
     fn defines(&self, symbol: &str) -> bool {
-        self.functions.iter().any(|(p, _)| p.symbol == symbol)
+        defines(&self.functions, symbol)
     }
 
     fn group(&self, keep: impl Fn(Group) -> bool) -> Vec<(&'static ProbeSpec, u64)> {
@@ -84,6 +89,10 @@ impl ElfAllocs {
             .iter()
             .any(|(p, _)| p.group == Group::Own && p.has_return())
     }
+}
+
+fn defines(functions: &[(&'static ProbeSpec, u64)], symbol: &str) -> bool {
+    functions.iter().any(|(p, _)| p.symbol == symbol)
 }
 
 /// Symbols that tell allocators apart (static binaries keep them in their full symbol table).
