@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         ProgramError, RawTracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -77,6 +77,8 @@ pub struct EbpfCollector {
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
     inline_ids: HashMap<(bool, Vec<u64>), i32>,
     inline_stacks: Vec<Vec<u64>>,
+    /// Every uprobe attached, by program: detached together when the collector goes.
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 /// Ids of inline stacks start here, above any stack map's ids.
@@ -88,6 +90,37 @@ impl AsRawFd for RawFdWrap {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
     }
+}
+
+impl Drop for EbpfCollector {
+    /// Detaching a uprobe waits for the kernel's RCU grace periods (tens of ms each). One
+    /// after another, a few dozen probes kept tracer alive for seconds after its report;
+    /// detached from threads of their own, they share the grace periods.
+    fn drop(&mut self) {
+        let mut links = Vec::with_capacity(self.links.len());
+        for (program, id) in self.links.drain(..) {
+            let prog: Option<&mut UProbe> = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok());
+            if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
+                links.push(link);
+            }
+        }
+        detach_concurrently(links);
+    }
+}
+
+/// Drops `links` from one thread each (inline if a thread cannot be had).
+fn detach_concurrently(links: Vec<UProbeLink>) {
+    std::thread::scope(|s| {
+        for link in links {
+            // On failure the closure, and the link in it, is dropped right here.
+            let _ = std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn_scoped(s, move || drop(link));
+        }
+    });
 }
 
 /// Turns load failures into what a user can act on.
@@ -222,6 +255,7 @@ impl EbpfCollector {
             bad_records: 0,
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
+            links: Vec::new(),
         })
     }
 
@@ -295,7 +329,7 @@ impl EbpfCollector {
 
     fn attach_one(
         &mut self,
-        program: &str,
+        program: &'static str,
         spec: &ProbeSpec,
         offset: u64,
         lib: &AllocatorLib,
@@ -311,8 +345,10 @@ impl EbpfCollector {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie: Some(spec.func as u64 | cookie_flags),
         };
-        prog.attach(point, &lib.open_path, scope)
+        let id = prog
+            .attach(point, &lib.open_path, scope)
             .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
+        self.links.push((program, id));
         Ok(())
     }
 
