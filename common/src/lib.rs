@@ -24,6 +24,9 @@ pub mod kind {
     /// A [`MunmapRecord`](super::MunmapRecord): the program unmapped a range of its address
     /// space (anonymous mappings it made are [`ALLOC_STACK`] records of `AllocFn::Mmap`).
     pub const MUNMAP: u8 = 6;
+    /// A [`Header`](super::Header) alone, on the `NOTICES` ring only: the process is entering
+    /// `exit()`, its libraries still mapped (read its map now: it may be gone in microseconds).
+    pub const EXITING: u8 = 7;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -294,6 +297,10 @@ pub mod names {
     /// `u32 tgid → u32 parent tgid`: the processes traced besides `FILTER_PID`: followed
     /// children, or (with `FILTER_SET`) the several `--pid` targets (parent 0).
     pub const FOLLOWED: &str = "FOLLOWED";
+    /// A small ring of [`Header`]s (`kind::EXEC`, `kind::EXITING`) that wakes its reader at
+    /// once: the moments a short-lived process's memory map must be read, apart from the
+    /// event stream so that reading them waits for nothing else.
+    pub const NOTICES: &str = "NOTICES";
 }
 
 /// Load-time settings (read-only globals of the eBPF object).

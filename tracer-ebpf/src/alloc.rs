@@ -28,6 +28,8 @@ use tracer_common::{
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
+static NOTICES: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
+#[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
@@ -617,16 +619,34 @@ pub fn exec() {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    notice(kind::EXEC, (pid_tgid >> 32) as u32);
     if held((pid_tgid >> 32) as u32) && unsafe { bpf_send_signal(SIGSTOP) } == 0 {
         bump(counter::EXEC_STOPS);
     }
+}
+
+/// Tells the map reader to read `pid`'s memory map now (a lost notice only costs names).
+#[inline(always)]
+fn notice(kind: u8, pid: u32) {
+    let hdr = Header {
+        kind,
+        func: 0,
+        _pad: 0,
+        pid,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = NOTICES.output::<Header>(&hdr, BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// The traced process is entering `exit()`: stop it (the signal takes effect before the
 /// function runs) so userspace reads its memory map while it still has one, then continues it.
 #[inline(always)]
 pub fn stop_at_exit() {
-    if traced().is_none() || !held((bpf_get_current_pid_tgid() >> 32) as u32) {
+    let Some(pid_tgid) = traced() else { return };
+    let pid = (pid_tgid >> 32) as u32;
+    if !held(pid) {
+        // Not ours to stop: its map is read while exit() runs, if the reader is quick enough.
+        notice(kind::EXITING, pid);
         return;
     }
     if unsafe { bpf_send_signal(SIGSTOP) } == 0 {

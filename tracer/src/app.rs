@@ -12,6 +12,7 @@ use crate::{
     },
     config::{Config, Mode, ReportOptions, Target, TraceOptions},
     engine::{ns, Engine, Flow, ProcInfo, Source},
+    mapwatch::{EarlyBook, MapWatch},
     output,
     record::{RecordHeader, Recorder},
     replay, signals,
@@ -84,6 +85,13 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         // Following children, the reports have a process level, as with several pids.
         let report_pid = if t.follow_children { 0 } else { head_pid };
         let mut collector = EbpfCollector::load(&settings)?;
+        let early = EarlyBook::default();
+        let watch = match collector.take_notices() {
+            Some(ring) => {
+                Some(MapWatch::start(ring, early.clone()).context("cannot start the map reader")?)
+            }
+            None => None,
+        };
         let mut warnings = Vec::new();
         for (pid, lib) in &plan {
             if pid.is_some() {
@@ -209,7 +217,8 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                     .first()
                     .map(|(_, l)| Allocator::of(l))
                     .unwrap_or_default(),
-                early: Default::default(),
+                early,
+                _watch: watch,
             },
             engine,
             targets,
@@ -240,15 +249,11 @@ struct Live {
     /// The allocator probed for each target pid; system-wide, the one library probed.
     allocator_of: std::collections::HashMap<u32, Allocator>,
     default_allocator: Allocator,
-    /// What was known of a process right after its exec (its name from the kernel, its map
-    /// as soon as the exec was drained), for a process gone before its events were read.
-    early: std::collections::HashMap<u32, Early>,
-}
-
-struct Early {
-    comm: Option<String>,
-    maps: Option<Vec<Mapping>>,
-    at: Instant,
+    /// What was known of a process while it could still be read (its name from the kernel,
+    /// its map at exec and entering exit()), for a process gone before its events were read.
+    early: EarlyBook,
+    /// Reads maps into `early` as the kernel's notices come.
+    _watch: Option<MapWatch>,
 }
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
@@ -273,7 +278,7 @@ impl Source for Live {
     }
 
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>> {
-        symbolize::read_maps(pid).or_else(|| self.early.get(&pid)?.maps.clone())
+        symbolize::read_maps(pid).or_else(|| self.early.maps(pid))
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcInfo> {
@@ -281,7 +286,7 @@ impl Source for Live {
             .allocator_of
             .get(&pid)
             .unwrap_or(&self.default_allocator);
-        let early = self.early.get(&pid).and_then(|e| e.comm.clone());
+        let early = self.early.comm(pid);
         Some(ProcInfo {
             command: read_comm(pid).or(early)?,
             allocator: a.path.clone(),
@@ -432,9 +437,7 @@ impl Session {
     /// Followed children that exited leave the kernel's table (their pids may be reused), and
     /// what was noted of processes at their exec goes once they are long gone.
     fn forget_gone(&mut self) {
-        self.live
-            .early
-            .retain(|&pid, e| e.at.elapsed() < Duration::from_secs(10) || alive(pid));
+        self.live.early.retain(Duration::from_secs(10), alive);
         let collector = &mut self.live.collector;
         self.followed.retain(|&pid| {
             let keep = alive(pid);
@@ -461,13 +464,12 @@ impl Session {
         }
         for ev in &self.batch {
             if let Event::Exec { pid, .. } = *ev {
-                // At once, while a short-lived process may still be there.
-                let early = Early {
-                    comm: self.live.collector.take_exec_name(pid),
-                    maps: symbolize::read_maps(pid),
-                    at: Instant::now(),
-                };
-                self.live.early.insert(pid, early);
+                // Its map was read when the kernel's notice came (see mapwatch).
+                let comm = self.live.collector.take_exec_name(pid);
+                let mut early = self.live.early.lock();
+                let e = early.entry(pid).or_default();
+                e.comm = comm;
+                e.at.get_or_insert_with(Instant::now);
             }
             if let Event::Fork { pid, parent, .. } = *ev {
                 self.followed.push(pid);

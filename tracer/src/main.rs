@@ -7,6 +7,7 @@ mod collector;
 mod config;
 mod engine;
 mod flame;
+mod mapwatch;
 mod output;
 mod record;
 mod replay;

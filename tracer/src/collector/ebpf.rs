@@ -69,6 +69,7 @@ pub struct EbpfCollector {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
+    notices: Option<RingBuf<MapData>>,
     trace_maps: bool,
     /// The command name of each process at its last exec, from the kernel.
     exec_names: HashMap<u32, String>,
@@ -230,6 +231,7 @@ impl EbpfCollector {
                 .context("cannot fill the kernel's table of traced processes")?;
         }
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+        let notices = RingBuf::try_from(ebpf.take_map(names::NOTICES).context("no NOTICES map")?)?;
         let stacks =
             StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
         let counters =
@@ -250,6 +252,7 @@ impl EbpfCollector {
             stacks,
             counters,
             followed,
+            notices: Some(notices),
             trace_maps: s.trace_maps,
             exec_names: HashMap::new(),
             bad_records: 0,
@@ -350,6 +353,11 @@ impl EbpfCollector {
             .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
         self.links.push((program, id));
         Ok(())
+    }
+
+    /// The ring of notices (when to read a process's map), for a reader of its own.
+    pub fn take_notices(&mut self) -> Option<RingBuf<MapData>> {
+        self.notices.take()
     }
 
     /// The command name `pid` exec'd under, as the kernel told it (once: the entry is taken).

@@ -134,6 +134,12 @@ pub fn exec_comm(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&r.comm[..end]).into_owned()).filter(|s| !s.is_empty())
 }
 
+/// The kind and pid of a notice (a record of the `NOTICES` ring).
+pub fn decode_notice(bytes: &[u8]) -> Option<(u8, u32)> {
+    let h: Header = read(bytes)?;
+    Some((h.kind, h.pid))
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: Header = read(bytes).ok_or(DecodeError::Short {

@@ -1,0 +1,180 @@
+//! Memory maps read the moment the kernel says so, from a thread of its own.
+//!
+//! A process that lives a millisecond is gone long before the event stream is drained, and
+//! with it /proc/PID/maps: its frames could not be named. The kernel sends a notice on a
+//! small ring of its own at two moments: right after an exec (the program and its loader are
+//! mapped) and on entry to `exit()` (every library is). This thread wakes on each and reads
+//! the map at once, waiting for nothing else the pipeline does.
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{collector, symbolize::Mapping};
+
+/// What is known of a process from the moments it could still be read.
+#[derive(Default)]
+pub struct Early {
+    /// Its command name at its last exec, from the kernel.
+    pub comm: Option<String>,
+    /// Its memory map at the latest notice (None: not read, or it was gone already).
+    pub maps: Option<Vec<Mapping>>,
+    pub at: Option<Instant>,
+}
+
+/// Early knowledge of processes, by pid, filled by the watcher thread and the pipeline.
+#[derive(Clone, Default)]
+pub struct EarlyBook(Arc<Mutex<HashMap<u32, Early>>>);
+
+impl EarlyBook {
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<u32, Early>> {
+        // A panic elsewhere while holding it leaves plain data: go on with it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn maps(&self, pid: u32) -> Option<Vec<Mapping>> {
+        self.lock().get(&pid)?.maps.clone()
+    }
+
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        self.lock().get(&pid)?.comm.clone()
+    }
+
+    /// A notice came: read the map now. After an exec the old program's map is wrong even
+    /// if the new one cannot be read; entering exit() a failed read keeps what was known.
+    fn noticed(&self, kind: u8, pid: u32, read: impl FnOnce(u32) -> Option<Vec<Mapping>>) {
+        let maps = read(pid).filter(|m| !m.is_empty());
+        let exec = kind == tracer_common::kind::EXEC;
+        let mut book = self.lock();
+        let e = book.entry(pid).or_default();
+        if maps.is_some() || exec {
+            e.maps = maps;
+        }
+        e.at = Some(Instant::now());
+    }
+
+    /// Forgets processes gone for more than `keep` (their reports are out by then).
+    pub fn retain(&self, keep: Duration, alive: impl Fn(u32) -> bool) {
+        self.lock()
+            .retain(|&pid, e| e.at.is_some_and(|t| t.elapsed() < keep) || alive(pid));
+    }
+}
+
+/// The watcher thread; stopped and joined on drop.
+pub struct MapWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MapWatch {
+    pub fn start(mut ring: RingBuf<MapData>, book: EarlyBook) -> std::io::Result<MapWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tracer-maps".into())
+            .spawn(move || {
+                // Woken by a notice, it must run before the process it reads is gone, even
+                // while the pipeline, the process and its parent keep every core busy: the
+                // lowest real-time priority. Its work is one /proc read per exec and exit (and
+                // without the privilege it still works, only later).
+                let param = libc::sched_param { sched_priority: 1 };
+                // SAFETY: sets this thread's own policy; `param` is a valid sched_param.
+                unsafe {
+                    libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param)
+                };
+                let fd = ring.as_raw_fd();
+                while !flag.load(Ordering::Relaxed) {
+                    while let Some(item) = ring.next() {
+                        if let Some((kind, pid)) = collector::decode_notice(&item) {
+                            book.noticed(kind, pid, crate::symbolize::read_maps);
+                        }
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the ring (and its fd) lives in this thread.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                }
+            })?;
+        Ok(MapWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MapWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::kind;
+
+    fn map(path: &str) -> Vec<Mapping> {
+        vec![Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            path: path.into(),
+            open_path: None,
+        }]
+    }
+
+    #[test]
+    fn an_exec_replaces_the_old_program_even_when_unreadable() {
+        let book = EarlyBook::default();
+        book.noticed(kind::EXEC, 7, |_| Some(map("/bin/a")));
+        assert_eq!(
+            book.maps(7).unwrap()[0].path,
+            std::path::Path::new("/bin/a")
+        );
+        book.noticed(kind::EXEC, 7, |_| None);
+        assert!(book.maps(7).is_none());
+    }
+
+    #[test]
+    fn entering_exit_keeps_the_last_map_when_the_process_is_gone() {
+        let book = EarlyBook::default();
+        book.noticed(kind::EXEC, 7, |_| Some(map("/bin/a")));
+        book.noticed(kind::EXITING, 7, |_| Some(map("/lib/libc.so.6")));
+        assert_eq!(
+            book.maps(7).unwrap()[0].path,
+            std::path::Path::new("/lib/libc.so.6")
+        );
+        book.noticed(kind::EXITING, 7, |_| None);
+        assert_eq!(
+            book.maps(7).unwrap()[0].path,
+            std::path::Path::new("/lib/libc.so.6")
+        );
+    }
+
+    #[test]
+    fn gone_processes_are_forgotten_after_a_while_only() {
+        let book = EarlyBook::default();
+        book.noticed(kind::EXEC, 7, |_| Some(map("/bin/a")));
+        book.retain(Duration::from_secs(10), |_| false);
+        assert!(book.maps(7).is_some());
+        book.retain(Duration::ZERO, |_| false);
+        assert!(book.maps(7).is_none());
+        book.noticed(kind::EXEC, 8, |_| Some(map("/bin/a")));
+        book.retain(Duration::ZERO, |p| p == 8);
+        assert!(book.maps(8).is_some());
+    }
+}
