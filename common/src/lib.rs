@@ -27,6 +27,8 @@ pub mod kind {
     /// A [`Header`](super::Header) alone, on the `NOTICES` ring only: the process is entering
     /// `exit()`, its libraries still mapped (read its map now: it may be gone in microseconds).
     pub const EXITING: u8 = 7;
+    /// A [`HeapRecord`](super::HeapRecord): a heap of blocks was destroyed or deleted.
+    pub const HEAP_RELEASE: u8 = 8;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -60,10 +62,16 @@ pub enum AllocFn {
     Mmap = 19,
     /// `mremap` of such a mapping: like realloc, it may move it.
     Mremap = 20,
+    /// mimalloc's `mi_heap_destroy(heap)`: every block still in the heap is freed at once.
+    /// Never an allocation's label: a [`HeapRecord`] says it happened.
+    HeapDestroy = 21,
+    /// mimalloc's `mi_heap_delete(heap)`: the heap goes, its blocks live on in the default
+    /// heap (and `mi_heap_destroy` of a heap it may not destroy does this instead).
+    HeapDelete = 22,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 20] = [
+    pub const ALL: [AllocFn; 22] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -84,6 +92,8 @@ impl AllocFn {
         AllocFn::NewArrayAlignedNothrow,
         AllocFn::Mmap,
         AllocFn::Mremap,
+        AllocFn::HeapDestroy,
+        AllocFn::HeapDelete,
     ];
 
     pub fn from_u8(v: u8) -> Option<AllocFn> {
@@ -113,6 +123,8 @@ impl AllocFn {
             AllocFn::NewArrayAlignedNothrow => "_ZnamSt11align_val_tRKSt9nothrow_t",
             AllocFn::Mmap => "mmap",
             AllocFn::Mremap => "mremap",
+            AllocFn::HeapDestroy => "mi_heap_destroy",
+            AllocFn::HeapDelete => "mi_heap_delete",
         }
     }
 
@@ -124,6 +136,11 @@ impl AllocFn {
     /// A memory mapping (its own category), not a heap block.
     pub fn is_mapping(self) -> bool {
         matches!(self, AllocFn::Mmap | AllocFn::Mremap)
+    }
+
+    /// The end of a heap of blocks (mimalloc's `mi_heap_destroy`, `mi_heap_delete`).
+    pub fn is_heap_release(self) -> bool {
+        matches!(self, AllocFn::HeapDestroy | AllocFn::HeapDelete)
     }
 
     /// Whether this entry point may release a block it was given (realloc's input).
@@ -165,6 +182,9 @@ pub struct AllocRecord {
     pub size: u64,
     /// How many calls this record stands for: 1 now, more once sampling exists.
     pub weight: u64,
+    /// The heap the block was taken from when the caller named one (mimalloc's
+    /// `mi_heap_*`): destroying that heap frees the block. 0: the allocator's default.
+    pub heap: u64,
 }
 
 /// An allocation with its user stack inline (the stack map had another stack in its bucket):
@@ -202,6 +222,15 @@ pub struct ForkRecord {
     pub hdr: Header,
     pub parent: u32,
     pub _pad: u32,
+}
+
+/// A heap of blocks went (`hdr.func`: [`AllocFn::HeapDestroy`] freed its blocks,
+/// [`AllocFn::HeapDelete`] left them live). The heap's own block, at `heap`, is freed either way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapRecord {
+    pub hdr: Header,
+    pub heap: u64,
 }
 
 /// The program unmapped `[addr, addr + len)`.
@@ -351,6 +380,8 @@ pub struct InFlight {
     /// The call's file has nesting free-like functions ([`COOKIE_NESTING_FREES`]).
     pub nesting_frees: u8,
     pub _pad: [u8; 5],
+    /// The heap named by the caller (`mi_heap_*`), 0 when none.
+    pub heap: u64,
 }
 
 #[cfg(feature = "user")]
@@ -360,10 +391,10 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 16);
-const _: () = assert!(core::mem::size_of::<AllocRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<AllocRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<FreeRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
-const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 56 + 8 + 8 * MAX_STACK_DEPTH);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 32);
+const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 40);

@@ -21,7 +21,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
-    Header, InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES,
+    MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -137,14 +138,32 @@ fn nested_in_outer_call(pid_tgid: u64, sp: u64) -> bool {
 
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
+    enter_heap(ctx, size, ptr, 0);
+}
+
+/// An allocator call's entry; `heap`: the heap the caller named (mimalloc's `mi_heap_*`).
+#[inline(always)]
+pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     let Some(pid_tgid) = traced() else { return };
     let sp = unsafe { (*ctx.regs).rsp };
-    if nested_in_outer_call(pid_tgid, sp) {
-        bump(counter::NESTED);
-        return;
-    }
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let func = cookie as u8;
+    if let Some(outer) = INFLIGHT.get_ptr_mut(pid_tgid) {
+        if unsafe { (*outer).sp } >= sp {
+            // mi_heap_destroy of a heap it may not destroy (one that may hold reclaimed pages)
+            // deletes it instead: its blocks live on.
+            unsafe {
+                if func == AllocFn::HeapDelete as u8
+                    && (*outer).func == AllocFn::HeapDestroy as u8
+                    && (*outer).ptr == ptr
+                {
+                    (*outer).func = func;
+                }
+            }
+            bump(counter::NESTED);
+            return;
+        }
+    }
     // Out-of-range calls keep their slot so that the calls nested in them are still known
     // as nested; their return does no stack walk and sends nothing but a release.
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
@@ -157,6 +176,7 @@ pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
         filtered: (size < min || size > max) as u8,
         nesting_frees: (cookie & COOKIE_NESTING_FREES != 0) as u8,
         _pad: [0; 5],
+        heap,
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
@@ -181,6 +201,10 @@ pub fn leave(ctx: &RetProbeContext) {
         return;
     }
     let _ = INFLIGHT.remove(pid_tgid);
+    if call.func == AllocFn::HeapDestroy as u8 || call.func == AllocFn::HeapDelete as u8 {
+        heap_released(pid_tgid, call.func, call.ptr);
+        return;
+    }
     let ret: u64 = ctx.ret();
 
     let mut addr = ret;
@@ -260,6 +284,7 @@ pub fn leave(ctx: &RetProbeContext) {
         old_addr,
         size: call.size,
         weight: 1,
+        heap: call.heap,
     };
     if collided {
         // Another stack holds this one's bucket in the stack map: send the stack itself.
@@ -272,6 +297,28 @@ pub fn leave(ctx: &RetProbeContext) {
         return;
     };
     entry.write(record);
+    entry.submit(flags);
+}
+
+/// A heap went, at the return of the call that released it (see `enter_heap`).
+#[inline(always)]
+fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
+    bump(counter::FREES);
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<HeapRecord>(0) else {
+        bump(counter::RING_FULL_FREE);
+        return;
+    };
+    entry.write(HeapRecord {
+        hdr: Header {
+            kind: kind::HEAP_RELEASE,
+            func,
+            _pad: 0,
+            pid: (pid_tgid >> 32) as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        heap,
+    });
     entry.submit(flags);
 }
 
@@ -564,6 +611,7 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
             old_addr: if moves { call.addr } else { 0 },
             size: call.len,
             weight: 1,
+            heap: 0,
         };
         let n = bpf_get_stack(
             ctx.as_ptr(),

@@ -113,6 +113,54 @@ pub fn posix_memalign(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// mimalloc's `mi_heap_malloc(heap, size)` and the others whose size follows the heap.
+#[uprobe]
+pub fn heap_size(ctx: ProbeContext) -> u32 {
+    let heap = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    alloc::enter_heap(&ctx, size, 0, heap);
+    0
+}
+
+/// `mi_heap_calloc(heap, count, size)`, `mi_heap_mallocn`.
+#[uprobe]
+pub fn heap_calloc(ctx: ProbeContext) -> u32 {
+    let heap = ctx.arg::<u64>(0).unwrap_or(0);
+    let n = ctx.arg::<u64>(1).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    alloc::enter_heap(&ctx, n.wrapping_mul(size), 0, heap);
+    0
+}
+
+/// `mi_heap_realloc(heap, ptr, size)` and its variants.
+#[uprobe]
+pub fn heap_realloc(ctx: ProbeContext) -> u32 {
+    let heap = ctx.arg::<u64>(0).unwrap_or(0);
+    let ptr = ctx.arg::<u64>(1).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    alloc::enter_heap(&ctx, size, ptr, heap);
+    0
+}
+
+/// `mi_heap_reallocn(heap, ptr, count, size)`, `mi_heap_recalloc`.
+#[uprobe]
+pub fn heap_reallocarray(ctx: ProbeContext) -> u32 {
+    let heap = ctx.arg::<u64>(0).unwrap_or(0);
+    let ptr = ctx.arg::<u64>(1).unwrap_or(0);
+    let n = ctx.arg::<u64>(2).unwrap_or(0);
+    let size = ctx.arg::<u64>(3).unwrap_or(0);
+    alloc::enter_heap(&ctx, n.wrapping_mul(size), ptr, heap);
+    0
+}
+
+/// `mi_heap_destroy(heap)`, `mi_heap_delete(heap)`: reported at their return.
+#[uprobe]
+pub fn heap_release(ctx: ProbeContext) -> u32 {
+    let heap = ctx.arg::<u64>(0).unwrap_or(0);
+    alloc::enter(&ctx, 0, heap);
+    0
+}
+
 /// Return of every allocation function above.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {

@@ -757,6 +757,8 @@ impl Engine {
             maps: c.get(counter::MAPS),
             received_maps: st.map_events,
             received_unmaps: st.unmap_events,
+            heap_releases: st.heap_releases,
+            heap_freed: st.heap_freed,
         };
         (lost, events)
     }
@@ -1399,6 +1401,7 @@ mod tests {
             size,
             weight: 1,
             stack_id,
+            heap: 0,
         })
     }
 

@@ -42,8 +42,9 @@ use crate::{
 };
 
 const MAGIC: &[u8; 8] = b"TRACEREC";
-/// Written; readers accept every version from 1 (which has no process frames) to this one.
-pub const VERSION: u16 = 2;
+/// Written; readers accept every version from 1 (which has no process frames) to this one (3
+/// added events in named heaps and heap releases).
+pub const VERSION: u16 = 3;
 /// No frame is larger than this: a length above it is corruption, not a reason to allocate.
 const MAX_FRAME: u32 = 64 << 20;
 
@@ -356,7 +357,8 @@ fn put_counters(b: &mut Vec<u8>, c: &Counters) {
     }
 }
 
-/// Events: u8 kind (1 alloc, 2 free), then varints; timestamps as zigzag deltas from the
+/// Events: u8 kind (1 alloc, 2 free, 3 exec, 4 fork, 5 munmap, 6 alloc in a named heap, 7 heap
+/// released), then varints; timestamps as zigzag deltas from the
 /// previous event of the frame (CPUs interleave, so they are not monotonic).
 fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
     let mut ts = |b: &mut Vec<u8>, t: u64| {
@@ -365,7 +367,8 @@ fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
     };
     match ev {
         Event::Alloc(a) => {
-            b.push(1);
+            // Kind 6: an allocation in a named heap (its heap follows the stack id).
+            b.push(if a.heap == 0 { 1 } else { 6 });
             put_var(b, a.pid as u64);
             put_var(b, a.tid as u64);
             ts(b, a.ts_ns);
@@ -375,6 +378,21 @@ fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
             put_var(b, a.size);
             put_var(b, a.weight);
             put_var(b, zigzag(a.stack_id as i64));
+            if a.heap != 0 {
+                put_var(b, a.heap);
+            }
+        }
+        Event::HeapRelease {
+            pid,
+            ts_ns,
+            heap,
+            destroy,
+        } => {
+            b.push(7);
+            put_var(b, *pid as u64);
+            ts(b, *ts_ns);
+            put_var(b, *heap);
+            b.push(u8::from(*destroy));
         }
         Event::Free { pid, ts_ns, addr } => {
             b.push(2);
@@ -640,7 +658,7 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
             for _ in 0..n {
                 let at = c.pos;
                 let ev = match c.u8("event kind")? {
-                    1 => {
+                    k @ (1 | 6) => {
                         let pid = c.var32("pid")?;
                         let tid = c.var32("tid")?;
                         let ts_ns = prev_ts.wrapping_add(unzigzag(c.var("timestamp")?) as u64);
@@ -654,6 +672,7 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                         let sid = unzigzag(c.var("stack id")?);
                         let stack_id = i32::try_from(sid)
                             .map_err(|_| c.err(format!("stack id {sid} out of range")))?;
+                        let heap = if k == 6 { c.var("heap")? } else { 0 };
                         prev_ts = ts_ns;
                         Event::Alloc(Alloc {
                             pid,
@@ -665,7 +684,21 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
                             size,
                             weight,
                             stack_id,
+                            heap,
                         })
+                    }
+                    7 => {
+                        let pid = c.var32("pid")?;
+                        let ts_ns = prev_ts.wrapping_add(unzigzag(c.var("timestamp")?) as u64);
+                        prev_ts = ts_ns;
+                        let heap = c.var("heap")?;
+                        let destroy = c.u8("destroy flag")? != 0;
+                        Event::HeapRelease {
+                            pid,
+                            ts_ns,
+                            heap,
+                            destroy,
+                        }
                     }
                     2 => {
                         let pid = c.var32("pid")?;
@@ -811,7 +844,26 @@ mod tests {
                     size: 64,
                     weight: 1,
                     stack_id: 7,
+                    heap: 0,
                 }),
+                Event::Alloc(Alloc {
+                    pid: 42,
+                    tid: 43,
+                    ts_ns: 5_000_100,
+                    func: AllocFn::Malloc,
+                    addr: 0x5555_2000,
+                    old_addr: 0,
+                    size: 24,
+                    weight: 1,
+                    stack_id: 7,
+                    heap: 0x7f00_0000_8000,
+                }),
+                Event::HeapRelease {
+                    pid: 42,
+                    ts_ns: 5_000_200,
+                    heap: 0x7f00_0000_8000,
+                    destroy: true,
+                },
                 Event::Free {
                     pid: 42,
                     ts_ns: 4_999_000,
@@ -827,6 +879,7 @@ mod tests {
                     size: 1,
                     weight: 1,
                     stack_id: -17,
+                    heap: 0,
                 }),
             ]),
             Frame::Tick {
@@ -1040,9 +1093,10 @@ mod tests {
             any::<u64>(),
             1..1000u64,
             any::<i32>(),
+            prop_oneof![Just(0u64), any::<u64>()],
         )
             .prop_map(
-                |(pid, tid, ts_ns, f, addr, old_addr, size, weight, stack_id)| {
+                |(pid, tid, ts_ns, f, addr, old_addr, size, weight, stack_id, heap)| {
                     Event::Alloc(Alloc {
                         pid,
                         tid,
@@ -1053,9 +1107,18 @@ mod tests {
                         size,
                         weight,
                         stack_id,
+                        heap,
                     })
                 },
             );
+        let heap_release = (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(pid, ts_ns, heap, destroy)| Event::HeapRelease {
+                pid,
+                ts_ns,
+                heap,
+                destroy,
+            },
+        );
         let free = (any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(pid, ts_ns, addr)| Event::Free { pid, ts_ns, addr });
         let exec = (any::<u32>(), any::<u64>()).prop_map(|(pid, ts_ns)| Event::Exec { pid, ts_ns });
@@ -1069,6 +1132,6 @@ mod tests {
                 len,
             },
         );
-        prop_oneof![alloc, free, exec, fork, munmap]
+        prop_oneof![alloc, free, exec, fork, munmap, heap_release]
     }
 }

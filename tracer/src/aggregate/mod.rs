@@ -76,6 +76,9 @@ pub struct LedgerStats {
     pub unknown_frees: u64,
     /// An allocation returned an address that was still live in the books: its free was lost.
     pub reused_live: u64,
+    /// Heaps destroyed or deleted (mimalloc), and the live blocks destroying them freed.
+    pub heap_releases: u64,
+    pub heap_freed: u64,
 }
 
 #[derive(Default)]
@@ -84,6 +87,10 @@ pub struct Ledger {
     /// The starts of the live blocks that are mappings (they never overlap one another, so a
     /// munmap finds the ones it touches by walking down from its end).
     mapped: BTreeSet<(u32, u64)>,
+    /// Blocks allocated in a heap the caller named (mimalloc's `mi_heap_*`), which can be
+    /// destroyed whole: (process, heap) → its live blocks, and each block's heap.
+    heaps: HashMap<(u32, u64), BTreeSet<u64>>,
+    heap_of: HashMap<(u32, u64), u64>,
     sites: Vec<Site>,
     index: HashMap<SiteKey, SiteId>,
     pub stats: LedgerStats,
@@ -164,6 +171,9 @@ impl Ledger {
             }
             Event::Alloc(a) => self.alloc(a, frames_of),
             Event::Munmap { pid, addr, len, .. } => self.unmap(*pid, *addr, *len),
+            Event::HeapRelease {
+                pid, heap, destroy, ..
+            } => self.release_heap(*pid, *heap, *destroy),
             // The engine closes the old program's books (it knows what to report of them).
             Event::Exec { .. } | Event::Fork { .. } => {}
         }
@@ -222,6 +232,31 @@ impl Ledger {
                 weight,
             },
         );
+        if a.heap != 0 && !mapping {
+            self.heaps
+                .entry((a.pid, a.heap))
+                .or_default()
+                .insert(a.addr);
+            self.heap_of.insert((a.pid, a.addr), a.heap);
+        }
+    }
+
+    /// A heap went: destroyed, its blocks are freed with it; deleted, they live on (in the
+    /// allocator's default heap). The heap's own block is freed either way.
+    fn release_heap(&mut self, pid: u32, heap: u64, destroy: bool) {
+        // One free-like record of the kernel's (it counts them with the frees).
+        self.stats.free_events += 1;
+        self.stats.heap_releases += 1;
+        let blocks = self.heaps.remove(&(pid, heap)).unwrap_or_default();
+        for addr in blocks {
+            self.heap_of.remove(&(pid, addr));
+            if destroy && self.release(pid, addr) {
+                self.stats.heap_freed += 1;
+            }
+        }
+        // The heap's own block, when the books hold one (a heap made by mi_heap_new; the
+        // default heap is no block).
+        self.release(pid, heap);
     }
 
     fn insert(&mut self, pid: u32, addr: u64, b: Block) {
@@ -277,6 +312,13 @@ impl Ledger {
                 if self.sites[b.site].mapping {
                     self.mapped.remove(&(pid, addr));
                 }
+                if !self.heap_of.is_empty() {
+                    if let Some(heap) = self.heap_of.remove(&(pid, addr)) {
+                        if let Some(set) = self.heaps.get_mut(&(pid, heap)) {
+                            set.remove(&addr);
+                        }
+                    }
+                }
                 let c = &mut self.sites[b.site].counts;
                 c.live_objects -= b.weight;
                 c.live_bytes -= b.size * b.weight;
@@ -311,6 +353,8 @@ impl Ledger {
             self.live.remove(&(pid, a));
             self.mapped.remove(&(pid, a));
         }
+        self.heaps.retain(|(p, _), _| *p != pid);
+        self.heap_of.retain(|(p, _), _| *p != pid);
         self.index.retain(|k, _| k.pid != pid);
         for s in &mut self.sites {
             if s.key.is_some_and(|k| k.pid == pid) {
@@ -402,7 +446,22 @@ mod tests {
             size,
             weight: 1,
             stack_id,
+            heap: 0,
         })
+    }
+    fn heap_malloc(heap: u64, addr: u64, size: u64, stack: i32) -> Event {
+        match malloc(addr, size, stack) {
+            Event::Alloc(a) => Event::Alloc(Alloc { heap, ..a }),
+            _ => unreachable!(),
+        }
+    }
+    fn heap_release(heap: u64, destroy: bool) -> Event {
+        Event::HeapRelease {
+            pid: PID,
+            ts_ns: 3,
+            heap,
+            destroy,
+        }
     }
     fn malloc(addr: u64, size: u64, stack: i32) -> Event {
         alloc(AllocFn::Malloc, addr, 0, size, stack)
@@ -423,6 +482,68 @@ mod tests {
             l.apply(e, frames);
         }
         l
+    }
+
+    #[test]
+    fn destroying_a_heap_frees_its_blocks_and_itself_only() {
+        const H: u64 = 0x9000;
+        let l = run(&[
+            malloc(H, 3000, 1), // the heap's own block (mi_heap_new)
+            heap_malloc(H, 0x10, 16, 2),
+            heap_malloc(H, 0x20, 32, 2),
+            heap_malloc(H, 0x30, 64, 2),
+            free(0x20),                      // freed before: not freed twice
+            heap_malloc(0xa000, 0x40, 8, 3), // another heap
+            malloc(0x50, 128, 4),            // the default heap
+            heap_release(H, true),
+        ]);
+        assert_eq!(
+            l.live_blocks(PID).map(|(a, _)| a).collect::<Vec<_>>(),
+            [0x40, 0x50]
+        );
+        assert_eq!((l.stats.heap_releases, l.stats.heap_freed), (1, 2));
+        assert_eq!(l.stats.unknown_frees, 0);
+        let site2 = l
+            .site_id(&SiteKey {
+                pid: PID,
+                stack_id: 2,
+            })
+            .unwrap();
+        assert_eq!(l.site(site2).counts.frees, 3);
+        assert_eq!(l.site(site2).counts.live_bytes, 0);
+    }
+
+    #[test]
+    fn deleting_a_heap_keeps_its_blocks_live_and_untagged() {
+        const H: u64 = 0x9000;
+        let l = run(&[
+            malloc(H, 3000, 1),
+            heap_malloc(H, 0x10, 16, 2),
+            heap_release(H, false),
+            // A new heap at the same address later: destroying it leaves the old block alone.
+            malloc(H, 3000, 1),
+            heap_malloc(H, 0x30, 64, 2),
+            heap_release(H, true),
+        ]);
+        assert_eq!(
+            l.live_blocks(PID).map(|(a, _)| a).collect::<Vec<_>>(),
+            [0x10]
+        );
+        assert_eq!((l.stats.heap_releases, l.stats.heap_freed), (2, 1));
+    }
+
+    #[test]
+    fn a_block_moved_by_realloc_leaves_its_heap() {
+        const H: u64 = 0x9000;
+        let mut l = run(&[heap_malloc(H, 0x10, 16, 2)]);
+        // Plain realloc: the new block is in the default heap.
+        l.apply(&alloc(AllocFn::Realloc, 0x20, 0x10, 32, 3), frames);
+        l.apply(&heap_release(H, true), frames);
+        assert_eq!(
+            l.live_blocks(PID).map(|(a, _)| a).collect::<Vec<_>>(),
+            [0x20]
+        );
+        assert!(l.heaps.is_empty() && l.heap_of.is_empty());
     }
 
     #[test]
@@ -448,6 +569,7 @@ mod tests {
                 size: 1,
                 weight: 1,
                 stack_id: 1,
+                heap: 0,
             }),
             frames,
         );

@@ -10,8 +10,8 @@ pub mod probes;
 pub mod target;
 
 use tracer_common::{
-    kind, AllocFn, AllocRecord, ExecRecord, ForkRecord, FreeRecord, Header, MunmapRecord,
-    MAX_STACK_DEPTH,
+    kind, AllocFn, AllocRecord, ExecRecord, ForkRecord, FreeRecord, Header, HeapRecord,
+    MunmapRecord, MAX_STACK_DEPTH,
 };
 
 /// Cumulative counts of what the collector saw, lost and skipped since tracing began: the
@@ -56,6 +56,15 @@ pub enum Event {
         parent: u32,
         ts_ns: u64,
     },
+    /// A heap of blocks went (mimalloc's `mi_heap_destroy`/`mi_heap_delete`): with `destroy`
+    /// every block allocated in it is freed, without it they live on; the heap's own block
+    /// (at `heap`) is freed either way.
+    HeapRelease {
+        pid: u32,
+        ts_ns: u64,
+        heap: u64,
+        destroy: bool,
+    },
 }
 
 impl Event {
@@ -65,6 +74,7 @@ impl Event {
             Event::Free { pid, .. }
             | Event::Exec { pid, .. }
             | Event::Fork { pid, .. }
+            | Event::HeapRelease { pid, .. }
             | Event::Munmap { pid, .. } => *pid,
         }
     }
@@ -84,6 +94,8 @@ pub struct Alloc {
     pub weight: u64,
     /// Stack id in the collector's stack table; negative (an errno) when none was taken.
     pub stack_id: i32,
+    /// The heap the caller named (mimalloc's `mi_heap_*`), 0 for the allocator's default.
+    pub heap: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -164,6 +176,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 size: r.size,
                 weight: r.weight.max(1),
                 stack_id: r.stack_id,
+                heap: r.heap,
             }))
         }
         kind::FREE => {
@@ -185,6 +198,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ts_ns: r.hdr.ts_ns,
                 addr: r.addr,
                 len: r.len,
+            })
+        }
+        kind::HEAP_RELEASE => {
+            let r: HeapRecord = read(bytes).ok_or_else(short)?;
+            Ok(Event::HeapRelease {
+                pid: r.hdr.pid,
+                ts_ns: r.hdr.ts_ns,
+                heap: r.heap,
+                destroy: r.hdr.func == AllocFn::HeapDestroy as u8,
             })
         }
         kind::FORK => {
@@ -227,15 +249,37 @@ mod tests {
             old_addr: 0,
             size: 400,
             weight: 1,
+            heap: 0x7000,
         };
         match decode(&bytes(&a)).unwrap() {
             Event::Alloc(x) => {
                 assert_eq!(
-                    (x.pid, x.tid, x.func, x.addr, x.size, x.stack_id),
-                    (7, 8, AllocFn::Calloc, 0x1000, 400, 3)
+                    (x.pid, x.tid, x.func, x.addr, x.size, x.stack_id, x.heap),
+                    (7, 8, AllocFn::Calloc, 0x1000, 400, 3, 0x7000)
                 )
             }
             e => panic!("{e:?}"),
+        }
+        for (func, destroy) in [(AllocFn::HeapDestroy, true), (AllocFn::HeapDelete, false)] {
+            let h = HeapRecord {
+                hdr: Header {
+                    kind: kind::HEAP_RELEASE,
+                    func: func as u8,
+                    _pad: 0,
+                    pid: 7,
+                    ts_ns: 6,
+                },
+                heap: 0x7000,
+            };
+            assert_eq!(
+                decode(&bytes(&h)).unwrap(),
+                Event::HeapRelease {
+                    pid: 7,
+                    ts_ns: 6,
+                    heap: 0x7000,
+                    destroy
+                }
+            );
         }
         let f = FreeRecord {
             hdr: Header {
@@ -319,7 +363,7 @@ mod tests {
         ));
         b[0] = 200;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(200)));
-        let mut b = vec![0u8; 56];
+        let mut b = vec![0u8; std::mem::size_of::<AllocRecord>()];
         b[0] = kind::ALLOC;
         b[1] = 77;
         assert_eq!(decode(&b), Err(DecodeError::UnknownFunc(77)));

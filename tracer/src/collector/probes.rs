@@ -176,8 +176,7 @@ pub const PROBES: &[ProbeSpec] = &[
     p("tc_deletearray_sized", Free, FREE_PROGRAM, Own),
     p("tc_delete_nothrow", Free, FREE_PROGRAM, Own),
     p("tc_deletearray_nothrow", Free, FREE_PROGRAM, Own),
-    // mimalloc (the functions Rust's mimalloc crate and C programs call directly; the
-    // per-heap `mi_heap_*` calls are not covered).
+    // mimalloc: the functions Rust's mimalloc crate and C programs call directly.
     p("mi_malloc", Malloc, "size_arg0", Own),
     p("mi_zalloc", Calloc, "size_arg0", Own),
     p("mi_calloc", Calloc, "calloc", Own),
@@ -196,6 +195,45 @@ pub const PROBES: &[ProbeSpec] = &[
     p("mi_free_aligned", Free, FREE_PROGRAM, Own),
     p("mi_free_size_aligned", Free, FREE_PROGRAM, Own),
     p("mi_cfree", Free, FREE_PROGRAM, Own),
+    // mimalloc's heaps: the heap comes first, and the block remembers it, since destroying the
+    // heap frees every block still in it (with no call per block). strdup and friends allocate
+    // through mi_heap_malloc, whose probe sees them.
+    p("mi_heap_malloc", Malloc, "heap_size", Own),
+    p("mi_heap_malloc_small", Malloc, "heap_size", Own),
+    p("mi_heap_zalloc", Calloc, "heap_size", Own),
+    p("mi_heap_malloc_aligned", AlignedAlloc, "heap_size", Own),
+    p("mi_heap_malloc_aligned_at", AlignedAlloc, "heap_size", Own),
+    p("mi_heap_zalloc_aligned", AlignedAlloc, "heap_size", Own),
+    p("mi_heap_zalloc_aligned_at", AlignedAlloc, "heap_size", Own),
+    p("mi_heap_alloc_new", New, "heap_size", Own),
+    p("mi_heap_calloc", Calloc, "heap_calloc", Own),
+    p("mi_heap_mallocn", Calloc, "heap_calloc", Own),
+    p("mi_heap_calloc_aligned", Calloc, "heap_calloc", Own),
+    p("mi_heap_calloc_aligned_at", Calloc, "heap_calloc", Own),
+    p("mi_heap_alloc_new_n", NewArray, "heap_calloc", Own),
+    p("mi_heap_realloc", Realloc, "heap_realloc", Own),
+    p("mi_heap_reallocf", Realloc, "heap_realloc", Own),
+    p("mi_heap_rezalloc", Realloc, "heap_realloc", Own),
+    p("mi_heap_realloc_aligned", Realloc, "heap_realloc", Own),
+    p("mi_heap_realloc_aligned_at", Realloc, "heap_realloc", Own),
+    p("mi_heap_rezalloc_aligned", Realloc, "heap_realloc", Own),
+    p("mi_heap_rezalloc_aligned_at", Realloc, "heap_realloc", Own),
+    p("mi_heap_reallocn", ReallocArray, "heap_reallocarray", Own),
+    p("mi_heap_recalloc", ReallocArray, "heap_reallocarray", Own),
+    p(
+        "mi_heap_recalloc_aligned",
+        ReallocArray,
+        "heap_reallocarray",
+        Own,
+    ),
+    p(
+        "mi_heap_recalloc_aligned_at",
+        ReallocArray,
+        "heap_reallocarray",
+        Own,
+    ),
+    p("mi_heap_destroy", HeapDestroy, "heap_release", Own),
+    p("mi_heap_delete", HeapDelete, "heap_release", Own),
     // The C library's mapping wrappers (mmap64 is mmap's other name).
     p("mmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mmap64", Mmap, MAP_CALLER_PROGRAM, Syscall),
@@ -231,14 +269,30 @@ mod tests {
             // input of realloc-labelled ones: the shapes must give it those arguments.
             match a.func {
                 PosixMemalign => assert_eq!(a.entry, "posix_memalign", "{}", a.symbol),
-                Realloc => assert_eq!(a.entry, "realloc", "{}", a.symbol),
-                ReallocArray => assert_eq!(a.entry, "reallocarray", "{}", a.symbol),
+                Realloc => assert!(
+                    matches!(a.entry, "realloc" | "heap_realloc"),
+                    "{}",
+                    a.symbol
+                ),
+                ReallocArray => assert!(
+                    matches!(a.entry, "reallocarray" | "heap_reallocarray"),
+                    "{}",
+                    a.symbol
+                ),
+                HeapDestroy | HeapDelete => assert_eq!(a.entry, "heap_release", "{}", a.symbol),
                 Free => assert_eq!(a.entry, FREE_PROGRAM, "{}", a.symbol),
                 Mmap | Mremap => assert_eq!(a.entry, MAP_CALLER_PROGRAM, "{}", a.symbol),
                 _ => assert!(
                     !matches!(
                         a.entry,
-                        "posix_memalign" | "realloc" | "reallocarray" | "free" | "map_caller"
+                        "posix_memalign"
+                            | "realloc"
+                            | "reallocarray"
+                            | "free"
+                            | "map_caller"
+                            | "heap_realloc"
+                            | "heap_reallocarray"
+                            | "heap_release"
                     ),
                     "{}",
                     a.symbol

@@ -127,6 +127,10 @@ pub struct EventCounts {
     pub maps: u64,
     pub received_maps: u64,
     pub received_unmaps: u64,
+    /// Heaps destroyed or deleted (mimalloc's `mi_heap_destroy`/`mi_heap_delete`; each is
+    /// one of the kernel's `frees`), and the live blocks destroying them freed.
+    pub heap_releases: u64,
+    pub heap_freed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
