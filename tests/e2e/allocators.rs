@@ -262,15 +262,17 @@ fn every_process_covers_a_program_on_another_allocator() {
         "",
     );
     let t = start_tracer(&["-i", "1", "-d", "6"]);
-    // one second idle first: the exec is seen and jemalloc probed before the first allocation
+    // No idle start: the system's jemalloc was probed up front, so the books are exact from
+    // the program's first call (probed at its exec, the first milliseconds were missed).
     let child = Command::new(&leaky)
-        .args(["2", "1"])
+        .args(["2", "0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
     let truth = truth_leaks(&stdout(&child.wait_with_output().unwrap()));
     let (reps, rest) = finish(t);
+    assert!(rest.contains("also probed up front"), "{rest}");
     assert!(rest.contains("libjemalloc"), "{rest}");
     let fin = reps.last().unwrap();
     let p = fin["processes"]

@@ -9,48 +9,52 @@ fn leaky_outstanding_at_exit_equals_its_truth() {
         return;
     }
     let leaky = victim("workloads/leaky.c", FP);
-    let run = launch_json(&["-i", "1"], &leaky, &["3", "0"]);
-    let (so, se, fin) = (&run.stdout, &run.stderr, &run.final_report);
-    assert_eq!(run.code, Some(0), "tracer failed: {se}");
-    let truth = truth_leaks(so);
-    assert_eq!(truth.len(), 5, "leaky printed no truth: {so}");
-    assert_eq!(fin["exit_code"], 0);
-    assert_outstanding_is_truth(fin, &truth);
-    let live_b = by_site(fin, "live_bytes");
-    for not_leaking in ["temp_churn", "cache_insert"] {
-        assert_eq!(
-            live_b.get(not_leaking).copied().unwrap_or(0),
-            0,
-            "{not_leaking} outstanding"
+    // Probes as uprobe-multi links (one per program and file), and as one perf event each
+    // (what kernels before 6.6 get): the same books.
+    for env in [&[][..], &[("TRACER_UPROBE_MULTI", "0")][..]] {
+        let run = launch_json_env(&["-i", "1"], env, &leaky, &["3", "0"]);
+        let (so, se, fin) = (&run.stdout, &run.stderr, &run.final_report);
+        assert_eq!(run.code, Some(0), "tracer failed: {se}");
+        let truth = truth_leaks(so);
+        assert_eq!(truth.len(), 5, "leaky printed no truth: {so}");
+        assert_eq!(fin["exit_code"], 0);
+        assert_outstanding_is_truth(fin, &truth);
+        let live_b = by_site(fin, "live_bytes");
+        for not_leaking in ["temp_churn", "cache_insert"] {
+            assert_eq!(
+                live_b.get(not_leaking).copied().unwrap_or(0),
+                0,
+                "{not_leaking} outstanding"
+            );
+        }
+        // Nothing lost, and every event the kernel produced was received.
+        assert!(
+            fin["lost"].as_object().unwrap().values().all(|v| v == 0),
+            "{}",
+            fin["lost"]
+        );
+        assert_eq!(fin["events"]["allocs"], fin["events"]["received_allocs"]);
+        assert_eq!(fin["events"]["frees"], fin["events"]["received_frees"]);
+        // leaky's own calls are all seen (libc's stdio adds a few).
+        let calls: Vec<u64> = so
+            .lines()
+            .find(|l| l.starts_with("TRUTH calls"))
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').and_then(|(_, v)| v.parse().ok()))
+            .collect();
+        let (malloc, calloc, realloc, free) = (calls[0], calls[1], calls[2], calls[3]);
+        let allocs = fin["events"]["allocs"].as_u64().unwrap();
+        assert!(
+            allocs >= malloc + calloc + realloc && allocs <= malloc + calloc + realloc + 5,
+            "allocs {allocs}"
+        );
+        let frees = fin["events"]["frees"].as_u64().unwrap();
+        assert!(
+            frees >= free && frees <= free + 5,
+            "frees {frees} vs {free}"
         );
     }
-    // Nothing lost, and every event the kernel produced was received.
-    assert!(
-        fin["lost"].as_object().unwrap().values().all(|v| v == 0),
-        "{}",
-        fin["lost"]
-    );
-    assert_eq!(fin["events"]["allocs"], fin["events"]["received_allocs"]);
-    assert_eq!(fin["events"]["frees"], fin["events"]["received_frees"]);
-    // leaky's own calls are all seen (libc's stdio adds a few).
-    let calls: Vec<u64> = so
-        .lines()
-        .find(|l| l.starts_with("TRUTH calls"))
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|w| w.split_once('=').and_then(|(_, v)| v.parse().ok()))
-        .collect();
-    let (malloc, calloc, realloc, free) = (calls[0], calls[1], calls[2], calls[3]);
-    let allocs = fin["events"]["allocs"].as_u64().unwrap();
-    assert!(
-        allocs >= malloc + calloc + realloc && allocs <= malloc + calloc + realloc + 5,
-        "allocs {allocs}"
-    );
-    let frees = fin["events"]["frees"].as_u64().unwrap();
-    assert!(
-        frees >= free && frees <= free + 5,
-        "frees {frees} vs {free}"
-    );
 }
 
 #[test]

@@ -348,6 +348,8 @@ impl Actions {
 /// pipe nobody reads fills up and blocks the tracer's reports, and then its draining).
 pub struct Running {
     child: std::process::Child,
+    /// What tracer said before it was tracing.
+    head: String,
     err: std::io::BufReader<std::process::ChildStderr>,
     out: std::thread::JoinHandle<String>,
 }
@@ -366,12 +368,14 @@ pub fn start_tracer(args: &[&str]) -> Running {
         .unwrap();
     let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
     let mut line = String::new();
+    let mut head = String::new();
     loop {
         line.clear();
         if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
             let status = t.wait().unwrap();
             panic!("tracer ended ({status}) before attaching");
         }
+        head.push_str(&line);
         if line.starts_with("tracer: tracing") {
             let mut stdout = t.stdout.take().unwrap();
             let out = std::thread::spawn(move || {
@@ -379,7 +383,12 @@ pub fn start_tracer(args: &[&str]) -> Running {
                 std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
                 s
             });
-            return Running { child: t, err, out };
+            return Running {
+                child: t,
+                head,
+                err,
+                out,
+            };
         }
     }
 }
@@ -387,11 +396,12 @@ pub fn start_tracer(args: &[&str]) -> Running {
 pub fn finish(r: Running) -> (Vec<Value>, String) {
     let Running {
         mut child,
+        head,
         mut err,
         out,
     } = r;
     let status = child.wait().unwrap();
-    let mut rest = String::new();
+    let mut rest = head;
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(status.success(), "{rest}");
     let text = out.join().unwrap();

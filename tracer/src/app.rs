@@ -8,7 +8,8 @@ use crate::{
     collector::{
         ebpf::{EbpfCollector, Settings},
         launch::{self, ExitStatus},
-        target, Event,
+        target::{self, file_id},
+        Event,
     },
     config::{Config, Mode, ReportOptions, Target, TraceOptions},
     engine::{ns, Engine, Flow, ProcInfo, Source},
@@ -105,6 +106,29 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         }
         for w in warnings {
             eprintln!("tracer: note: {w}");
+        }
+        // Tracing processes not started yet (every process, or children), the system's other
+        // allocator libraries are probed now: a program started on one is traced from its
+        // first call. Only with uprobe-multi links, whose detaching is quick.
+        if (matches!(t.target, Target::All) || t.follow_children) && collector.has_multi() {
+            let dirs: Vec<std::path::PathBuf> = plan
+                .iter()
+                .filter_map(|(_, l)| l.path.parent().map(|d| d.to_path_buf()))
+                .chain(["/usr/lib", "/usr/local/lib"].map(std::path::PathBuf::from))
+                .collect();
+            let mut probed = Vec::new();
+            for lib in target::system_allocators(&dirs) {
+                match collector.attach(&lib, None) {
+                    Ok(_) => probed.push(lib.path.display().to_string()),
+                    Err(e) => eprintln!("tracer: note: {e:#}"),
+                }
+            }
+            if !probed.is_empty() {
+                eprintln!(
+                    "tracer: note: also probed up front, for programs started on them: {}",
+                    probed.join(", ")
+                );
+            }
         }
         let noted = program.as_deref().and_then(file_id).into_iter().collect();
         let launched = match (held, program) {
@@ -570,19 +594,23 @@ impl Session {
             return Ok(true);
         }
         if self.attached.insert((scope, id)) {
-            eprintln!(
-                "tracer: note: pid {pid} ({}) {}: probing its allocator ({}) in {}",
-                comm(pid),
-                if exec { "exec'd" } else { "is running" },
-                lib.kinds(),
-                lib.path.display()
-            );
+            let before = self.live.collector.probes();
             if let Err(e) = self.live.collector.attach(&lib, scope) {
                 // A process gone while its probes went on has nothing left to trace.
                 if scope.is_some() && !alive(pid) {
                     return Ok(true);
                 }
                 return Err(e);
+            }
+            // Said when it took new probes (not for a library probed up front).
+            if self.live.collector.probes() > before {
+                eprintln!(
+                    "tracer: note: pid {pid} ({}) {}: probing its allocator ({}) in {}",
+                    comm(pid),
+                    if exec { "exec'd" } else { "is running" },
+                    lib.kinds(),
+                    lib.path.display()
+                );
             }
         }
         Ok(true)
@@ -611,13 +639,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// A file's identity (device, inode): one library reached by several paths is one file.
-fn file_id(p: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino()))
 }
 
 /// CLOCK_MONOTONIC now, the clock of the kernel's event timestamps.

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         ProgramError, RawTracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -22,8 +22,9 @@ use tracer_common::{counter, globals, names, AllocFn, COOKIE_NESTING_FREES};
 
 use super::{
     decode, inline_stack,
+    multi::MultiPrograms,
     probes::{entry_programs, Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
-    target::AllocatorLib,
+    target::{file_id, AllocatorLib},
     Counters, DecodeError, Event,
 };
 
@@ -78,8 +79,16 @@ pub struct EbpfCollector {
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
     inline_ids: HashMap<(bool, Vec<u64>), i32>,
     inline_stacks: Vec<Vec<u64>>,
-    /// Every uprobe attached, by program: detached together when the collector goes.
+    /// Every uprobe attached through aya (one perf event each), by program: detached
+    /// together when the collector goes.
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The programs loaded for uprobe-multi links, when the kernel has them (6.6), and the
+    /// links: one per program and file.
+    multi: Option<MultiPrograms>,
+    multi_links: Vec<std::os::fd::OwnedFd>,
+    /// Addresses probed: (process, 0 for every process; file identity; offset). A file probed
+    /// up front, or as another process's allocator, is not probed twice.
+    probed: HashSet<(u32, (u64, u64), u64)>,
 }
 
 /// Ids of inline stacks start here, above any stack map's ids.
@@ -98,22 +107,28 @@ impl Drop for EbpfCollector {
     /// after another, a few dozen probes kept tracer alive for seconds after its report;
     /// detached from threads of their own, they share the grace periods.
     fn drop(&mut self) {
-        let mut links = Vec::with_capacity(self.links.len());
+        let mut links: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
+        for fd in self.multi_links.drain(..) {
+            links.push(Box::new(fd));
+        }
         for (program, id) in self.links.drain(..) {
             let prog: Option<&mut UProbe> = self
                 .ebpf
                 .program_mut(program)
                 .and_then(|p| p.try_into().ok());
             if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
-                links.push(link);
+                links.push(Box::new(link));
             }
         }
         detach_concurrently(links);
     }
 }
 
+/// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
+type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
+
 /// Drops `links` from one thread each (inline if a thread cannot be had).
-fn detach_concurrently(links: Vec<UProbeLink>) {
+fn detach_concurrently(links: Vec<Box<dyn Send>>) {
     std::thread::scope(|s| {
         for link in links {
             // On failure the closure, and the link in it, is dropped right here.
@@ -176,10 +191,18 @@ impl EbpfCollector {
             .map_max_entries(names::STACKS, s.stack_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
-        for name in entry_programs()
+        let uprobes: Vec<&'static str> = entry_programs()
             .into_iter()
             .chain([RETURN_PROGRAM, EXIT_PROGRAM])
-        {
+            .collect();
+        // uprobe-multi links where the kernel has them (TRACER_UPROBE_MULTI=0 forces the
+        // perf-event probes, as on older kernels); loaded before any map is taken out of aya.
+        let multi = if std::env::var("TRACER_UPROBE_MULTI").as_deref() == Ok("0") {
+            None
+        } else {
+            MultiPrograms::load(EBPF_OBJECT, &ebpf, &uprobes).ok()
+        };
+        for &name in uprobes.iter().filter(|_| multi.is_none()) {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -259,6 +282,9 @@ impl EbpfCollector {
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
             links: Vec::new(),
+            multi,
+            multi_links: Vec::new(),
+            probed: HashSet::new(),
         })
     }
 
@@ -318,14 +344,84 @@ impl EbpfCollector {
         // checked for nesting (glibc's lone free is not).
         let nesting = plan.iter().filter(|(p, _)| p.entry == FREE_PROGRAM).count() > 1;
         let flags = if nesting { COOKIE_NESTING_FREES } else { 0 };
+        // What this scope already has probed in this file stays as it is.
+        let pid = match scope {
+            UProbeScope::OneProcess(p) => p.get(),
+            _ => 0,
+        };
+        let id = file_id(&lib.open_path)
+            .with_context(|| format!("cannot read {}", lib.open_path.display()))?;
+        let plan: Vec<_> = plan
+            .into_iter()
+            .filter(|(_, off)| self.probed.insert((pid, id, *off)))
+            .collect();
+        let exit = lib.exit.filter(|off| self.probed.insert((pid, id, *off)));
+        if plan.is_empty() && exit.is_none() {
+            return Ok(());
+        }
+        if self.multi.is_some() {
+            return self.attach_file_multi(lib, &plan, exit, scope, flags);
+        }
         for (p, off) in plan.iter().filter(|(p, _)| p.has_return()) {
             self.attach_one(RETURN_PROGRAM, p, *off, lib, scope, flags)?;
         }
         for (p, off) in &plan {
             self.attach_one(p.entry, p, *off, lib, scope, flags)?;
         }
-        if let Some(off) = lib.exit {
+        if let Some(off) = exit {
             self.attach_one(EXIT_PROGRAM, &EXIT_SPEC, off, lib, scope, 0)?;
+        }
+        Ok(())
+    }
+
+    /// [`attach_file`]'s plan as uprobe-multi links: one per program, returns first.
+    fn attach_file_multi(
+        &mut self,
+        lib: &AllocatorLib,
+        plan: &[(&'static ProbeSpec, u64)],
+        exit: Option<u64>,
+        scope: UProbeScope,
+        flags: u64,
+    ) -> Result<()> {
+        let cookie = |p: &ProbeSpec| p.func as u64 | flags;
+        let mut groups: Vec<LinkPlan> = vec![(
+            RETURN_PROGRAM,
+            true,
+            plan.iter()
+                .filter(|(p, _)| p.has_return())
+                .map(|(p, off)| (*off, cookie(p)))
+                .collect(),
+        )];
+        let mut entries: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
+        for (p, off) in plan {
+            entries.entry(p.entry).or_default().push((*off, cookie(p)));
+        }
+        groups.extend(
+            entries
+                .into_iter()
+                .map(|(prog, probes)| (prog, false, probes)),
+        );
+        if let Some(off) = exit {
+            groups.push((EXIT_PROGRAM, false, vec![(off, EXIT_SPEC.func as u64)]));
+        }
+        let pid = match scope {
+            UProbeScope::OneProcess(p) => Some(p.get()),
+            _ => None,
+        };
+        let multi = self.multi.as_ref().expect("uprobe-multi programs loaded");
+        for (program, ret, probes) in groups.into_iter().filter(|g| !g.2.is_empty()) {
+            let link = multi
+                .attach(program, &lib.open_path, &probes, ret, pid)
+                .map_err(|e| {
+                    let what = if ret { "returns" } else { "entries" };
+                    anyhow!(
+                        "cannot attach {program} to {} {what} of {} ({}): {e}",
+                        probes.len(),
+                        lib.path.display(),
+                        lib.kinds()
+                    )
+                })?;
+            self.multi_links.push(link);
         }
         Ok(())
     }
@@ -353,6 +449,16 @@ impl EbpfCollector {
             .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
         self.links.push((program, id));
         Ok(())
+    }
+
+    /// How many addresses are probed (entries and returns of one function count once).
+    pub fn probes(&self) -> usize {
+        self.probed.len()
+    }
+
+    /// Whether probes go on as uprobe-multi links (quick to detach).
+    pub fn has_multi(&self) -> bool {
+        self.multi.is_some()
     }
 
     /// The ring of notices (when to read a process's map), for a reader of its own.

@@ -294,6 +294,46 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
     Ok(Some(out))
 }
 
+/// A file's identity (device, inode): one library reached by several paths is one file.
+pub fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The allocator libraries (jemalloc, tcmalloc, mimalloc) installed in `dirs`, one per file
+/// (however many names link to it): probed up front when tracing every process, so that a
+/// program started later on one of them is traced from its first call rather than from the
+/// moment its exec is drained and its map read.
+pub fn system_allocators(dirs: &[PathBuf]) -> Vec<AllocatorLib> {
+    const PREFIXES: [&str; 3] = ["libjemalloc", "libtcmalloc", "libmimalloc"];
+    let mut seen = std::collections::HashSet::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                PREFIXES.iter().any(|x| name.starts_with(x)) && name.contains(".so")
+            })
+            .collect();
+        names.sort();
+        for p in names {
+            if p.is_file() && file_id(&p).is_some_and(|id| seen.insert(id)) {
+                files.push(p);
+            }
+        }
+    }
+    files
+        .into_iter()
+        .filter_map(|p| choose(vec![(p.clone(), p)]).ok().flatten())
+        .filter(|l| !l.functions.is_empty())
+        .collect()
+}
+
 /// Language runtimes whose own heap tracer does not see, from the files a process maps (or
 /// will): what the user should know, and what to do about it.
 fn runtime_notes(scanned: &[(PathBuf, PathBuf, ElfAllocs)]) -> Vec<String> {
@@ -667,6 +707,35 @@ mod tests {
                 // The process's exit is the C library's.
                 assert!(a.also.iter().any(|x| x.path == libc && x.exit.is_some()));
             }
+        }
+    }
+
+    #[test]
+    fn the_systems_allocator_libraries_are_found_once_each() {
+        let dir = debian_lib("libjemalloc.so.2")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        // The directory twice, as /lib and /usr/lib are on a merged system: still once each.
+        let libs = system_allocators(&[dir.clone(), dir]);
+        let kinds: std::collections::BTreeSet<&str> = libs.iter().map(|l| l.kind).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["jemalloc", "mimalloc", "tcmalloc"]
+        );
+        let mut ids: Vec<_> = libs.iter().map(|l| file_id(&l.path).unwrap()).collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "a file twice");
+        // Each with the standard interface, as when a process's malloc is that file.
+        for l in &libs {
+            assert!(
+                l.defines("malloc") && l.defines("free"),
+                "{}",
+                l.path.display()
+            );
+            assert!(l.also.is_empty(), "{}", l.path.display());
         }
     }
 

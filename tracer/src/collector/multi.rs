@@ -1,0 +1,217 @@
+//! uprobe-multi links (Linux 6.6): one link puts a program on many offsets of one file.
+//!
+//! With one perf event per probe, the kernel detaches probes one at a time, each after its
+//! own RCU grace periods, under a global lock: a few dozen probes kept tracer alive for
+//! seconds after its report, and probing every allocator library on the system up front
+//! (so that a program started later on one is traced from its first call) would have taken
+//! half a minute to undo. A uprobe-multi link is detached with one wait for all its offsets.
+//!
+//! aya 0.14 loads uprobe programs without the attach type such links need, so the programs
+//! used here are loaded a second time from the same object: relocated by aya-obj against the
+//! maps aya created (same rings, stack map, tables and read-only settings), and loaded with
+//! the `bpf` syscall. Where the kernel cannot (older kernels), the caller keeps aya's
+//! perf-event probes.
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{maps::Map, Ebpf};
+
+/// `BPF_PROG_LOAD`, `BPF_LINK_CREATE` (uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_KPROBE: u32 = 2;
+const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
+
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD` (the kernel zero-fills the rest).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    path: u64,
+    offsets: u64,
+    ref_ctr_offsets: u64,
+    cookies: u64,
+    cnt: u32,
+    multi_flags: u32,
+    pid: u32,
+    _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
+const _: () = assert!(std::mem::size_of::<LinkCreateAttr>() == 64);
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size passed; every pointer
+    // in it refers to memory that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new file descriptor the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The programs, loaded for uprobe-multi links, by name.
+pub struct MultiPrograms {
+    progs: HashMap<&'static str, OwnedFd>,
+}
+
+/// The fd of a map aya created (the map types tracer's object has).
+fn map_fd(map: &Map) -> Option<RawFd> {
+    let data = match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::StackTraceMap(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd().as_raw_fd())
+}
+
+impl MultiPrograms {
+    /// Loads `names` from `object` for uprobe-multi links, against the maps of `ebpf` (which
+    /// must still hold every map: call it before taking any out).
+    pub fn load(object: &[u8], ebpf: &Ebpf, names: &[&'static str]) -> Result<MultiPrograms> {
+        let mut obj = aya_obj::Object::parse(object).context("cannot parse the eBPF object")?;
+        let map_objs = obj.maps.clone();
+        let mut fds = Vec::new();
+        for (name, map) in ebpf.maps() {
+            let fd = map_fd(map).with_context(|| format!("map {name} of an unexpected type"))?;
+            let obj_map = map_objs
+                .get(name)
+                .with_context(|| format!("map {name} missing from the object"))?;
+            fds.push((name, fd, obj_map));
+        }
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        obj.relocate_maps(fds.into_iter(), &text_sections)
+            .map_err(|e| anyhow!("relocating the eBPF object's maps: {e}"))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| anyhow!("relocating the eBPF object's calls: {e}"))?;
+        let license = obj.license.clone();
+        let mut progs = HashMap::new();
+        for &name in names {
+            let program = obj
+                .programs
+                .get(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?;
+            let function = obj
+                .functions
+                .get(&program.function_key())
+                .with_context(|| format!("program {name} has no code"))?;
+            let fd = load_program(name, &function.instructions, &license)?;
+            progs.insert(name, fd);
+        }
+        Ok(MultiPrograms { progs })
+    }
+
+    /// Attaches `program` at `offsets` of `path` (each with its cookie), at the returns with
+    /// `ret`, in process `pid` only or (None) every process mapping the file.
+    pub fn attach(
+        &self,
+        program: &str,
+        path: &Path,
+        probes: &[(u64, u64)],
+        ret: bool,
+        pid: Option<u32>,
+    ) -> std::io::Result<OwnedFd> {
+        let prog = self.progs.get(program).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no program {program}"),
+            )
+        })?;
+        let path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let offsets: Vec<u64> = probes.iter().map(|p| p.0).collect();
+        let cookies: Vec<u64> = probes.iter().map(|p| p.1).collect();
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_TRACE_UPROBE_MULTI,
+            path: path.as_ptr() as u64,
+            offsets: offsets.as_ptr() as u64,
+            cookies: cookies.as_ptr() as u64,
+            cnt: probes.len() as u32,
+            multi_flags: if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+            pid: pid.unwrap_or(0),
+            ..LinkCreateAttr::default()
+        };
+        sys_bpf(BPF_LINK_CREATE, &mut attr)
+    }
+}
+
+fn load_program(
+    name: &str,
+    insns: &[aya_obj::generated::bpf_insn],
+    license: &std::ffi::CStr,
+) -> Result<OwnedFd> {
+    let mut log = vec![0u8; 1 << 16];
+    let mut prog_name = [0u8; 16];
+    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_KPROBE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        ..ProgLoadAttr::default()
+    };
+    if let Ok(fd) = sys_bpf(BPF_PROG_LOAD, &mut attr) {
+        return Ok(fd);
+    }
+    // Again with the verifier's log, to say why.
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let tail: String = String::from_utf8_lossy(&log[..end])
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" / ");
+            bail!("the kernel refused program {name} for uprobe-multi links: {e} ({tail})")
+        }
+    }
+}
