@@ -68,6 +68,19 @@ impl EarlyBook {
     }
 }
 
+/// The notices to act on, newest first, once per process (its latest: a map read at exit
+/// supersedes the one at exec). After a burst of execs the processes still alive come first:
+/// the oldest may be gone already, and every read of a gone process is time lost.
+fn newest_first(batch: &mut Vec<(u8, u32)>) -> Vec<(u8, u32)> {
+    let mut seen = std::collections::HashSet::new();
+    let out = batch
+        .drain(..)
+        .rev()
+        .filter(|(_, pid)| seen.insert(*pid))
+        .collect();
+    out
+}
+
 /// The watcher thread; stopped and joined on drop.
 pub struct MapWatch {
     stop: Arc<AtomicBool>,
@@ -91,11 +104,13 @@ impl MapWatch {
                     libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param)
                 };
                 let fd = ring.as_raw_fd();
+                let mut batch = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
                     while let Some(item) = ring.next() {
-                        if let Some((kind, pid)) = collector::decode_notice(&item) {
-                            book.noticed(kind, pid, crate::symbolize::read_maps);
-                        }
+                        batch.extend(collector::decode_notice(&item));
+                    }
+                    for (kind, pid) in newest_first(&mut batch) {
+                        book.noticed(kind, pid, crate::symbolize::read_maps);
                     }
                     let mut pfd = libc::pollfd {
                         fd,
@@ -163,6 +178,21 @@ mod tests {
             book.maps(7).unwrap()[0].path,
             std::path::Path::new("/lib/libc.so.6")
         );
+    }
+
+    #[test]
+    fn a_burst_of_notices_is_read_newest_first_once_per_process() {
+        let mut batch = vec![
+            (kind::EXEC, 1),
+            (kind::EXEC, 2),
+            (kind::EXITING, 1),
+            (kind::EXEC, 3),
+        ];
+        assert_eq!(
+            newest_first(&mut batch),
+            [(kind::EXEC, 3), (kind::EXITING, 1), (kind::EXEC, 2)]
+        );
+        assert!(batch.is_empty());
     }
 
     #[test]
