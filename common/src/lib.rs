@@ -29,6 +29,9 @@ pub mod kind {
     pub const EXITING: u8 = 7;
     /// A [`HeapRecord`](super::HeapRecord): a heap of blocks was destroyed or deleted.
     pub const HEAP_RELEASE: u8 = 8;
+    /// A [`ThrowRecord`](super::ThrowRecord), on the `NOTICES` ring only: an exception left an
+    /// allocator call, whose process is stopping until its caller's return address is back.
+    pub const THROWN: u8 = 9;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -233,6 +236,19 @@ pub struct HeapRecord {
     pub heap: u64,
 }
 
+/// An exception is leaving a throwing `operator new` of thread `tid` (its process stops
+/// itself): the kernel's uretprobe trampoline, which the C++ unwinder cannot step through, is
+/// at `sp`; put `ret` back there and continue the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThrowRecord {
+    pub hdr: Header,
+    pub tid: u32,
+    pub _pad: u32,
+    pub sp: u64,
+    pub ret: u64,
+}
+
 /// The program unmapped `[addr, addr + len)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -313,8 +329,11 @@ pub mod counter {
     pub const RING_FULL_MAP: u32 = 19;
     /// Anonymous mappings the program made (recorded).
     pub const MAPS: u32 = 20;
+    /// Allocator calls an exception left (operator new throwing `bad_alloc`): their slot was
+    /// cleared and their caller's return address restored.
+    pub const THROWN: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 }
 
 /// Names of the map and programs userspace looks up in the object.
@@ -382,6 +401,9 @@ pub struct InFlight {
     pub _pad: [u8; 5],
     /// The heap named by the caller (`mi_heap_*`), 0 when none.
     pub heap: u64,
+    /// A throwing `operator new`'s return address as it was at entry (before the kernel
+    /// pointed it at its uretprobe trampoline), to put back if the call throws.
+    pub ret: u64,
 }
 
 #[cfg(feature = "user")]
@@ -397,4 +419,4 @@ const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 40);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 48);

@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
-    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_NESTING_FREES,
-    MAX_STACK_DEPTH,
+    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
+    COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -168,6 +168,17 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     // as nested; their return does no stack walk and sends nothing but a release.
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
     let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
+    // A throwing operator new's return address, read before the kernel points it at its
+    // uretprobe trampoline (see `thrown`).
+    let ret = if func == AllocFn::New as u8
+        || func == AllocFn::NewArray as u8
+        || func == AllocFn::NewAligned as u8
+        || func == AllocFn::NewArrayAligned as u8
+    {
+        unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
     let slot = InFlight {
         sp,
         size,
@@ -177,6 +188,7 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         nesting_frees: (cookie & COOKIE_NESTING_FREES != 0) as u8,
         _pad: [0; 5],
         heap,
+        ret,
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
@@ -298,6 +310,55 @@ pub fn leave(ctx: &RetProbeContext) {
     };
     entry.write(record);
     entry.submit(flags);
+}
+
+/// `__cxa_throw`: an exception is thrown. Thrown inside the allocator call in flight on this
+/// thread (operator new's `bad_alloc`), the call never returns: its slot goes, and its
+/// caller's return address goes back on the stack where the kernel had put its uretprobe
+/// trampoline, which the C++ unwinder cannot step through (the program would terminate
+/// instead of catching).
+#[inline(always)]
+pub fn thrown(ctx: &ProbeContext) {
+    let Some(pid_tgid) = traced() else { return };
+    let sp = unsafe { (*ctx.regs).rsp };
+    let Some(slot) = INFLIGHT.get_ptr(pid_tgid) else {
+        return;
+    };
+    let call = unsafe { *slot };
+    if call.sp <= sp {
+        return; // not inside the call
+    }
+    let _ = INFLIGHT.remove(pid_tgid);
+    bump(counter::THROWN);
+    if call.ret == 0 {
+        return;
+    }
+    // The process stops before __cxa_throw runs; the map reader thread puts the return
+    // address back (the kernel does not let tracing programs write user memory everywhere)
+    // and continues it.
+    // The stop is pending before the notice can be read: a reader quick enough to continue
+    // the process before the stop would leave it stopped for good.
+    let Some(mut entry) = NOTICES.reserve::<ThrowRecord>(0) else {
+        return;
+    };
+    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+        entry.discard(0);
+        return;
+    }
+    entry.write(ThrowRecord {
+        hdr: Header {
+            kind: kind::THROWN,
+            func: 0,
+            _pad: 0,
+            pid: (pid_tgid >> 32) as u32,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        tid: pid_tgid as u32,
+        _pad: 0,
+        sp: call.sp,
+        ret: call.ret,
+    });
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// A heap went, at the return of the call that released it (see `enter_heap`).

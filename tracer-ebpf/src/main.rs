@@ -161,6 +161,13 @@ pub fn heap_release(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `__cxa_throw(obj, type, dtor)`: see `alloc::thrown`.
+#[uprobe]
+pub fn cxa_throw(ctx: ProbeContext) -> u32 {
+    alloc::thrown(&ctx);
+    0
+}
+
 /// Return of every allocation function above.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {

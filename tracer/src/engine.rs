@@ -759,6 +759,7 @@ impl Engine {
             received_unmaps: st.unmap_events,
             heap_releases: st.heap_releases,
             heap_freed: st.heap_freed,
+            thrown: c.get(counter::THROWN),
         };
         (lost, events)
     }

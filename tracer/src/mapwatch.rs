@@ -81,6 +81,33 @@ fn newest_first(batch: &mut Vec<(u8, u32)>) -> Vec<(u8, u32)> {
     out
 }
 
+/// An exception is leaving a throwing `operator new` (see `alloc::thrown` in the eBPF
+/// programs): the process stopped itself; put its caller's return address back over the
+/// kernel's uretprobe trampoline, which the C++ unwinder cannot step through, and continue
+/// it. Without this the program terminates instead of catching `bad_alloc`.
+fn restore_return(pid: u32, sp: u64, ret: u64) {
+    let bytes = ret.to_ne_bytes();
+    let local = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: sp as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: one local iovec over `bytes`, one remote iovec in the target; plain syscalls.
+    let written = unsafe { libc::process_vm_writev(pid as i32, &local, 1, &remote, 1, 0) };
+    if written != 8 {
+        eprintln!(
+            "tracer: warning: pid {pid}: cannot restore a return address an exception needs \
+             ({}); the program may terminate",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: continues the process that stopped itself for this.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
 /// The watcher thread; stopped and joined on drop.
 pub struct MapWatch {
     stop: Arc<AtomicBool>,
@@ -107,7 +134,11 @@ impl MapWatch {
                 let mut batch = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
                     while let Some(item) = ring.next() {
-                        batch.extend(collector::decode_notice(&item));
+                        match collector::decode_throw(&item) {
+                            // At once: the process is stopped until then.
+                            Some((pid, sp, ret)) => restore_return(pid, sp, ret),
+                            None => batch.extend(collector::decode_notice(&item)),
+                        }
                     }
                     for (kind, pid) in newest_first(&mut batch) {
                         book.noticed(kind, pid, crate::symbolize::read_maps);

@@ -153,6 +153,12 @@ pub fn decode_notice(bytes: &[u8]) -> Option<(u8, u32)> {
     Some((h.kind, h.pid))
 }
 
+/// A notice that an exception left an allocator call: (pid, stack address, return address).
+pub fn decode_throw(bytes: &[u8]) -> Option<(u32, u64, u64)> {
+    let r: tracer_common::ThrowRecord = read(bytes)?;
+    (r.hdr.kind == kind::THROWN).then_some((r.hdr.pid, r.sp, r.ret))
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let hdr: Header = read(bytes).ok_or(DecodeError::Short {

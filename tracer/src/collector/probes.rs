@@ -37,6 +37,9 @@ pub enum Group {
     /// The C library's memory-mapping wrappers: probed at entry only, to learn the caller of
     /// the syscall the tracepoints see.
     Syscall,
+    /// C++'s `__cxa_throw`, probed at entry in the first file that defines it: an `operator
+    /// new` that throws never returns, and its uretprobe would stop the exception.
+    Throw,
 }
 
 /// The symbol that marks a file as defining C++'s `operator new`.
@@ -44,11 +47,14 @@ pub const CXX_NEW: &str = "_Znwm";
 pub const RETURN_PROGRAM: &str = "alloc_return";
 pub const FREE_PROGRAM: &str = "free";
 pub const MAP_CALLER_PROGRAM: &str = "map_caller";
+pub const THROW_PROGRAM: &str = "cxa_throw";
 
 impl ProbeSpec {
     /// Whether the function's return is probed too (everything that allocates).
     pub fn has_return(&self) -> bool {
-        self.entry != FREE_PROGRAM && self.entry != MAP_CALLER_PROGRAM
+        self.entry != FREE_PROGRAM
+            && self.entry != MAP_CALLER_PROGRAM
+            && self.entry != THROW_PROGRAM
     }
 
     /// Without these a process's books would be wrong.
@@ -239,6 +245,8 @@ pub const PROBES: &[ProbeSpec] = &[
     p("mmap64", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("munmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mremap", Mremap, MAP_CALLER_PROGRAM, Syscall),
+    // Its cookie is unused.
+    p("__cxa_throw", New, THROW_PROGRAM, Throw),
 ];
 
 /// The entry program names, each once.

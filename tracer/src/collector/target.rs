@@ -263,6 +263,11 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         .iter()
         .position(|(_, _, f)| f.defines(probes::CXX_NEW))
         .filter(|&i| i != main);
+    // Where exceptions are thrown from (libstdc++): see probes::Group::Throw.
+    let throw = scanned
+        .iter()
+        .position(|(_, _, f)| f.defines("__cxa_throw"))
+        .filter(|&i| i != main);
     let mut exit_found = out.exit.is_some();
     for (i, (path, _, f)) in scanned.iter().enumerate() {
         if i == main {
@@ -271,6 +276,9 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         let mut functions = Vec::new();
         if Some(i) == cxx {
             functions.extend(f.group(|g| g == Group::CxxNew));
+        }
+        if Some(i) == throw {
+            functions.extend(f.group(|g| g == Group::Throw));
         }
         if f.has_own_allocator() {
             functions.extend(f.group(|g| g == Group::Own));

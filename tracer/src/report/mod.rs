@@ -131,6 +131,9 @@ pub struct EventCounts {
     /// one of the kernel's `frees`), and the live blocks destroying them freed.
     pub heap_releases: u64,
     pub heap_freed: u64,
+    /// Allocator calls an exception left (a throwing `operator new`): the process was stopped
+    /// for a moment while its caller's return address was put back (see README).
+    pub thrown: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
