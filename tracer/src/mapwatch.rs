@@ -4,7 +4,8 @@
 //! with it /proc/PID/maps: its frames could not be named. The kernel sends a notice on a
 //! small ring of its own at two moments: right after an exec (the program and its loader are
 //! mapped) and on entry to `exit()` (every library is). This thread wakes on each and reads
-//! the map at once, waiting for nothing else the pipeline does.
+//! the map at once, waiting for nothing else the pipeline does. The same ring says when an
+//! exception leaves a throwing `operator new` (see [`restore_return`]).
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
