@@ -303,13 +303,21 @@ pub fn leave(ctx: &RetProbeContext) {
         send_with_stack(ctx, record);
         return;
     }
+    send(record, counter::RING_FULL_ALLOC);
+}
+
+/// Sends `record` on the event ring, waking the reader only past the watermark; a full ring
+/// bumps the counter `lost`.
+#[inline(always)]
+fn send<T: 'static>(record: T, lost: u32) {
     let flags = wakeup_flags();
-    let Some(mut entry) = EVENTS.reserve::<AllocRecord>(0) else {
-        bump(counter::RING_FULL_ALLOC);
-        return;
-    };
-    entry.write(record);
-    entry.submit(flags);
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(flags);
+        }
+        None => bump(lost),
+    }
 }
 
 /// `__cxa_throw`: an exception is thrown. Thrown inside the allocator call in flight on this
@@ -365,12 +373,7 @@ pub fn thrown(ctx: &ProbeContext) {
 #[inline(always)]
 fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
     bump(counter::FREES);
-    let flags = wakeup_flags();
-    let Some(mut entry) = EVENTS.reserve::<HeapRecord>(0) else {
-        bump(counter::RING_FULL_FREE);
-        return;
-    };
-    entry.write(HeapRecord {
+    let record = HeapRecord {
         hdr: Header {
             kind: kind::HEAP_RELEASE,
             func,
@@ -379,8 +382,8 @@ fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         heap,
-    });
-    entry.submit(flags);
+    };
+    send(record, counter::RING_FULL_FREE);
 }
 
 /// An allocation record with its user stack inline (a stack-map collision).
@@ -466,12 +469,7 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         None => {}
     }
     bump(counter::FREES);
-    let flags = wakeup_flags();
-    let Some(mut entry) = EVENTS.reserve::<FreeRecord>(0) else {
-        bump(counter::RING_FULL_FREE);
-        return;
-    };
-    entry.write(FreeRecord {
+    let record = FreeRecord {
         hdr: Header {
             kind: kind::FREE,
             func: AllocFn::Free as u8,
@@ -480,8 +478,8 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
             ts_ns: now,
         },
         addr: ptr,
-    });
-    entry.submit(flags);
+    };
+    send(record, counter::RING_FULL_FREE);
 }
 
 /// `sched_process_fork` (current: the parent). A new process forked by a followed one is
