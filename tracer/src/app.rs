@@ -45,7 +45,10 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         Target::All => {
             // The C library tracer itself runs on is the system's: probing that file reaches
             // every process that maps it, including those started later.
-            let lib = target::for_pid(std::process::id())?;
+            let mut lib = target::for_pid(std::process::id())?;
+            // tracer's own allocator (linked into its executable) is no one else's.
+            let me = std::fs::read_link("/proc/self/exe").ok();
+            lib.also.retain(|a| Some(&a.path) != me.as_ref());
             (vec![(None, lib)], None, None, 0)
         }
         Target::Launch { program, argv } => {
