@@ -281,7 +281,10 @@ fn every_process_covers_a_program_on_another_allocator() {
         .iter()
         .find(|p| p["pid"] == pid)
         .unwrap_or_else(|| panic!("{pid} not in {fin}"));
-    assert!(p["allocator"].as_str().unwrap().contains("jemalloc"), "{p}");
+    assert!(
+        p["allocator"].as_str().unwrap().contains("jemalloc"),
+        "{rest}\n{p}"
+    );
     assert_outstanding_is_truth(p, &truth);
 }
 

@@ -555,6 +555,7 @@ impl Session {
         if Some(pid) != self.launched {
             if let Some(a) = exe.and_then(|e| self.exes_seen.get(&(scope, e))) {
                 self.live.allocator_of.insert(pid, a.clone());
+                self.engine.relearn(&mut self.live, pid)?;
                 return Ok(true);
             }
         }
@@ -592,6 +593,8 @@ impl Session {
             self.exes_seen.insert((scope, exe), a.clone());
         }
         self.live.allocator_of.insert(pid, a);
+        // Its events may have come in the same batch as its exec: the engine met it first.
+        self.engine.relearn(&mut self.live, pid)?;
         // A pure Go program has no allocator functions: its mappings are traced already.
         if lib.mappings_only() {
             return Ok(true);

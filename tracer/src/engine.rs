@@ -437,6 +437,15 @@ impl Engine {
         self.learn_process(src, pid)
     }
 
+    /// A process already known learned something new (its allocator, found after its events
+    /// arrived): what is known of it is read again. Unknown processes are learned when seen.
+    pub fn relearn(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        match self.procs.get(&pid) {
+            Some(p) if !p.exited => self.learn_process(src, pid),
+            _ => Ok(()),
+        }
+    }
+
     /// Processes seen and not known to have exited.
     pub fn live_processes(&self) -> Vec<u32> {
         self.procs
