@@ -115,6 +115,24 @@ fn followed_child(tgid: u32) -> bool {
     follow != 0 && unsafe { FOLLOWED.get(&tgid) }.is_some()
 }
 
+/// CLOCK_MONOTONIC nanoseconds, the records' clock.
+#[inline(always)]
+fn ktime() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The start of every record.
+#[inline(always)]
+fn header(kind: u8, func: u8, pid: u32, ts_ns: u64) -> Header {
+    Header {
+        kind,
+        func,
+        _pad: 0,
+        pid,
+        ts_ns,
+    }
+}
+
 /// Submit without waking the reader unless the watermark is reached: userspace drains on a
 /// timer, and a wakeup per event would cost more than the event itself.
 #[inline(always)]
@@ -283,13 +301,7 @@ pub fn leave(ctx: &RetProbeContext) {
         }
     }
     let record = AllocRecord {
-        hdr: Header {
-            kind: kind::ALLOC,
-            func: call.func,
-            _pad: 0,
-            pid: (pid_tgid >> 32) as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        hdr: header(kind::ALLOC, call.func, (pid_tgid >> 32) as u32, ktime()),
         tid: pid_tgid as u32,
         stack_id,
         addr,
@@ -354,13 +366,7 @@ pub fn thrown(ctx: &ProbeContext) {
         return;
     }
     entry.write(ThrowRecord {
-        hdr: Header {
-            kind: kind::THROWN,
-            func: 0,
-            _pad: 0,
-            pid: (pid_tgid >> 32) as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        hdr: header(kind::THROWN, 0, (pid_tgid >> 32) as u32, ktime()),
         tid: pid_tgid as u32,
         _pad: 0,
         sp: call.sp,
@@ -374,13 +380,7 @@ pub fn thrown(ctx: &ProbeContext) {
 fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
     bump(counter::FREES);
     let record = HeapRecord {
-        hdr: Header {
-            kind: kind::HEAP_RELEASE,
-            func,
-            _pad: 0,
-            pid: (pid_tgid >> 32) as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        hdr: header(kind::HEAP_RELEASE, func, (pid_tgid >> 32) as u32, ktime()),
         heap,
     };
     send(record, counter::RING_FULL_FREE);
@@ -438,7 +438,7 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         bump(counter::NESTED);
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ktime();
     let nesting = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & COOKIE_NESTING_FREES != 0;
     match LAST_FREE.get_ptr_mut(pid_tgid).filter(|_| nesting) {
         Some(last) => unsafe {
@@ -470,13 +470,12 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
     }
     bump(counter::FREES);
     let record = FreeRecord {
-        hdr: Header {
-            kind: kind::FREE,
-            func: AllocFn::Free as u8,
-            _pad: 0,
-            pid: (pid_tgid >> 32) as u32,
-            ts_ns: now,
-        },
+        hdr: header(
+            kind::FREE,
+            AllocFn::Free as u8,
+            (pid_tgid >> 32) as u32,
+            now,
+        ),
         addr: ptr,
     };
     send(record, counter::RING_FULL_FREE);
@@ -509,13 +508,7 @@ pub fn fork(child_task: u64) {
         return;
     };
     entry.write(ForkRecord {
-        hdr: Header {
-            kind: kind::FORK,
-            func: 0,
-            _pad: 0,
-            pid: child,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        hdr: header(kind::FORK, 0, child, ktime()),
         parent,
         _pad: 0,
     });
@@ -619,7 +612,7 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
         return;
     }
     let pid = (pid_tgid >> 32) as u32;
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let ts_ns = ktime();
     if call.nr == NR_MUNMAP {
         let _ = MAP_CALLERS.remove(&pid_tgid);
         let Some(mut entry) = EVENTS.reserve::<MunmapRecord>(0) else {
@@ -627,13 +620,7 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
             return;
         };
         entry.write(MunmapRecord {
-            hdr: Header {
-                kind: kind::MUNMAP,
-                func: AllocFn::Mmap as u8,
-                _pad: 0,
-                pid,
-                ts_ns,
-            },
+            hdr: header(kind::MUNMAP, AllocFn::Mmap as u8, pid, ts_ns),
             addr: call.addr,
             len: call.len,
         });
@@ -716,13 +703,7 @@ pub fn exec() {
         return;
     };
     entry.write(ExecRecord {
-        hdr: Header {
-            kind: kind::EXEC,
-            func: 0,
-            _pad: 0,
-            pid: (pid_tgid >> 32) as u32,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        hdr: header(kind::EXEC, 0, (pid_tgid >> 32) as u32, ktime()),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
@@ -735,13 +716,7 @@ pub fn exec() {
 /// Tells the map reader to read `pid`'s memory map now (a lost notice only costs names).
 #[inline(always)]
 fn notice(kind: u8, pid: u32) {
-    let hdr = Header {
-        kind,
-        func: 0,
-        _pad: 0,
-        pid,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    };
+    let hdr = header(kind, 0, pid, ktime());
     let _ = NOTICES.output::<Header>(&hdr, BPF_RB_FORCE_WAKEUP as u64);
 }
 
