@@ -259,15 +259,16 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
     };
     let m = &scanned[main].2;
     let mut out = lib(main, m.group(|_| true), m.exit);
-    let cxx = scanned
-        .iter()
-        .position(|(_, _, f)| f.defines(probes::CXX_NEW))
-        .filter(|&i| i != main);
+    // The first other file that defines `symbol`.
+    let first_other = |symbol: &str| {
+        scanned
+            .iter()
+            .position(|(_, _, f)| f.defines(symbol))
+            .filter(|&i| i != main)
+    };
+    let cxx = first_other(probes::CXX_NEW);
     // Where exceptions are thrown from (libstdc++): see probes::Group::Throw.
-    let throw = scanned
-        .iter()
-        .position(|(_, _, f)| f.defines("__cxa_throw"))
-        .filter(|&i| i != main);
+    let throw = first_other("__cxa_throw");
     let mut exit_found = out.exit.is_some();
     for (i, (path, _, f)) in scanned.iter().enumerate() {
         if i == main {
