@@ -40,6 +40,31 @@ fn bad_input_gets_a_clear_error() {
     fails_with(&["--pid", "1", "--", "true"], &["not both"]);
 }
 
+/// What the README says: bad usage exits 2, an error of the system 1.
+#[test]
+fn usage_errors_exit_2() {
+    for (args, says) in [
+        (&["--site", "(", "--pid", "1"][..], "--site"),
+        (&["--pid", "1", "--", "true"][..], "not both"),
+        (&["-i", "-1", "--pid", "1"][..], "positive number"),
+        (&["-i", "1e-9", "--pid", "1"][..], "shortest interval"),
+        (&["--comm", "x", "--pid", "1"][..], "--comm"),
+        (&["--user", "nobody", "--pid", "1"][..], "--user"),
+        (&["--", "/nonexistent/prog"][..], "/nonexistent/prog"),
+    ] {
+        let out = run(Command::new(tracer()).args(args));
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?}: {text}");
+        assert!(!text.contains("-- -1"), "{args:?}: {text}");
+    }
+    // An output that cannot be created is no usage error, and is said before any tracing.
+    let out =
+        run(Command::new(tracer()).args(["--record", "/nonexistent-dir/x.rec", "--", "true"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
 #[test]
 fn without_privileges_it_says_to_use_sudo() {
     if !privileged("without_privileges_it_says_to_use_sudo") {

@@ -8,5 +8,6 @@ mod follow;
 mod launch;
 mod lost;
 mod maps;
+mod safety;
 mod system;
 mod workflow;

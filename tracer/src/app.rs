@@ -51,10 +51,14 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             lib.also.retain(|a| Some(&a.path) != me.as_ref());
             (vec![(None, lib)], None, None, 0)
         }
-        Target::Launch { program, argv } => {
+        Target::Launch {
+            program,
+            argv,
+            user,
+        } => {
             let lib = target::for_program(program)?;
             // Forked before the runtime exists, so the child is a copy of a one-thread process.
-            let child = launch::spawn_held(program, argv)?;
+            let child = launch::spawn_held(program, argv, user.as_ref())?;
             let pid = child.pid;
             (
                 vec![(Some(pid), lib)],
@@ -231,7 +235,6 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             followed: Vec::new(),
             launched_status: None,
             noted,
-            helpers: Default::default(),
             attached,
             exec_stops_handled: 0,
             live: Live {
@@ -330,8 +333,6 @@ struct Session {
     exec_retries: Vec<(u32, u32)>,
     /// Programs (scope pid, file identity) whose allocator was already found, and its path.
     exes_seen: std::collections::HashMap<(Option<u32>, (u64, u64)), Allocator>,
-    /// tracer's own helper processes, and when they were started.
-    helpers: std::collections::HashMap<u32, Instant>,
     /// Programs (file identity) whose notes were said.
     noted: std::collections::HashSet<(u64, u64)>,
     /// Probes attached for one process reach every process (system-wide, or following
@@ -478,17 +479,6 @@ impl Session {
     fn drain(&mut self) -> Result<()> {
         let batch = &mut self.batch;
         self.live.collector.drain(|ev| batch.push(ev));
-        // tracer's own helpers (the loader it asks for a program's libraries) are not the
-        // user's processes; their records may come a drain after they ran.
-        let now = Instant::now();
-        self.helpers
-            .extend(target::take_helpers().into_iter().map(|p| (p, now)));
-        self.helpers
-            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(5));
-        if !self.helpers.is_empty() {
-            let helpers = &self.helpers;
-            self.batch.retain(|ev| !helpers.contains_key(&ev.pid()));
-        }
         for ev in &self.batch {
             if let Event::Exec { pid, .. } = *ev {
                 // Its map was read when the kernel's notice came (see mapwatch).
@@ -544,10 +534,6 @@ impl Session {
     }
 
     fn probe_process(&mut self, pid: u32, exec: bool) -> Result<bool> {
-        // tracer's own helpers (the loader it asks) are not the user's processes.
-        if parent(pid) == Some(std::process::id()) && Some(pid) != self.launched {
-            return Ok(true);
-        }
         let scope = if self.scope_all { None } else { Some(pid) };
         // A program already examined (most execs on a busy host run the same few) brings no
         // new allocator: its libraries are not parsed again.
@@ -560,8 +546,8 @@ impl Session {
             }
         }
         // Just after the exec (the launched command is held there) nothing but the program
-        // and its loader is mapped yet: ask the loader, as before a launch, with the process's
-        // own LD_PRELOAD, rather than wait for its libraries to appear in its map.
+        // and its loader is mapped yet: find its libraries as its loader will (reading files,
+        // with the process's own LD_PRELOAD), rather than wait for them to appear in its map.
         let lib = if exec {
             target::for_exec(pid).or_else(|_| target::for_pid(pid))
         } else {
@@ -672,17 +658,6 @@ fn read_comm(pid: u32) -> Option<String> {
 fn state(pid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// The parent pid of a process.
-fn parent(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The user processes running now (not kernel threads, not tracer).

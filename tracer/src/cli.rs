@@ -46,7 +46,7 @@ pub struct Cli {
     pub no_mmap: bool,
 
     /// Stop after this many seconds and print the final report.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Option<f64>,
 
     /// Size of the kernel→user ring buffer (bytes; K/M/G suffixes): a power of two, at least one
@@ -67,6 +67,11 @@ pub struct Cli {
     /// Record only allocations of at most this many bytes (filtered in the kernel).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_size: Option<u64>,
+
+    /// Run the command as this user (a name or a numeric uid), with the user's groups, while
+    /// tracer keeps root (as `strace -u`). The environment is left as it is.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Write the raw event stream (with the memory maps and build ids needed to symbolize it
     /// later) to FILE, for `tracer replay FILE`.
@@ -102,7 +107,8 @@ pub enum Sub {
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     /// Seconds between growth reports.
-    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    #[arg(short, long, value_name = "SECS", default_value = "5", value_parser = parse_interval,
+          allow_negative_numbers = true)]
     pub interval: f64,
 
     /// Show at most this many call sites per report.
@@ -212,6 +218,19 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
             "'{s}' must be a fraction above 0 and at most 1 (e.g. 0.6)"
         )),
     }
+}
+
+/// Reports are for people and scrapers: more than ten a second is a mistake.
+const MIN_INTERVAL: f64 = 0.1;
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v = parse_secs(s)?;
+    if v < MIN_INTERVAL {
+        return Err(format!(
+            "'{s}' is too short: the shortest interval between reports is {MIN_INTERVAL} s"
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -357,6 +376,32 @@ mod tests {
         assert!(parse_warmup("-1").is_err());
         assert!(parse_fraction("1.5").is_err());
         assert!(parse_fraction("0").is_err());
+    }
+
+    #[test]
+    fn intervals_have_a_floor_and_negative_values_a_plain_message() {
+        for (arg, says) in [
+            ("1e-9", "shortest interval"),
+            ("0.01", "shortest interval"),
+            ("-1", "positive number"),
+        ] {
+            let err = Cli::try_parse_from(["tracer", "-i", arg, "--pid", "1"]).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(says) && !text.contains("-- -1"),
+                "{arg}: {text}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+        let err = Cli::try_parse_from(["tracer", "-d", "-3", "--pid", "1"]).unwrap_err();
+        assert!(err.to_string().contains("positive number"), "{err}");
+        assert_eq!(
+            Cli::try_parse_from(["tracer", "-i", "0.1", "--pid", "1"])
+                .unwrap()
+                .report
+                .interval,
+            0.1
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Target {
     Launch {
         program: PathBuf,
         argv: Vec<OsString>,
+        /// Run it as this user (--user).
+        user: Option<RunAs>,
     },
 }
 
@@ -109,13 +111,18 @@ impl Config {
             }
             (true, false) => {
                 let program = resolve_program(&cli.command[0])?;
+                let user = cli.user.as_deref().map(RunAs::lookup).transpose()?;
                 Target::Launch {
                     program,
                     argv: cli.command,
+                    user,
                 }
             }
             (true, true) => Target::All,
         };
+        if cli.user.is_some() && !matches!(&target, Target::Launch { .. }) {
+            bail!("--user runs a launched command as that user: give the command after `--`");
+        }
         if cli.follow_children
             && !matches!(&target, Target::Launch { .. })
             && !matches!(&target, Target::Pids(p) if p.len() == 1)
@@ -124,6 +131,13 @@ impl Config {
         }
         if report.comm.is_some() && !matches!(target, Target::All) {
             bail!("--comm filters the processes of system-wide tracing: use it without --pid or a command");
+        }
+        // Outputs that cannot be written are said now, not after the whole trace.
+        if let Some(r) = &cli.record {
+            crate::output::check_writable(r, "--record")?;
+        }
+        for (f, _) in report.flame.iter().flat_map(|f| &f.files) {
+            crate::output::check_writable(f, "--flame")?;
         }
         let min_size = cli.min_size.unwrap_or(0);
         let max_size = cli.max_size.unwrap_or(u64::MAX);
@@ -208,6 +222,75 @@ impl ReportOptions {
 
 /// Finds the program as execvp would: a name with a slash is a path, anything else is looked
 /// up in PATH.
+/// A user to run the launched command as: ids resolved before the fork (the child may only
+/// make async-signal-safe calls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Supplementary groups, the user's primary group included.
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl RunAs {
+    /// A user by name or numeric uid, from the password database.
+    pub fn lookup(user: &str) -> Result<RunAs> {
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16384];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let numeric = user.parse::<libc::uid_t>().ok();
+        let name = std::ffi::CString::new(user)
+            .map_err(|_| anyhow::anyhow!("--user '{user}' contains a NUL byte"))?;
+        // SAFETY: pw, buf and found are valid for the call; buf's length is passed.
+        let rc = unsafe {
+            match numeric {
+                Some(uid) => {
+                    libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found)
+                }
+                None => libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pw,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                ),
+            }
+        };
+        if found.is_null() {
+            if let Some(uid) = numeric.filter(|_| rc == 0) {
+                // A uid nobody named: run with it and its own number as the group.
+                return Ok(RunAs {
+                    name: uid.to_string(),
+                    uid,
+                    gid: uid,
+                    groups: vec![uid],
+                });
+            }
+            bail!("--user '{user}': no such user (check /etc/passwd or give a numeric uid)");
+        }
+        // SAFETY: getpw*_r filled pw, whose strings point into buf.
+        let pw_name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_owned();
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: groups holds n entries; pw_name is a valid C string.
+        if unsafe { libc::getgrouplist(pw_name.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n) }
+            < 0
+        {
+            groups.truncate(1);
+            groups[0] = pw.pw_gid;
+        } else {
+            groups.truncate(n.max(0) as usize);
+        }
+        Ok(RunAs {
+            name: pw_name.to_string_lossy().into_owned(),
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+            groups,
+        })
+    }
+}
+
 pub fn resolve_program(name: &OsString) -> Result<PathBuf> {
     let p = Path::new(name);
     let shown = p.display();
@@ -328,7 +411,7 @@ mod tests {
         let c = cfg(&["tracer", "-i", "1", "--", "sh", "-c", "true"]).unwrap();
         match c.mode {
             Mode::Trace(TraceOptions {
-                target: Target::Launch { program, argv },
+                target: Target::Launch { program, argv, .. },
                 ..
             }) => {
                 assert!(program.ends_with("sh"));

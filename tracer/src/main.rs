@@ -27,7 +27,17 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let result = config::Config::from_cli(cli).and_then(app::run);
+    let cfg = match config::Config::from_cli(cli) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            // Flags that do not go together, or name nothing, are bad usage (2, as clap's own);
+            // an output that cannot be created is the system's refusal (1).
+            let usage = e.downcast_ref::<output::CannotWrite>().is_none();
+            return ExitCode::from(if usage { 2 } else { 1 });
+        }
+    };
+    let result = app::run(cfg);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -3,6 +3,7 @@
 //! draining of the ring buffer. A closed pipe still ends the run quietly.
 use std::{
     io::{self, Write},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
@@ -108,6 +109,65 @@ impl Drop for Queued {
         self.tx.take();
     }
 }
+
+/// The directory a file at `path` is created in.
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A new file that takes the place of `path`: created in `path`'s directory under a name
+/// nobody can guess (`O_EXCL`), then renamed over `path`. Nothing another user planted there
+/// (a symlink, a file) is followed or written through; whatever was at `path` is replaced.
+/// Readable by all (a recording made as root is replayed without root), written by its owner.
+pub fn create_replacing(path: &Path) -> io::Result<std::fs::File> {
+    let tmp = new_temp(path)?;
+    tmp.persist(path).map_err(|e| e.error)
+}
+
+/// Writes `bytes` to a fresh file that then replaces `path` in one step (see
+/// [`create_replacing`]): a reader sees the old file or the new one, never a part.
+pub fn replace_with(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = new_temp(path)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn new_temp(path: &Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.is_dir() {
+        return Err(io::Error::other("it is a directory"));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".tracer-")
+        .tempfile_in(dir_of(path))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    Ok(tmp)
+}
+
+/// Fails unless a file can be created at `path` (its directory exists and is writable, and
+/// it is not a directory): said before tracing starts, not after.
+pub fn check_writable(path: &Path, what: &str) -> Result<(), CannotWrite> {
+    let dir = dir_of(path);
+    if !dir.is_dir() {
+        return Err(CannotWrite(format!(
+            "{what} {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    new_temp(path)
+        .map(drop)
+        .map_err(|e| CannotWrite(format!("{what} {}: cannot create it: {e}", path.display())))
+}
+
+/// An output file that cannot be written: an error of the system, not of the command line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CannotWrite(String);
 
 #[cfg(test)]
 mod tests {

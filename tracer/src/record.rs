@@ -148,7 +148,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, header: &RecordHeader) -> anyhow::Result<Recorder> {
-        let file = File::create(path).map_err(|e| {
+        let file = crate::output::create_replacing(path).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the recording {}: {e}; check the directory exists and is writable",
                 path.display()

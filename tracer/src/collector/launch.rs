@@ -11,6 +11,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::config::RunAs;
+
+/// What failed in the child before its program ran.
+const STAGE_USER: i32 = 1;
+const STAGE_EXEC: i32 = 2;
+
 /// A forked child waiting for [`HeldChild::release`] before it runs the command.
 pub struct HeldChild {
     pub pid: u32,
@@ -31,8 +37,9 @@ fn pipe_cloexec() -> Result<[libc::c_int; 2]> {
     Ok(fds)
 }
 
-/// Forks a child that will run `program` with `argv` (argv[0] included) once released.
-pub fn spawn_held(program: &Path, argv: &[OsString]) -> Result<HeldChild> {
+/// Forks a child that will run `program` with `argv` (argv[0] included) once released, as
+/// `user` when given (its groups, then its gid, then its uid: root's privileges end there).
+pub fn spawn_held(program: &Path, argv: &[OsString], user: Option<&RunAs>) -> Result<HeldChild> {
     let prog = cstring(program.as_os_str().as_bytes(), "the program path")?;
     let args: Vec<CString> = argv
         .iter()
@@ -65,11 +72,24 @@ pub fn spawn_held(program: &Path, argv: &[OsString]) -> Result<HeldChild> {
                 }
                 libc::_exit(127);
             }
+            let fail = |stage: i32| -> ! {
+                let errno = *libc::__errno_location();
+                let mut bytes = [0u8; 8];
+                bytes[..4].copy_from_slice(&stage.to_ne_bytes());
+                bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+                libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127);
+            };
+            if let Some(u) = user {
+                if libc::setgroups(u.groups.len(), u.groups.as_ptr()) != 0 {
+                    fail(STAGE_USER);
+                }
+                if libc::setgid(u.gid) != 0 || libc::setuid(u.uid) != 0 {
+                    fail(STAGE_USER);
+                }
+            }
             libc::execv(prog.as_ptr(), arg_ptrs.as_ptr());
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127);
+            fail(STAGE_EXEC);
         }
     }
     // SAFETY: closing our copies of the child's ends.
@@ -92,9 +112,9 @@ impl HeldChild {
         let (n, errno) = unsafe {
             libc::write(self.go, [1u8].as_ptr().cast(), 1);
             libc::close(self.go);
-            let mut buf = [0u8; 4];
+            let mut buf = [0u8; 8];
             let n = loop {
-                let n = libc::read(self.exec_err, buf.as_mut_ptr().cast(), 4);
+                let n = libc::read(self.exec_err, buf.as_mut_ptr().cast(), 8);
                 if n < 0 && *libc::__errno_location() == libc::EINTR {
                     continue;
                 }
@@ -102,15 +122,20 @@ impl HeldChild {
             };
             libc::close(self.exec_err);
             std::mem::forget(self);
-            (n, i32::from_ne_bytes(buf))
+            let word = |i: usize| i32::from_ne_bytes(buf[i..i + 4].try_into().unwrap_or_default());
+            (n, (word(0), word(4)))
         };
-        if n == 4 {
+        let (stage, errno) = errno;
+        if n == 8 {
             reap(pid);
-            bail!(
-                "cannot execute {}: {}",
-                program.display(),
-                std::io::Error::from_raw_os_error(errno)
-            );
+            let err = std::io::Error::from_raw_os_error(errno);
+            if stage == STAGE_USER {
+                bail!(
+                    "cannot switch to the --user for {}: {err}",
+                    program.display()
+                );
+            }
+            bail!("cannot execute {}: {err}", program.display());
         }
         Ok(pid)
     }
@@ -177,6 +202,7 @@ mod tests {
         let child = spawn_held(
             Path::new("/bin/sh"),
             &["sh".into(), "-c".into(), "exit 3".into()],
+            None,
         )
         .unwrap();
         let pid = child.release(Path::new("/bin/sh")).unwrap();
@@ -190,8 +216,43 @@ mod tests {
     }
 
     #[test]
+    fn the_command_runs_as_the_user_asked() {
+        let nobody = RunAs::lookup("nobody").unwrap();
+        assert_ne!(nobody.uid, 0);
+        let script = format!(
+            "test \"$(id -u)\" = {} && test \"$(id -g)\" = {}",
+            nobody.uid, nobody.gid
+        );
+        let child = spawn_held(
+            Path::new("/bin/sh"),
+            &["sh".into(), "-c".into(), script.into()],
+            Some(&nobody),
+        )
+        .unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let e = child.release(Path::new("/bin/sh")).unwrap_err().to_string();
+            assert!(e.contains("--user"), "{e}");
+            return;
+        }
+        let pid = child.release(Path::new("/bin/sh")).unwrap();
+        let status = loop {
+            if let Some(s) = try_wait(pid) {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, ExitStatus::Code(0));
+        assert!(RunAs::lookup("no-such-user-here")
+            .unwrap_err()
+            .to_string()
+            .contains("no such user"));
+        assert_eq!(RunAs::lookup("0").unwrap().uid, 0);
+    }
+
+    #[test]
     fn exec_failure_is_reported() {
-        let child = spawn_held(Path::new("/proc/self/nonexistent"), &["x".into()]).unwrap();
+        let child = spawn_held(Path::new("/proc/self/nonexistent"), &["x".into()], None).unwrap();
         let e = child
             .release(Path::new("/proc/self/nonexistent"))
             .unwrap_err()
@@ -209,6 +270,7 @@ mod tests {
         let child = spawn_held(
             Path::new("/bin/sh"),
             &["sh".into(), "-c".into(), script.into()],
+            None,
         )
         .unwrap();
         drop(child);

@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod launch;
+pub mod ldso;
 pub mod multi;
 pub mod probes;
 pub mod target;

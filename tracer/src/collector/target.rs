@@ -6,13 +6,15 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-use super::probes::{self, Group, ProbeSpec};
+use super::{
+    ldso::{LoaderEnv, Resolver},
+    probes::{self, Group, ProbeSpec},
+};
 
 /// An ELF file with allocator functions, ready to probe.
 #[derive(Debug, Clone)]
@@ -459,24 +461,17 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
     })
 }
 
-/// Processes tracer started itself (the dynamic loader asked for a program's libraries), for
-/// the live loop to leave out of the books (see [`take_helpers`]).
-static HELPERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-
-/// The helper processes started since the last call.
-pub fn take_helpers() -> Vec<u32> {
-    std::mem::take(&mut *HELPERS.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
 /// The allocator a program will use once started, found before it runs: the executable itself
-/// when static, else the libraries its dynamic loader lists, in load order.
+/// when static, else the libraries its dynamic loader will load, in load order (see
+/// [`ldso`]: nothing is run to find them).
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
-    for_program_depth(program, 0, None)
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    for_program_depth(program, 0, &LoaderEnv::of_this_process(), &cwd)
 }
 
-/// The allocator of a process that has just exec'd (held at the exec, before its dynamic
-/// loader has mapped any library): its new program as the loader would load it with the
-/// process's own `LD_PRELOAD` and `LD_LIBRARY_PATH`.
+/// The allocator of a process that has just exec'd (before its dynamic loader has mapped any
+/// library): its new program's libraries as the loader will find them with the process's own
+/// `LD_PRELOAD` and `LD_LIBRARY_PATH`. Files are only read, never run.
 pub fn for_exec(pid: u32) -> Result<AllocatorLib> {
     // Paths mean what they mean in the process's own mount namespace: in another one (a
     // container), its map (through /proc/PID/root) is the way.
@@ -491,75 +486,45 @@ pub fn for_exec(pid: u32) -> Result<AllocatorLib> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|_| anyhow::anyhow!("process {pid} exited right after its exec"))?;
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let env: Vec<(String, String)> = environ
-        .split(|&b| b == 0)
-        .filter_map(|kv| {
-            let kv = std::str::from_utf8(kv).ok()?;
-            let (k, v) = kv.split_once('=')?;
-            (k == "LD_PRELOAD" || k == "LD_LIBRARY_PATH").then(|| (k.to_string(), v.to_string()))
-        })
-        .collect();
-    for_program_depth(&exe, 0, Some(&env))
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"));
+    for_program_depth(&exe, 0, &LoaderEnv::from_environ(&environ), &cwd)
 }
 
 fn for_program_depth(
     program: &Path,
     depth: u32,
-    env: Option<&[(String, String)]>,
+    env: &LoaderEnv,
+    cwd: &Path,
 ) -> Result<AllocatorLib> {
-    let data =
-        std::fs::read(program).with_context(|| format!("cannot read {}", program.display()))?;
-    if let Some(interp) = script_interpreter(&data) {
+    let mut head = Vec::new();
+    {
+        use std::io::Read;
+        let f = std::fs::File::open(program)
+            .with_context(|| format!("cannot read {}", program.display()))?;
+        f.take(256)
+            .read_to_end(&mut head)
+            .with_context(|| format!("cannot read {}", program.display()))?;
+    }
+    if let Some(interp) = script_interpreter(&head) {
         // A script runs its interpreter: that is whose allocator the probes go on.
         if depth > 3 {
             bail!("{}: too many levels of #! interpreters", program.display());
         }
         let interp = crate::config::resolve_program(&interp.into_os_string())
             .with_context(|| format!("the interpreter of {}", program.display()))?;
-        return for_program_depth(&interp, depth + 1, env);
+        return for_program_depth(&interp, depth + 1, env, cwd);
     }
-    let file = object::File::parse(&*data).with_context(|| {
-        format!(
+    if object::FileKind::parse(&*head).is_err() {
+        bail!(
             "{} is neither an ELF executable nor a #! script",
             program.display()
-        )
-    })?;
-    let interp = interpreter(&file);
-    drop(file);
+        );
+    }
+    let resolver = Resolver::new(Path::new("/"));
     let mut candidates = vec![(program.to_path_buf(), program.to_path_buf())];
-    if let Some(interp) = interp {
-        // What `ldd` does: the loader lists the libraries it would load, honouring
-        // LD_LIBRARY_PATH and LD_PRELOAD, without running the program.
-        let mut cmd = Command::new(&interp);
-        cmd.arg("--list").arg(program);
-        if let Some(env) = env {
-            cmd.env_remove("LD_PRELOAD").env_remove("LD_LIBRARY_PATH");
-            cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        }
-        let child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
-        // tracer's own helper: tracing every process, its allocations are not the user's.
-        HELPERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.id());
-        let out = child
-            .wait_with_output()
-            .with_context(|| format!("cannot run the dynamic loader {}", interp.display()))?;
-        if !out.status.success() {
-            bail!(
-                "the dynamic loader cannot load {}: {}",
-                program.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        for lib in parse_loader_list(&String::from_utf8_lossy(&out.stdout)) {
-            candidates.push((lib.clone(), lib));
-        }
+    for lib in resolver.libraries(program, env, cwd)? {
+        let open = resolver.open_path(&lib);
+        candidates.push((lib, open));
     }
     choose(candidates)?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -583,24 +548,9 @@ fn script_interpreter(data: &[u8]) -> Option<PathBuf> {
     Some(PathBuf::from(first))
 }
 
-fn interpreter(file: &object::File) -> Option<PathBuf> {
-    use object::read::elf::{ElfFile64, ProgramHeader};
-    let object::File::Elf64(elf) = file else {
-        return None;
-    };
-    let elf: &ElfFile64 = elf;
-    let endian = elf.endian();
-    for ph in elf.elf_program_headers() {
-        if ph.p_type(endian) == object::elf::PT_INTERP {
-            let bytes = ph.data(endian, elf.data()).ok()?;
-            let s = std::str::from_utf8(bytes).ok()?.trim_end_matches('\0');
-            return Some(PathBuf::from(s));
-        }
-    }
-    None
-}
-
-/// Library paths from `ld.so --list` output (`name => /path (0x...)` or `/path (0x...)`).
+/// Library paths from `ld.so --list` output (what `ldd` prints: `name => /path (0x...)` or
+/// `/path (0x...)`), for tests that compare with it.
+#[cfg(test)]
 pub fn parse_loader_list(out: &str) -> Vec<PathBuf> {
     out.lines()
         .filter_map(|l| {
@@ -615,6 +565,7 @@ pub fn parse_loader_list(out: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn parses_loader_list() {

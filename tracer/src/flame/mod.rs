@@ -8,10 +8,7 @@
 //! viewer never reads half a file even with `--flame-every`.
 mod pprof;
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{io::Write, path::Path};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -346,22 +343,8 @@ pub fn write(p: &Profile, format: Format, path: &Path) -> Result<()> {
         Format::Pprof => pprof::encode(p)?,
         Format::Speedscope => speedscope(p).into_bytes(),
     };
-    let tmp = temp_name(path);
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::anyhow!("cannot write the flame file {}: {e}", path.display())
-        })
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
+    crate::output::replace_with(path, &bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write the flame file {}: {e}", path.display()))
 }
 
 #[cfg(test)]
