@@ -7,11 +7,12 @@
 //! events, and the drain points ("ticks") with the kernel's counters at each. Replaying the
 //! same stream through the same code gives the same reports.
 //!
-//! File format, version 2, all integers little-endian:
+//! File format, version 4, all integers little-endian:
 //!
 //! ```text
-//! "TRACEREC" u16 version (2)  u16 reserved
-//! then frames: u8 tag  u32 length  payload
+//! "TRACEREC" u16 version (4)  u16 reserved
+//! then frames: u8 tag  u32 length  payload  u32 CRC-32 of tag, length and payload
+//!              (versions 1 to 3: no CRC)
 //!   1 header  JSON object (RecordHeader)
 //!   2 maps    u32 pid, u32 n, n × (u64 start, u64 end, u64 offset, str path, bytes build_id)
 //!   3 stack   u32 pid, i32 stack id, u16 n, n × u64 return address (innermost first)
@@ -26,7 +27,8 @@
 //! ```
 //!
 //! Readers reject what they cannot trust with an error naming the byte offset; they never
-//! panic and never allocate more than a frame's stated length, itself capped.
+//! panic and never allocate more than a frame's stated length, itself capped. A frame whose
+//! checksum fails is such an error: a damaged recording never replays to other numbers.
 use std::{
     fs::File,
     io::{BufReader, BufWriter, Read, Write},
@@ -43,8 +45,18 @@ use crate::{
 
 const MAGIC: &[u8; 8] = b"TRACEREC";
 /// Written; readers accept every version from 1 (which has no process frames) to this one (3
-/// added events in named heaps and heap releases).
-pub const VERSION: u16 = 3;
+/// added events in named heaps and heap releases, 4 a checksum per frame).
+pub const VERSION: u16 = 4;
+/// The first version whose frames end with a CRC-32.
+const CRC_VERSION: u16 = 4;
+
+/// The checksum closing a frame: over its tag, length and payload.
+fn frame_crc(head: &[u8; 5], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(head);
+    h.update(payload);
+    h.finalize()
+}
 /// No frame is larger than this: a length above it is corruption, not a reason to allocate.
 const MAX_FRAME: u32 = 64 << 20;
 
@@ -188,9 +200,11 @@ impl Recorder {
         let mut head = [0u8; 5];
         head[0] = t;
         head[1..].copy_from_slice(&(self.buf.len() as u32).to_le_bytes());
+        let crc = frame_crc(&head, &self.buf).to_le_bytes();
         let Recorder { out, buf, path } = self;
         out.write_all(&head)
             .and_then(|_| out.write_all(buf))
+            .and_then(|_| out.write_all(&crc))
             .map_err(|e| anyhow::anyhow!("cannot write the recording {}: {e}", path.display()))
     }
 
@@ -221,6 +235,8 @@ pub struct Reader<R> {
     input: R,
     offset: u64,
     buf: Vec<u8>,
+    /// The frames end with a checksum (version 4 on).
+    crc: bool,
 }
 
 impl Reader<BufReader<File>> {
@@ -258,6 +274,7 @@ impl<R: Read> Reader<R> {
             input,
             offset: 12,
             buf: Vec::new(),
+            crc: version >= CRC_VERSION,
         })
     }
 
@@ -300,6 +317,27 @@ impl<R: Read> Reader<R> {
                 offset: at,
                 what: format!("truncated: the frame holds {len} bytes, the file ends after {got}"),
             });
+        }
+        if self.crc {
+            let mut crc = [0u8; 4];
+            let got = read_full(&mut self.input, &mut crc).map_err(io)?;
+            if got < 4 {
+                return Err(FormatError {
+                    offset: at,
+                    what: "truncated: the frame's checksum is missing".into(),
+                });
+            }
+            if u32::from_le_bytes(crc) != frame_crc(&head, &self.buf) {
+                return Err(FormatError {
+                    offset: at,
+                    what: format!(
+                        "the frame's checksum does not match: the recording is damaged from \
+                         here on (a {len}-byte frame of kind {})",
+                        head[0]
+                    ),
+                });
+            }
+            self.offset += 4;
         }
         self.offset += 5 + len as u64;
         decode(head[0], &self.buf, at + 5).map(Some)
@@ -906,16 +944,25 @@ mod tests {
     }
 
     fn to_bytes(frames: &[Frame]) -> Vec<u8> {
+        to_bytes_version(frames, VERSION)
+    }
+
+    /// A recording as a tracer writing `version` would have written it.
+    fn to_bytes_version(frames: &[Frame], version: u16) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         let mut b = Vec::new();
         for f in frames {
             b.clear();
             let t = encode(f, &mut b);
-            out.push(t);
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            let mut head = [t, 0, 0, 0, 0];
+            head[1..].copy_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(&head);
             out.extend_from_slice(&b);
+            if version >= CRC_VERSION {
+                out.extend_from_slice(&frame_crc(&head, &b).to_le_bytes());
+            }
         }
         out
     }
@@ -961,12 +1008,14 @@ mod tests {
     #[test]
     fn truncation_names_the_offset() {
         let bytes = to_bytes(&sample_frames());
-        let cut = &bytes[..bytes.len() - 3];
-        let err = read_all(cut).unwrap_err();
-        assert!(err.what.contains("truncated"), "{err}");
-        // the End frame starts 5 + 8 + 8 + 1 + 12*8 + 1 + 4 bytes before the end
+        // the End frame starts 5 + 8 + 8 + 1 + 12*8 + 1 + 4 bytes (and its checksum) before
+        // the end: cut in its checksum, then in its payload
         let end_len = 8 + 8 + 1 + 8 * tracer_common::counter::COUNT as usize + 1 + 4;
-        assert_eq!(err.offset as usize, bytes.len() - 5 - end_len);
+        for cut in [3, 7] {
+            let err = read_all(&bytes[..bytes.len() - cut]).unwrap_err();
+            assert!(err.what.contains("truncated"), "{err}");
+            assert_eq!(err.offset as usize, bytes.len() - 4 - 5 - end_len);
+        }
         // cut inside a frame header
         let err = read_all(&bytes[..14]).unwrap_err();
         assert_eq!(err.offset, 12);
@@ -984,8 +1033,40 @@ mod tests {
     }
 
     #[test]
+    fn recordings_of_earlier_versions_still_read() {
+        let frames = sample_frames();
+        assert_eq!(read_all(&to_bytes_version(&frames, 3)).unwrap(), frames);
+    }
+
+    /// Every single-bit flip anywhere in a recording is an error, or reads the same frames (and
+    /// so replays to byte-identical reports): never other numbers in silence.
+    #[test]
+    fn no_bit_flip_changes_what_a_recording_says() {
+        let frames = sample_frames();
+        let bytes = to_bytes(&frames);
+        let mut errors = 0;
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            match read_all(&b) {
+                Err(_) => errors += 1,
+                Ok(got) => assert_eq!(got, frames, "bit {bit} changed the frames silently"),
+            }
+        }
+        // Only the reserved field's 16 bits may flip unseen.
+        assert_eq!(errors, bytes.len() * 8 - 16);
+        // A flipped checksum byte names its frame.
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 0x10;
+        let err = read_all(&b).unwrap_err();
+        assert!(err.what.contains("checksum"), "{err}");
+    }
+
+    #[test]
     fn corrupt_fields_name_their_offset() {
-        let mut bytes = to_bytes(&sample_frames()[..4]);
+        // Version 3 (no checksums): the decoder's own checks name the field.
+        let mut bytes = to_bytes_version(&sample_frames()[..4], 3);
         // the events frame: kind byte of the first event follows the u32 count
         let events_at = bytes.len() - {
             let mut b = Vec::new();
