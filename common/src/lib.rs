@@ -136,6 +136,11 @@ impl AllocFn {
         (AllocFn::New as u8..=AllocFn::NewArrayAlignedNothrow as u8).contains(&(self as u8))
     }
 
+    /// C++'s `operator new`, in any of its forms.
+    pub fn is_new(self) -> bool {
+        (AllocFn::New as u8..=AllocFn::NewArrayAlignedNothrow as u8).contains(&(self as u8))
+    }
+
     /// A memory mapping (its own category), not a heap block.
     pub fn is_mapping(self) -> bool {
         matches!(self, AllocFn::Mmap | AllocFn::Mremap)
@@ -180,6 +185,10 @@ pub struct AllocRecord {
     /// Id of the user stack in the `STACKS` map, or a negative errno when it could not be taken.
     pub stack_id: i32,
     pub addr: u64,
+    /// realloc's input block. For an `operator new` probed at entry only
+    /// ([`COOKIE_ENTRY_ONLY`]): the return address into its caller, the stack's first frame
+    /// (the stack, taken at the function's entry, starts at the caller's caller: a frame-pointer
+    /// walk from a function's first instruction cannot see its caller).
     pub old_addr: u64,
     /// Bytes requested (`nmemb * size` for calloc and reallocarray).
     pub size: u64,
@@ -309,7 +318,8 @@ pub mod counter {
     pub const FAILED: u32 = 9;
     /// Returns that matched no recorded entry at the same stack depth.
     pub const UNMATCHED_RETURN: u32 = 10;
-    /// Times a launched process was held at `exit()` so its memory map could be read.
+    /// Times a launched process was held at `exit()` (tracers before version 4 of the
+    /// recording format; no longer bumped, kept so that counters keep their positions).
     pub const EXIT_STOPS: u32 = 11;
     /// Allocations outside the --min-size/--max-size range: not recorded.
     pub const FILTERED: u32 = 12;
@@ -317,7 +327,7 @@ pub mod counter {
     pub const STACK_INLINE: u32 = 15;
     /// Exec records dropped because the ring buffer was full.
     pub const RING_FULL_EXEC: u32 = 13;
-    /// Times a launched process was held at exec until its new allocator was probed.
+    /// Times a launched process was held at exec (no longer bumped, as [`EXIT_STOPS`]).
     pub const EXEC_STOPS: u32 = 14;
     /// Processes forked by a followed process, and followed from then on (--follow-children).
     pub const FORKS_FOLLOWED: u32 = 16;
@@ -359,9 +369,6 @@ pub mod globals {
     pub const SELF_PID: &str = "SELF_PID";
     /// `u64`: submit with a wakeup once this many bytes wait in the ring (the drain watermark).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    /// `u32`: non-zero makes the traced process stop itself (SIGSTOP) on entering `exit()`, so
-    /// userspace can read its memory map before it is gone; userspace then continues it.
-    pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
     /// `u64`, `u64`: only allocations of `MIN_SIZE..=MAX_SIZE` bytes are recorded (a realloc
     /// out of range still releases its input block).
     pub const MIN_SIZE: &str = "MIN_SIZE";
@@ -382,6 +389,11 @@ pub const MAX_STACK_DEPTH: usize = 127;
 /// free-like functions that may call one another (so frees are checked for nesting; a file
 /// with `free` alone, glibc's, skips that work).
 pub const COOKIE_NESTING_FREES: u64 = 1 << 8;
+/// Uprobe cookie: the function is probed at entry only, and the first allocator call nested in
+/// it that has a return probe completes it (libstdc++'s `operator new`, which calls `malloc`).
+/// Its stack is taken at its entry. No return probe means no kernel trampoline in its frame,
+/// so an exception it throws unwinds as without tracer.
+pub const COOKIE_ENTRY_ONLY: u64 = 1 << 9;
 
 /// Entry state kept between an allocator call's entry and its return, per thread.
 #[repr(C)]
@@ -398,13 +410,28 @@ pub struct InFlight {
     pub filtered: u8,
     /// The call's file has nesting free-like functions ([`COOKIE_NESTING_FREES`]).
     pub nesting_frees: u8,
-    pub _pad: [u8; 5],
+    /// Probed at entry only ([`COOKIE_ENTRY_ONLY`]): completed by a nested call's return.
+    pub entry_only: u8,
+    /// An entry-only call's stack, taken at its entry (a negative errno when it failed;
+    /// [`STACK_AT_ENTRY_INLINE`] when it is kept whole in the per-thread entry stack).
+    pub stack_id: i32,
     /// The heap named by the caller (`mi_heap_*`), 0 when none.
     pub heap: u64,
     /// A throwing `operator new`'s return address as it was at entry (before the kernel
     /// pointed it at its uretprobe trampoline), to put back if the call throws.
     pub ret: u64,
+    /// An entry-only call: the stack pointer at entry of the nested call that completes it
+    /// (0 until that call enters), and that call's own pointer argument and function
+    /// (posix_memalign's result comes through its out-pointer).
+    pub inner_sp: u64,
+    pub inner_ptr: u64,
+    pub inner_func: u8,
+    pub _pad: [u8; 7],
 }
+
+/// [`InFlight::stack_id`] of an entry-only call whose stack collided in the stack map: the
+/// stack itself waits in a per-thread map for the call's completion.
+pub const STACK_AT_ENTRY_INLINE: i32 = i32::MIN;
 
 #[cfg(feature = "user")]
 mod user {
@@ -419,4 +446,4 @@ const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 48);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 72);

@@ -414,7 +414,15 @@ fn a_caught_bad_alloc_is_caught_under_tracer_too() {
             // seen.
             assert!(run.stdout.contains("caught 60 of 60"), "{name}");
             let ev = &run.final_report["events"];
-            assert_eq!(ev["thrown"], 60, "{name}");
+            if name == "glibc" {
+                // libstdc++'s new is probed at entry only: its malloc returned NULL (a failed
+                // call) before the throw, and no trampoline was ever in its frame.
+                assert_eq!(ev["thrown"], 0, "{name}: {ev}");
+                assert!(ev["failed"].as_u64().unwrap() >= 60, "{name}: {ev}");
+            } else {
+                // An allocator's own new keeps its return probe: the throw ends the call.
+                assert_eq!(ev["thrown"], 60, "{name}: {ev}");
+            }
             // Each exception object was allocated inside the throwing new (nested, not
             // recorded) and freed after the catch: the only unknown frees there can be.
             assert!(ev["unknown_frees"].as_u64().unwrap() <= 60, "{name}: {ev}");

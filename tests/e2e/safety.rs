@@ -217,3 +217,154 @@ fn a_launched_command_runs_as_the_user_asked() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The state letter of a process (`T` stopped), None once it is gone or a zombie.
+fn live_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let c = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+    (c != 'Z').then_some(c)
+}
+
+/// Waits up to `secs` for `pid` to be gone; its state when it is not.
+fn gone_within(pid: u32, secs: f64) -> Result<(), char> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    loop {
+        match live_state(pid) {
+            None => return Ok(()),
+            Some(s) if std::time::Instant::now() >= end => return Err(s),
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Instants spread evenly over `0..window_ms`, in a scrambled order (the same every run).
+fn instants(n: u32, window_ms: u32) -> impl Iterator<Item = std::time::Duration> {
+    (0..n).map(move |i| {
+        let k = (i * 37) % n;
+        std::time::Duration::from_micros(u64::from(window_ms) * 1000 * u64::from(k) / u64::from(n))
+    })
+}
+
+/// SIGKILLs tracer at many instants while a launched command execs and exits: every command
+/// runs to its end by itself (tracer's death leaves nothing that holds it).
+#[test]
+fn tracer_killed_at_any_instant_leaves_launched_commands_running() {
+    if !privileged("tracer_killed_at_any_instant_leaves_launched_commands_running") {
+        return;
+    }
+    let brief = victim("victims/brief.c", FP);
+    let dir = shared_dir("killed");
+    let mut bad = Vec::new();
+    let mut started = 0;
+    for (kind, window) in [("exec", 300), ("exit", 400)] {
+        for (i, at) in instants(50, window).enumerate() {
+            let out = dir.join(format!("{kind}{i}"));
+            let mut cmd = Command::new(tracer());
+            cmd.args(["-i", "60", "--"]);
+            if kind == "exec" {
+                // The launched shell execs the program: killed around that exec.
+                cmd.args([
+                    "/bin/sh",
+                    "-c",
+                    &format!("exec {} 20 {} 7", brief.display(), out.display()),
+                ]);
+            } else {
+                cmd.arg(&brief).args(["60", out.to_str().unwrap(), "7"]);
+            }
+            let mut t = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(at);
+            t.kill().unwrap();
+            t.wait().unwrap();
+            let Ok(text) = std::fs::read_to_string(&out) else {
+                continue; // killed before the command started: nothing to harm
+            };
+            let Some(pid) = text
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            started += 1;
+            if let Err(state) = gone_within(pid, 5.0) {
+                bad.push(format!(
+                    "{kind} #{i} at {at:?}: pid {pid} left in state {state}"
+                ));
+                // SAFETY: signalling a process this test started.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGCONT);
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            } else if !std::fs::read_to_string(&out).unwrap().contains("done") {
+                bad.push(format!(
+                    "{kind} #{i} at {at:?}: the command did not finish its work"
+                ));
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(bad.is_empty(), "{bad:#?}");
+    // Most kills landed while the command ran (the test is not all early kills).
+    assert!(
+        started >= 60,
+        "only {started} of 100 commands started before the kill"
+    );
+}
+
+/// SIGKILLs tracer at many instants while it traces a C++ program that throws from `operator
+/// new` in a loop: the program is never left stopped, catches every throw and exits 0.
+#[test]
+fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
+    if !privileged("tracer_killed_at_any_instant_leaves_a_throwing_program_well") {
+        return;
+    }
+    let throws = victim("victims/throws.cpp", FP);
+    // Rounds of 3 throws every 2 ms (see throws.cpp), for longer than the kills take.
+    let victim = Command::new(&throws)
+        .args(["100000", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = victim.id();
+    let mut stopped = Vec::new();
+    for (i, at) in instants(50, 300).enumerate() {
+        let mut t = Command::new(tracer())
+            .args(["--pid", &pid.to_string(), "-i", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50) + at);
+        t.kill().unwrap();
+        t.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if live_state(pid) == Some('T') {
+            stopped.push(format!("#{i} at {at:?}"));
+            // SAFETY: signalling a process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        }
+        assert!(
+            live_state(pid).is_some(),
+            "the program died after kill #{i}"
+        );
+    }
+    // SAFETY: as above; SIGTERM ends its loop early, cleanly (see throws.cpp).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = victim.wait_with_output().unwrap();
+    assert!(stopped.is_empty(), "left stopped: {stopped:?}");
+    let text = stdout(&out);
+    assert!(out.status.success(), "exit {:?}: {text}", out.status);
+    let caught = text
+        .lines()
+        .find(|l| l.starts_with("caught"))
+        .unwrap_or_default();
+    let words: Vec<&str> = caught.split_whitespace().collect();
+    assert!(
+        words.len() == 4 && words[1] == words[3] && words[1] != "0",
+        "{text}"
+    );
+}

@@ -2,9 +2,11 @@
 // catches it, again and again, from several depths and through each throwing form of new;
 // between throws it leaks through new. Under tracer it must behave as without (catch, not
 // terminate) and its books must stay exact. Prints the truth at exit in leaky's format.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <unistd.h>
 
 static void *volatile sink;
 static volatile size_t huge = (size_t)1 << 62;
@@ -58,14 +60,24 @@ __attribute__((noinline)) static void *leak_after_throw(int n) {
     return p;
 }
 
+static volatile sig_atomic_t stop;
+
+static void on_term(int) { stop = 1; }
+
+// ./throws ROUNDS [PAUSE_MS]: PAUSE_MS between rounds; SIGTERM ends the rounds early, cleanly.
 int main(int argc, char **argv) {
-    int n = argc > 1 ? atoi(argv[1]) : 20;
-    int caught = 0;
-    for (int i = 0; i < n; i++) {
+    int rounds = argc > 1 ? atoi(argv[1]) : 20;
+    int pause_ms = argc > 2 ? atoi(argv[2]) : 0;
+    signal(SIGTERM, on_term);
+    int caught = 0, n = 0;
+    for (; n < rounds && !stop; n++) {
         caught += throw_plain();
         caught += throw_aligned();
         caught += throw_deep();
         sink = leak_after_throw(8);
+        if (pause_ms > 0) {
+            usleep(pause_ms * 1000);
+        }
     }
     printf("caught %d of %d\n", caught, 3 * n);
     printf("TRUTH leak_after_throw LEAK blocks=%d bytes=%d\n", n, n * 24);

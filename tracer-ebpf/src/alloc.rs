@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
-    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
-    COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord, COOKIE_ENTRY_ONLY,
+    COOKIE_NESTING_FREES, MAX_STACK_DEPTH, STACK_AT_ENTRY_INLINE,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -37,6 +37,13 @@ static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Per thread, the last block a free-like function was entered with (see [`free`]).
 #[map]
 static LAST_FREE: LruHashMap<u64, LastFree> = LruHashMap::with_max_entries(65536, 0);
+/// Per thread, the whole stack of an entry-only call whose stack collided in [`STACKS`]
+/// (see [`COOKIE_ENTRY_ONLY`]), until the call completes.
+#[map]
+static ENTRY_STACKS: LruHashMap<u64, EntryStack> = LruHashMap::with_max_entries(1024, 0);
+/// Where an entry stack is walked before it is stored (too large for the eBPF stack).
+#[map]
+static ENTRY_SCRATCH: PerCpuArray<EntryStack> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static MAP_CALLS: HashMap<u64, MapCall> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -52,8 +59,6 @@ static FILTER_PID: u32 = 0;
 static SELF_PID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
-#[unsafe(no_mangle)]
-static STOP_AT_EXIT: u32 = 0;
 #[unsafe(no_mangle)]
 static MIN_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
@@ -78,6 +83,13 @@ struct LastFree {
     ts_ns: u64,
 }
 const EEXIST: i64 = 17;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EntryStack {
+    nr_bytes: u64,
+    ips: [u64; MAX_STACK_DEPTH],
+}
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -166,8 +178,19 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     let sp = unsafe { (*ctx.regs).rsp };
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let func = cookie as u8;
+    let entry_only = cookie & COOKIE_ENTRY_ONLY != 0;
     if let Some(outer) = INFLIGHT.get_ptr_mut(pid_tgid) {
         if unsafe { (*outer).sp } >= sp {
+            // An entry-only call is completed by the first call nested in it that has a
+            // return probe (libstdc++'s operator new by its malloc).
+            unsafe {
+                if (*outer).entry_only != 0 && (*outer).inner_sp == 0 && !entry_only {
+                    (*outer).inner_sp = sp;
+                    (*outer).inner_ptr = ptr;
+                    (*outer).inner_func = func;
+                    return;
+                }
+            }
             // mi_heap_destroy of a heap it may not destroy (one that may hold reclaimed pages)
             // deletes it instead: its blocks live on.
             unsafe {
@@ -187,13 +210,20 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
     let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
     // A throwing operator new's return address, read before the kernel points it at its
-    // uretprobe trampoline (see `thrown`).
-    let ret = if func == AllocFn::New as u8
-        || func == AllocFn::NewArray as u8
-        || func == AllocFn::NewAligned as u8
-        || func == AllocFn::NewArrayAligned as u8
+    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame.
+    let ret = if entry_only
+        || (func == AllocFn::New as u8
+            || func == AllocFn::NewArray as u8
+            || func == AllocFn::NewAligned as u8
+            || func == AllocFn::NewArrayAligned as u8)
     {
         unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
+    let filtered = size < min || size > max;
+    let stack_id = if entry_only && !filtered {
+        entry_stack(ctx, pid_tgid)
     } else {
         0
     };
@@ -202,14 +232,58 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         size,
         ptr,
         func,
-        filtered: (size < min || size > max) as u8,
+        filtered: filtered as u8,
         nesting_frees: (cookie & COOKIE_NESTING_FREES != 0) as u8,
-        _pad: [0; 5],
+        entry_only: entry_only as u8,
+        stack_id,
         heap,
         ret,
+        inner_sp: 0,
+        inner_ptr: 0,
+        inner_func: 0,
+        _pad: [0; 7],
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
+    }
+}
+
+/// The stack of an entry-only call, at its entry: the first frame (the function's own entry
+/// address) is skipped, and the kernel adds the caller's return address read at the stack
+/// pointer (a probe on a function's first instruction, `endbr64` or `push %rbp`), so the
+/// stack is the one a return probe would have seen. A collision keeps the whole stack aside.
+#[inline(always)]
+fn entry_stack(ctx: &ProbeContext, pid_tgid: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64 | 1) {
+        Ok(id) => id as i32,
+        Err(e) if e as i64 == -EEXIST => {
+            let Some(scratch) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+                bump(counter::STACK_FAILED);
+                return e as i32;
+            };
+            let n = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    (*scratch).ips.as_mut_ptr() as *mut core::ffi::c_void,
+                    (8 * MAX_STACK_DEPTH) as u32,
+                    BPF_F_USER_STACK as u64 | 1,
+                )
+            };
+            unsafe { (*scratch).nr_bytes = n.max(0) as u64 };
+            if n <= 0
+                || ENTRY_STACKS
+                    .insert(pid_tgid, unsafe { &*scratch }, 0)
+                    .is_err()
+            {
+                bump(counter::STACK_COLLISION);
+                return e as i32;
+            }
+            STACK_AT_ENTRY_INLINE
+        }
+        Err(e) => {
+            bump(counter::STACK_FAILED);
+            e as i32
+        }
     }
 }
 
@@ -221,7 +295,10 @@ pub fn leave(ctx: &RetProbeContext) {
         return;
     };
     let call = unsafe { *slot };
-    if call.sp.wrapping_add(8) != sp {
+    let entry_only = call.entry_only != 0;
+    if entry_only && call.inner_sp != 0 && call.inner_sp.wrapping_add(8) == sp {
+        // The nested call that completes an entry-only call returns: handled below.
+    } else if entry_only || call.sp.wrapping_add(8) != sp {
         // An inner (skipped) call's return, or state left by a call whose return was missed.
         if call.sp.wrapping_add(8) > sp {
             return;
@@ -238,11 +315,17 @@ pub fn leave(ctx: &RetProbeContext) {
     let ret: u64 = ctx.ret();
 
     let mut addr = ret;
-    if call.func == AllocFn::PosixMemalign as u8 {
+    // What the returning call is: an entry-only call's result is its nested call's.
+    let (ret_func, ret_ptr) = if entry_only {
+        (call.inner_func, call.inner_ptr)
+    } else {
+        (call.func, call.ptr)
+    };
+    if ret_func == AllocFn::PosixMemalign as u8 {
         // Returns 0 on success, with the block stored through the out-pointer.
         addr = 0;
         if ret as u32 == 0 {
-            match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+            match unsafe { bpf_probe_read_user(ret_ptr as *const u64) } {
                 Ok(a) => addr = a,
                 Err(_) => {
                     bump(counter::MEMPTR_FAULT);
@@ -251,19 +334,29 @@ pub fn leave(ctx: &RetProbeContext) {
             }
         }
     }
-    let moves = call.func == AllocFn::Realloc as u8 || call.func == AllocFn::ReallocArray as u8;
-    let old_addr = if moves { call.ptr } else { 0 };
+    let moves = !entry_only
+        && (call.func == AllocFn::Realloc as u8 || call.func == AllocFn::ReallocArray as u8);
+    let old_addr = if moves {
+        call.ptr
+    } else if entry_only {
+        call.ret
+    } else {
+        0
+    };
     // realloc(p, 0) frees p and returns NULL; any other NULL is a failure that changed nothing.
     let released = moves && addr == 0 && call.size == 0 && old_addr != 0;
     if addr == 0 && !released {
         bump(counter::FAILED);
+        if entry_only && call.stack_id == STACK_AT_ENTRY_INLINE {
+            let _ = ENTRY_STACKS.remove(pid_tgid);
+        }
         return;
     }
     if call.filtered != 0 {
         bump(counter::FILTERED);
         // A successful realloc out of range still took its input block away (moved, or
         // resized out of the range): send that release alone.
-        if old_addr == 0 {
+        if !moves || old_addr == 0 {
             return;
         }
         addr = 0;
@@ -273,7 +366,9 @@ pub fn leave(ctx: &RetProbeContext) {
     // Taken at the return: the walk starts at the caller's return address, so the immediate
     // caller is always the first frame whatever the allocator's prologue looks like.
     let mut collided = false;
-    let stack_id = if addr != 0 {
+    let stack_id = if entry_only {
+        call.stack_id
+    } else if addr != 0 {
         match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
             Ok(id) => id as i32,
             Err(e) => {
@@ -315,6 +410,10 @@ pub fn leave(ctx: &RetProbeContext) {
         send_with_stack(ctx, record);
         return;
     }
+    if entry_only && stack_id == STACK_AT_ENTRY_INLINE {
+        send_with_entry_stack(pid_tgid, record);
+        return;
+    }
     send(record, counter::RING_FULL_ALLOC);
 }
 
@@ -350,7 +449,11 @@ pub fn thrown(ctx: &ProbeContext) {
     }
     let _ = INFLIGHT.remove(pid_tgid);
     bump(counter::THROWN);
-    if call.ret == 0 {
+    if call.entry_only != 0 && call.stack_id == STACK_AT_ENTRY_INLINE {
+        let _ = ENTRY_STACKS.remove(pid_tgid);
+    }
+    // An entry-only call has no trampoline in its frame: nothing to put back.
+    if call.entry_only != 0 || call.ret == 0 {
         return;
     }
     // The process stops before __cxa_throw runs; the map reader thread puts the return
@@ -415,6 +518,37 @@ fn send_with_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
         bump(counter::STACK_INLINE);
     }
     entry.submit(flags);
+}
+
+/// An entry-only call's record with the stack kept aside at its entry (see [`entry_stack`]).
+#[inline(always)]
+fn send_with_entry_stack(pid_tgid: u64, mut record: AllocRecord) {
+    let Some(saved) = ENTRY_STACKS.get_ptr(pid_tgid) else {
+        record.stack_id = -(EEXIST as i32);
+        bump(counter::STACK_COLLISION);
+        send(record, counter::RING_FULL_ALLOC);
+        return;
+    };
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
+        bump(counter::RING_FULL_ALLOC);
+        let _ = ENTRY_STACKS.remove(pid_tgid);
+        return;
+    };
+    record.hdr.kind = kind::ALLOC_STACK;
+    let p = entry.as_mut_ptr();
+    unsafe {
+        (*p).alloc = record;
+        (*p).nr_bytes = (*saved).nr_bytes;
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (*p).ips.as_mut_ptr() as *mut core::ffi::c_void,
+            (8 * MAX_STACK_DEPTH) as u32,
+            (*saved).ips.as_ptr() as *const core::ffi::c_void,
+        );
+    }
+    bump(counter::STACK_INLINE);
+    entry.submit(flags);
+    let _ = ENTRY_STACKS.remove(pid_tgid);
 }
 
 /// Entry of a free-like function (`free`, `sdallocx`, `operator delete`...).
@@ -682,16 +816,9 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
 
 const SIGSTOP: u32 = 19;
 
-/// The launched command itself stops at exec and exit (its children are not: a stop is seen
-/// by the parent, which for them is not tracer).
-#[inline(always)]
-fn held(tgid: u32) -> bool {
-    let stop = unsafe { core::ptr::read_volatile(&STOP_AT_EXIT) };
-    stop != 0 && tgid == unsafe { core::ptr::read_volatile(&FILTER_PID) }
-}
-
-/// A traced process exec'd: tell userspace (its books restart), waking the reader at once; a
-/// launched command stops itself until its new program's allocator is probed.
+/// A traced process exec'd: tell userspace (its books restart), waking the reader at once.
+/// Nothing holds the process meanwhile: a process stopped for tracer would stay stopped if
+/// tracer died before continuing it.
 #[inline(always)]
 pub fn exec() {
     if traced().is_none() {
@@ -708,9 +835,6 @@ pub fn exec() {
     });
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     notice(kind::EXEC, (pid_tgid >> 32) as u32);
-    if held((pid_tgid >> 32) as u32) && unsafe { bpf_send_signal(SIGSTOP) } == 0 {
-        bump(counter::EXEC_STOPS);
-    }
 }
 
 /// Tells the map reader to read `pid`'s memory map now (a lost notice only costs names).
@@ -720,18 +844,10 @@ fn notice(kind: u8, pid: u32) {
     let _ = NOTICES.output::<Header>(&hdr, BPF_RB_FORCE_WAKEUP as u64);
 }
 
-/// The traced process is entering `exit()`: stop it (the signal takes effect before the
-/// function runs) so userspace reads its memory map while it still has one, then continues it.
+/// The traced process is entering `exit()`: its map is read while `exit()` runs (the reader
+/// thread runs at real-time priority); the process is not held.
 #[inline(always)]
-pub fn stop_at_exit() {
+pub fn exiting() {
     let Some(pid_tgid) = traced() else { return };
-    let pid = (pid_tgid >> 32) as u32;
-    if !held(pid) {
-        // Not ours to stop: its map is read while exit() runs, if the reader is quick enough.
-        notice(kind::EXITING, pid);
-        return;
-    }
-    if unsafe { bpf_send_signal(SIGSTOP) } == 0 {
-        bump(counter::EXIT_STOPS);
-    }
+    notice(kind::EXITING, (pid_tgid >> 32) as u32);
 }

@@ -183,10 +183,10 @@ pub fn free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `exit(status)` of a launched process: hold it so its memory map can be read first.
+/// `exit(status)`: the map reader reads the process's map while it still has one.
 #[uprobe]
-pub fn exit_stop(_ctx: ProbeContext) -> u32 {
-    alloc::stop_at_exit();
+pub fn exiting(_ctx: ProbeContext) -> u32 {
+    alloc::exiting();
     0
 }
 

@@ -2,7 +2,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tracer_common::counter;
 
 use crate::{
     collector::{
@@ -77,7 +76,6 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             filter_pid: head_pid,
             ring_size: t.ring_size,
             stack_slots: t.stack_slots,
-            stop_at_exit: held.is_some(),
             min_size: t.min_size,
             max_size: t.max_size,
             follow_forks: t.follow_children,
@@ -114,18 +112,29 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         for w in warnings {
             eprintln!("tracer: note: {w}");
         }
-        // Tracing processes not started yet (every process, or children), the system's other
-        // allocator libraries are probed now: a program started on one is traced from its
-        // first call. Only with uprobe-multi links, whose detaching is quick.
-        if (matches!(t.target, Target::All) || t.follow_children) && collector.has_multi() {
+        // Tracing processes not started yet (every process, children, or the programs a
+        // launched command execs), the system's other allocator libraries are probed now: a
+        // program started on one is traced from its first call, and nothing has to hold a
+        // process at its exec (a process held for tracer would stay held if tracer died).
+        // Only with uprobe-multi links, whose detaching is quick.
+        let launching = matches!(t.target, Target::Launch { .. });
+        if (matches!(t.target, Target::All) || t.follow_children || launching)
+            && collector.has_multi()
+        {
             let dirs: Vec<std::path::PathBuf> = plan
                 .iter()
                 .filter_map(|(_, l)| l.path.parent().map(|d| d.to_path_buf()))
                 .chain(["/usr/lib", "/usr/local/lib"].map(std::path::PathBuf::from))
                 .collect();
             let mut probed = Vec::new();
+            // A launched command's are its own (the kernel filters by process).
+            let scope = if launching && !t.follow_children {
+                Some(head_pid)
+            } else {
+                None
+            };
             for lib in target::system_allocators(&dirs) {
-                match collector.attach(&lib, None) {
+                match collector.attach(&lib, scope) {
                     Ok(_) => probed.push(lib.path.display().to_string()),
                     Err(e) => eprintln!("tracer: note: {e:#}"),
                 }
@@ -236,7 +245,6 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             launched_status: None,
             noted,
             attached,
-            exec_stops_handled: 0,
             live: Live {
                 collector,
                 allocator_of: plan
@@ -255,7 +263,6 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             start,
             duration: t.duration,
             batch: Vec::with_capacity(4096),
-            exit_stops_handled: 0,
             marks_handled: 0,
         };
         for pid in session.targets.clone() {
@@ -344,8 +351,6 @@ struct Session {
     launched_status: Option<ExitStatus>,
     /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
     attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
-    /// Stops at exec already answered with SIGCONT.
-    exec_stops_handled: u64,
     live: Live,
     engine: Engine,
     /// The processes asked for (none: every process).
@@ -353,8 +358,6 @@ struct Session {
     start: Instant,
     duration: Option<Duration>,
     batch: Vec<Event>,
-    /// Stops at `exit()` already answered with SIGCONT.
-    exit_stops_handled: u64,
     marks_handled: u32,
 }
 
@@ -388,8 +391,6 @@ impl Session {
             self.forget_gone();
             if let Some(child) = launched {
                 if self.launched_status.is_none() {
-                    self.continue_from_exec(child)?;
-                    self.continue_from_exit(child)?;
                     self.launched_status = launch::try_wait(child);
                 }
                 if self.launched_status.is_some() && self.followed.is_empty() {
@@ -446,20 +447,6 @@ impl Session {
             Some(s) => s.code(),
             None => 0,
         })
-    }
-
-    /// A launched command that entered `exit()` stopped itself (see `Settings::stop_at_exit`):
-    /// read its memory map while it still has one, then let it finish.
-    fn continue_from_exit(&mut self, child: u32) -> Result<()> {
-        let stops = self.live.collector.counters().get(counter::EXIT_STOPS);
-        if stops > self.exit_stops_handled && state(child) == Some('T') {
-            self.drain()?;
-            self.engine.refresh_maps(&mut self.live, child)?;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child as i32, libc::SIGCONT) };
-            self.exit_stops_handled = stops;
-        }
-        Ok(())
     }
 
     /// Followed children that exited leave the kernel's table (their pids may be reused), and
@@ -615,19 +602,6 @@ impl Session {
             if tries < 10 && alive(pid) && !self.probe_after_exec(pid)? {
                 self.exec_retries.push((pid, tries + 1));
             }
-        }
-        Ok(())
-    }
-
-    /// A launched command stopped itself at exec (see `Settings::stop_at_exit`): once the exec
-    /// is drained and its new allocator probed, let it run.
-    fn continue_from_exec(&mut self, child: u32) -> Result<()> {
-        let stops = self.live.collector.counters().get(counter::EXEC_STOPS);
-        if stops > self.exec_stops_handled && state(child) == Some('T') {
-            self.drain()?;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child as i32, libc::SIGCONT) };
-            self.exec_stops_handled = stops;
         }
         Ok(())
     }

@@ -18,18 +18,20 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, globals, names, AllocFn, COOKIE_NESTING_FREES};
+use tracer_common::{
+    counter, globals, names, AllocFn, COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+};
 
 use super::{
     decode, inline_stack,
     multi::MultiPrograms,
     probes::{entry_programs, Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
     target::{file_id, AllocatorLib},
-    Counters, DecodeError, Event,
+    Alloc, Counters, DecodeError, Event,
 };
 
-/// Holds a launched process at `exit()` (see `Settings::stop_at_exit`).
-const EXIT_PROGRAM: &str = "exit_stop";
+/// Tells the map reader a process is entering `exit()`.
+const EXIT_PROGRAM: &str = "exiting";
 /// The exit probe's label (its cookie is not read).
 const EXIT_SPEC: ProbeSpec = ProbeSpec {
     symbol: "exit",
@@ -49,9 +51,6 @@ pub struct Settings {
     pub filter_pid: u32,
     pub ring_size: u32,
     pub stack_slots: u32,
-    /// Hold the process at `exit()` until its memory map is read (launch mode only: a stop is
-    /// visible to the process's parent, which is tracer itself only when it launched it).
-    pub stop_at_exit: bool,
     /// Only allocations of `min_size..=max_size` bytes are recorded.
     pub min_size: u64,
     pub max_size: u64,
@@ -79,6 +78,8 @@ pub struct EbpfCollector {
     /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
     inline_ids: HashMap<(bool, Vec<u64>), i32>,
     inline_stacks: Vec<Vec<u64>>,
+    /// (stack id, caller) of entry-only calls → the id of the stack with the caller first.
+    lead_ids: HashMap<(i32, u64), i32>,
     /// Every uprobe attached through aya (one perf event each), by program: detached
     /// together when the collector goes.
     links: Vec<(&'static str, UProbeLinkId)>,
@@ -177,7 +178,6 @@ impl EbpfCollector {
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
             .override_global(globals::SELF_PID, &std::process::id(), true)
             .override_global(globals::WAKEUP_BYTES, &wakeup, true)
-            .override_global(globals::STOP_AT_EXIT, &u32::from(s.stop_at_exit), true)
             .override_global(globals::MIN_SIZE, &s.min_size, true)
             .override_global(globals::MAX_SIZE, &s.max_size, true)
             .override_global(globals::FOLLOW_FORKS, &u32::from(s.follow_forks), true)
@@ -281,6 +281,7 @@ impl EbpfCollector {
             bad_records: 0,
             inline_ids: HashMap::new(),
             inline_stacks: Vec::new(),
+            lead_ids: HashMap::new(),
             links: Vec::new(),
             multi,
             multi_links: Vec::new(),
@@ -363,11 +364,21 @@ impl EbpfCollector {
         if self.multi.is_some() {
             return self.attach_file_multi(lib, &plan, exit, pid, flags);
         }
-        for (p, off) in plan.iter().filter(|(p, _)| p.has_return()) {
+        let entry_flag = |p: &ProbeSpec| {
+            if lib.entry_only(p) {
+                COOKIE_ENTRY_ONLY
+            } else {
+                0
+            }
+        };
+        for (p, off) in plan
+            .iter()
+            .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
+        {
             self.attach_one(RETURN_PROGRAM, p, *off, lib, scope, flags)?;
         }
         for (p, off) in &plan {
-            self.attach_one(p.entry, p, *off, lib, scope, flags)?;
+            self.attach_one(p.entry, p, *off, lib, scope, flags | entry_flag(p))?;
         }
         if let Some(off) = exit {
             self.attach_one(EXIT_PROGRAM, &EXIT_SPEC, off, lib, scope, 0)?;
@@ -384,12 +395,20 @@ impl EbpfCollector {
         pid: Option<u32>,
         flags: u64,
     ) -> Result<()> {
-        let cookie = |p: &ProbeSpec| p.func as u64 | flags;
+        let cookie = |p: &ProbeSpec| {
+            p.func as u64
+                | flags
+                | if lib.entry_only(p) {
+                    COOKIE_ENTRY_ONLY
+                } else {
+                    0
+                }
+        };
         let mut groups: Vec<LinkPlan> = vec![(
             RETURN_PROGRAM,
             true,
             plan.iter()
-                .filter(|(p, _)| p.has_return())
+                .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
                 .map(|(p, off)| (*off, cookie(p)))
                 .collect(),
         )];
@@ -484,6 +503,7 @@ impl EbpfCollector {
     /// Drains every record waiting in the ring buffer into `sink`; returns how many.
     pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
         let mut n = 0;
+        let mut out = Vec::new();
         while let Some(item) = self.ring_buf.next() {
             n += 1;
             match decode(&item) {
@@ -498,15 +518,15 @@ impl EbpfCollector {
                             next
                         });
                     }
-                    sink(Event::Alloc(a))
+                    out.push(Event::Alloc(a))
                 }
                 Ok(ev @ Event::Exec { pid, .. }) => {
                     if let Some(c) = super::exec_comm(&item) {
                         self.exec_names.insert(pid, c);
                     }
-                    sink(ev)
+                    out.push(ev)
                 }
-                Ok(ev) => sink(ev),
+                Ok(ev) => out.push(ev),
                 Err(
                     DecodeError::Short { .. }
                     | DecodeError::UnknownKind(_)
@@ -514,7 +534,45 @@ impl EbpfCollector {
                 ) => self.bad_records += 1,
             }
         }
+        for mut ev in out {
+            if let Event::Alloc(a) = &mut ev {
+                self.lead_frame(a);
+            }
+            sink(ev);
+        }
         n
+    }
+
+    /// An `operator new` probed at entry only carries its caller's return address apart (see
+    /// `AllocRecord::old_addr`): its stack becomes that frame, then the stack taken.
+    fn lead_frame(&mut self, a: &mut Alloc) {
+        if !a.func.is_new() || a.old_addr == 0 {
+            return;
+        }
+        let lead = std::mem::take(&mut a.old_addr);
+        if a.stack_id < 0 {
+            return;
+        }
+        if let Some(&id) = self.lead_ids.get(&(a.stack_id, lead)) {
+            a.stack_id = id;
+            return;
+        }
+        let mut ips = self.stack(a.stack_id);
+        // A kernel that already adds the caller at a function's entry: no frame twice.
+        if ips.first() != Some(&lead) {
+            ips.insert(0, lead);
+        }
+        ips.truncate(MAX_STACK_DEPTH);
+        let next = INLINE_BASE + self.inline_stacks.len() as i32;
+        let id = *self
+            .inline_ids
+            .entry((false, ips.clone()))
+            .or_insert_with(|| {
+                self.inline_stacks.push(ips);
+                next
+            });
+        self.lead_ids.insert((a.stack_id, lead), id);
+        a.stack_id = id;
     }
 
     /// Frames (innermost first) of a stack id.

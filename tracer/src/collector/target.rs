@@ -43,6 +43,16 @@ impl AllocatorLib {
         defines(&self.functions, symbol)
     }
 
+    /// Probed at entry only: libstdc++'s (or libc++'s) `operator new`, which calls the
+    /// process's `malloc` (probed with its return) and may throw; an allocator's own `operator
+    /// new` (jemalloc, tcmalloc, mimalloc) allocates by itself and keeps its return probe.
+    /// See `COOKIE_ENTRY_ONLY`.
+    pub fn entry_only(&self, p: &ProbeSpec) -> bool {
+        p.group == Group::CxxNew
+            && !matches!(self.kind, "jemalloc" | "tcmalloc" | "mimalloc")
+            && (!self.defines("malloc") || matches!(self.kind, "glibc" | "musl"))
+    }
+
     /// Nothing to probe: a pure Go program, whose runtime's mappings are all there is.
     pub fn mappings_only(&self) -> bool {
         self.functions.is_empty() && self.also.is_empty()
