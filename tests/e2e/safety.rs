@@ -368,3 +368,62 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
         "{text}"
     );
 }
+
+/// `tracer -- cmd | head -1`: the reader goes away, the command is not left running without
+/// tracer; tracer waits for it and exits with its status.
+#[test]
+fn a_closed_stdout_never_orphans_the_command() {
+    if !privileged("a_closed_stdout_never_orphans_the_command") {
+        return;
+    }
+    let dir = shared_dir("closed");
+    let mark = dir.join("finished");
+    let mut t = Command::new(tracer())
+        .args(["-i", "0.2", "--format", "json", "--", "/bin/sh", "-c"])
+        .arg(format!("sleep 1.5; echo yes > {}; exit 3", mark.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut out = std::io::BufReader::new(t.stdout.take().unwrap());
+        read_until(&mut out, "{");
+    } // the reader closes the pipe after one report
+    let status = t.wait().unwrap();
+    assert!(mark.exists(), "tracer exited before its command finished");
+    assert_eq!(status.code(), Some(3));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A recording that fills its disk stops with a warning; tracing goes on to the final report.
+#[test]
+fn a_full_disk_stops_the_recording_not_the_tracing() {
+    if !privileged("a_full_disk_stops_the_recording_not_the_tracing") {
+        return;
+    }
+    let dir = shared_dir("fulldisk");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tracer-test"])
+            .arg(&dir),
+    );
+    let record = dir.join("run.rec");
+    let leaky = victim("workloads/leaky.c", FP);
+    let l = launch_json(
+        &["-i", "0.5", "--record", record.to_str().unwrap()],
+        &leaky,
+        &["2", "0"],
+    );
+    let _ = Command::new("umount").arg(&dir).status();
+    assert_eq!(l.code, Some(0), "{}", l.stderr);
+    assert!(l.stderr.contains("stopped after"), "{}", l.stderr);
+    // Said in a report too, once; the final report is whole and exact.
+    let said: Vec<_> = reports(&l.stdout)
+        .into_iter()
+        .filter(|r| r["warnings"].is_array())
+        .collect();
+    assert_eq!(said.len(), 1, "{}", l.stdout);
+    assert!(said[0]["warnings"][0].as_str().unwrap().contains("run.rec"));
+    assert_outstanding_is_truth(&l.final_report, &truth_leaks(&l.stdout));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -416,13 +416,19 @@ impl Session {
             let t_ns = ns(self.start.elapsed());
             let c = self.live.collector.counters();
             let marks = signals::mark_requests();
+            let mut flow = Flow::Continue;
             if marks != self.marks_handled {
                 self.marks_handled = marks;
-                if self.engine.mark(t_ns, &c)? == Flow::Quit {
-                    return Ok(0);
-                }
+                flow = self.engine.mark(t_ns, &c)?;
             }
-            if self.engine.tick(&mut self.live, t_ns, &c)? == Flow::Quit {
+            if flow == Flow::Continue {
+                flow = self.engine.tick(&mut self.live, t_ns, &c)?;
+            }
+            // Nobody reads the reports any more (`tracer -- cmd | head`). A launched command
+            // is never left running without tracer: tracing goes on without reports until it
+            // ends, the other outputs (--record, --flame) are still written, and tracer exits
+            // with its status. Otherwise there is nothing to wait for.
+            if flow == Flow::Quit && launched.is_none() {
                 return Ok(0);
             }
         };

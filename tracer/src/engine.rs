@@ -97,6 +97,9 @@ pub struct Engine {
     exited_reports: Vec<ProcessReport>,
     execs: Vec<u32>,
     out: Box<dyn Write>,
+    /// Output failures waiting for the next report.
+    warnings: Vec<String>,
+    recording_failure_told: bool,
 }
 
 impl Engine {
@@ -127,6 +130,8 @@ impl Engine {
             exited_reports: Vec::new(),
             execs: Vec::new(),
             out,
+            warnings: Vec::new(),
+            recording_failure_told: false,
         };
         // With no warm-up, the window starts from nothing at time zero.
         if e.past_warmup(0) {
@@ -521,7 +526,7 @@ impl Engine {
         let r = self.build(ReportKind::Interval, &snap, &base, t_ns - base_ns, c);
         let flow = self.emit(&r)?;
         if self.opts.flame.as_ref().is_some_and(|f| f.every) {
-            self.write_flame(t_ns)?;
+            self.write_flame_or_warn(t_ns);
         }
         let pids = if self.multi() {
             self.live_processes()
@@ -571,7 +576,7 @@ impl Engine {
             .as_ref()
             .is_some_and(|f| f.every && f.what == What::Growth)
         {
-            self.write_flame(t_ns)?;
+            self.write_flame_or_warn(t_ns);
         }
         Ok(flow)
     }
@@ -905,7 +910,19 @@ impl Engine {
             mark: None,
             processes,
             exit_code: None,
+            warnings: self.take_warnings(),
         }
+    }
+
+    /// Output failures not yet told in a report (see `Report::warnings`).
+    fn take_warnings(&mut self) -> Vec<String> {
+        if let Some(why) = self.recorder.as_ref().and_then(|r| r.failure()) {
+            if !self.recording_failure_told {
+                self.recording_failure_told = true;
+                self.warnings.push(why.to_string());
+            }
+        }
+        std::mem::take(&mut self.warnings)
     }
 
     /// The process level of a several-process report: each process with its totals, verdict
@@ -1095,6 +1112,16 @@ impl Engine {
     }
 
     /// Writes the flame file when one was asked for.
+    /// A flame file rewritten during the run that cannot be written (a full disk): said on
+    /// stderr and in the next report; tracing goes on, and the final write tries again.
+    fn write_flame_or_warn(&mut self, t_ns: u64) {
+        if let Err(e) = self.write_flame(t_ns) {
+            let why = format!("{e:#}; tracing goes on");
+            eprintln!("tracer: warning: {why}");
+            self.warnings.push(why);
+        }
+    }
+
     fn write_flame(&mut self, t_ns: u64) -> Result<()> {
         let Some(f) = self.opts.flame.clone() else {
             return Ok(());

@@ -151,11 +151,17 @@ impl RecordedMapping {
     }
 }
 
-/// Writes a recording as the run goes.
+/// Writes a recording as the run goes. A write that fails (a full disk) stops the recording,
+/// not the tracing: the failure is said once on stderr and kept for the next report, and the
+/// frames written before it still replay.
 pub struct Recorder {
     out: BufWriter<File>,
     path: PathBuf,
     buf: Vec<u8>,
+    /// Why the recording stopped, once it has.
+    failed: Option<String>,
+    /// Bytes handed to the file so far.
+    written: u64,
 }
 
 impl Recorder {
@@ -170,13 +176,23 @@ impl Recorder {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
             buf: Vec::new(),
+            failed: None,
+            written: 0,
         };
         let mut start = MAGIC.to_vec();
         start.extend_from_slice(&VERSION.to_le_bytes());
         start.extend_from_slice(&0u16.to_le_bytes());
         r.io(|o| o.write_all(&start))?;
         r.write(&Frame::Header(header.clone()))?;
+        r.out
+            .flush()
+            .map_err(|e| anyhow::anyhow!("cannot write the recording {}: {e}", path.display()))?;
         Ok(r)
+    }
+
+    /// Why the recording stopped (a write failed), if it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     pub fn write(&mut self, frame: &Frame) -> anyhow::Result<()> {
@@ -201,23 +217,41 @@ impl Recorder {
         head[0] = t;
         head[1..].copy_from_slice(&(self.buf.len() as u32).to_le_bytes());
         let crc = frame_crc(&head, &self.buf).to_le_bytes();
-        let Recorder { out, buf, path } = self;
-        out.write_all(&head)
-            .and_then(|_| out.write_all(buf))
-            .and_then(|_| out.write_all(&crc))
-            .map_err(|e| anyhow::anyhow!("cannot write the recording {}: {e}", path.display()))
+        let len = (head.len() + self.buf.len() + crc.len()) as u64;
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.io(|o| {
+            o.write_all(&head)
+                .and_then(|_| o.write_all(&buf))
+                .and_then(|_| o.write_all(&crc))
+        });
+        self.buf = buf;
+        self.written += len;
+        r
     }
 
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.io(|o| o.flush())
     }
 
+    /// Runs one write unless the recording has stopped; a failure stops it (see [`Recorder`]).
     fn io(
         &mut self,
         f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
     ) -> anyhow::Result<()> {
-        f(&mut self.out)
-            .map_err(|e| anyhow::anyhow!("cannot write the recording {}: {e}", self.path.display()))
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = f(&mut self.out) {
+            let why = format!(
+                "the recording {} stopped after about {} bytes: {e}; tracing goes on, and the \
+                 file replays up to there",
+                self.path.display(),
+                self.written
+            );
+            eprintln!("tracer: warning: {why}");
+            self.failed = Some(why);
+        }
+        Ok(())
     }
 }
 

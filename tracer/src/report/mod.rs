@@ -172,6 +172,10 @@ pub struct Report {
     /// How the launched command ended (final report of launch mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Outputs that failed since the previous report (a recording or flame file that could
+    /// not be written): tracing went on without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One process of a several-process report.
@@ -347,6 +351,7 @@ pub(crate) fn sample_report() -> Report {
         mark: None,
         processes: Vec::new(),
         exit_code: None,
+        warnings: Vec::new(),
     }
 }
 

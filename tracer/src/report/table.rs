@@ -376,6 +376,9 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
             group(t.live_objects),
         )?,
     }
+    for w in &report.warnings {
+        writeln!(out, "  warning: {w}")?;
+    }
     if !report.processes.is_empty() {
         process_table(report, out)?;
     }
