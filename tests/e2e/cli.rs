@@ -85,3 +85,75 @@ fn without_privileges_it_says_to_use_sudo() {
     assert!(text.contains("sudo") && text.contains("CAP_BPF"), "{text}");
     assert!(!text.contains("panicked"));
 }
+
+/// The file offset of `symbol` in a non-PIE ELF executable (from `nm` and `readelf`).
+fn file_offset(path: &std::path::Path, symbol: &str) -> u64 {
+    let nm = run_ok(Command::new("nm").arg(path));
+    let vaddr = nm
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(symbol))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .unwrap_or_else(|| panic!("{symbol} not in {}", path.display()));
+    let segments = run_ok(Command::new("readelf").args(["-lW"]).arg(path));
+    for l in segments
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+    {
+        let w: Vec<u64> = l
+            .split_whitespace()
+            .skip(1)
+            .take(5)
+            .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).unwrap_or(0))
+            .collect();
+        let (off, va, filesz) = (w[0], w[1], w[3]);
+        if vaddr >= va && vaddr < va + filesz.max(1) {
+            return off + (vaddr - va);
+        }
+    }
+    panic!("{symbol} is in no loaded segment of {}", path.display());
+}
+
+/// Another tool holds a uprobe on the allocator with a reference counter (as bcc's memleak
+/// does): tracer's refused uprobe says why and names that probe, on the uprobe-multi path.
+#[test]
+fn a_uprobe_held_by_another_tool_is_named() {
+    if !privileged("a_uprobe_held_by_another_tool_is_named") {
+        return;
+    }
+    let sema = victim_with("victims/sema.c", &["-O1", "-static"], "static", "");
+    let malloc = file_offset(&sema, "malloc");
+    let counter = file_offset(&sema, "tracer_test_semaphore");
+    let tracing = std::path::Path::new("/sys/kernel/tracing");
+    // tracefs, where another tool's uprobe events are listed (mounted here if it is not).
+    let mounted = !tracing.join("uprobe_events").exists();
+    if mounted {
+        run_ok(Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(tracing));
+    }
+    let event = format!(
+        "p:tracer_test/held {}:{malloc:#x}({counter:#x})",
+        sema.display()
+    );
+    let append = |line: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(tracing.join("uprobe_events"))
+            .unwrap();
+        f.write_all(format!("{line}\n").as_bytes())
+    };
+    append(&event).unwrap();
+    let enable = tracing.join("events/tracer_test/held/enable");
+    std::fs::write(&enable, "1").unwrap();
+    let out = run(Command::new(tracer()).arg("--").arg(&sema));
+    std::fs::write(&enable, "0").unwrap();
+    append("-:tracer_test/held").unwrap();
+    if mounted {
+        let _ = Command::new("umount").arg(tracing).status();
+    }
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("another tool") && text.contains("tracer_test/held"),
+        "{text}"
+    );
+}

@@ -430,6 +430,23 @@ impl EbpfCollector {
                 .attach(program, &lib.open_path, &probes, ret, pid)
                 .map_err(|e| {
                     let what = if ret { "returns" } else { "entries" };
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        // One refused offset refuses the whole link: name whoever else
+                        // probes any of them.
+                        let others: String = probes
+                            .iter()
+                            .map(|(off, _)| other_uprobe_users(lib, *off))
+                            .find(|o| !o.is_empty())
+                            .unwrap_or_default();
+                        return anyhow!(
+                            "the kernel refused uprobes on {} {what} of {} (EINVAL). This \
+                             happens when another tool already probes the same functions with \
+                             a different reference counter (bcc's memleak from python3-bpfcc \
+                             0.26 does); stop that tool and run tracer again.{others}",
+                            probes.len(),
+                            lib.path.display(),
+                        );
+                    }
                     anyhow!(
                         "cannot attach {program} to {} {what} of {} ({}): {e}",
                         probes.len(),
