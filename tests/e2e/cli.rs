@@ -127,7 +127,11 @@ fn a_uprobe_held_by_another_tool_is_named() {
     // tracefs, where another tool's uprobe events are listed (mounted here if it is not).
     let mounted = !tracing.join("uprobe_events").exists();
     if mounted {
-        run_ok(Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(tracing));
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tracefs", "nodev"])
+                .arg(tracing),
+        );
     }
     let event = format!(
         "p:tracer_test/held {}:{malloc:#x}({counter:#x})",

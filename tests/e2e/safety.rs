@@ -256,7 +256,8 @@ fn tracer_killed_at_any_instant_leaves_launched_commands_running() {
     let dir = shared_dir("killed");
     let mut bad = Vec::new();
     let mut started = 0;
-    for (kind, window) in [("exec", 300), ("exit", 400)] {
+    let mut killed = Vec::new();
+    for (kind, window) in [("exec", 100), ("exit", 150)] {
         for (i, at) in instants(50, window).enumerate() {
             let out = dir.join(format!("{kind}{i}"));
             let mut cmd = Command::new(tracer());
@@ -273,12 +274,18 @@ fn tracer_killed_at_any_instant_leaves_launched_commands_running() {
             }
             let mut t = cmd
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
+            // From the moment the probes are on and the command is released.
+            let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
+            read_until(&mut err, "tracer: tracing");
             std::thread::sleep(at);
             t.kill().unwrap();
-            t.wait().unwrap();
+            // Reaped at the end: a killed tracer's exit releases its probes, which takes a
+            // while, and the command is not waiting for it.
+            killed.push(t);
+            std::thread::sleep(std::time::Duration::from_millis(50));
             let Ok(text) = std::fs::read_to_string(&out) else {
                 continue; // killed before the command started: nothing to harm
             };
@@ -331,6 +338,7 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
         .unwrap();
     let pid = victim.id();
     let mut stopped = Vec::new();
+    let mut killed = Vec::new();
     for (i, at) in instants(50, 300).enumerate() {
         let mut t = Command::new(tracer())
             .args(["--pid", &pid.to_string(), "-i", "60"])
@@ -340,7 +348,7 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50) + at);
         t.kill().unwrap();
-        t.wait().unwrap();
+        killed.push(t);
         std::thread::sleep(std::time::Duration::from_millis(100));
         if live_state(pid) == Some('T') {
             stopped.push(format!("#{i} at {at:?}"));
@@ -351,6 +359,9 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
             live_state(pid).is_some(),
             "the program died after kill #{i}"
         );
+    }
+    for mut t in killed {
+        t.wait().unwrap();
     }
     // SAFETY: as above; SIGTERM ends its loop early, cleanly (see throws.cpp).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -426,4 +437,124 @@ fn a_full_disk_stops_the_recording_not_the_tracing() {
     assert!(said[0]["warnings"][0].as_str().unwrap().contains("run.rec"));
     assert_outstanding_is_truth(&l.final_report, &truth_leaks(&l.stdout));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// How many times the kernel has logged that it kept a uprobe it failed to unregister.
+fn kernel_leaks() -> usize {
+    let log = run(&mut Command::new("dmesg"));
+    assert!(log.status.success(), "dmesg: {}", stderr(&log));
+    stdout(&log).matches("leaking uprobe").count()
+}
+
+/// Whether tracer, attaching to `pid` for a moment, finds breakpoints already in place.
+fn breakpoints_seen(pid: u32) -> String {
+    let o = run(Command::new(tracer()).args(["--pid", &pid.to_string(), "-d", "0.3"]));
+    let text = stderr(&o);
+    assert!(o.status.success(), "{text}");
+    text.lines()
+        .filter(|l| l.contains("already has breakpoints"))
+        .collect()
+}
+
+/// tracer is SIGKILLed at many instants while it ends (its probes being released): the
+/// target keeps no breakpoint behind, and a tracer attaching later finds none. Another tool's
+/// uprobe on the target's malloc is found and named.
+#[test]
+fn probes_never_outlive_tracer_and_others_are_named() {
+    if !privileged("probes_never_outlive_tracer_and_others_are_named") {
+        return;
+    }
+    let sema = victim_with("victims/sema.c", &["-O1", "-static"], "static", "");
+    let leaks_before = kernel_leaks();
+    let mut target = Command::new(&sema).arg("120").spawn().unwrap();
+    let pid = target.id();
+    assert_eq!(breakpoints_seen(pid), "", "breakpoints before the test");
+    let mut killed = Vec::new();
+    for at in instants(20, 400) {
+        let mut t = Command::new(tracer())
+            .args(["--pid", &pid.to_string(), "-i", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
+        read_until(&mut err, "tracer: tracing");
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(t.id() as i32, libc::SIGINT) };
+        std::thread::sleep(at);
+        // SAFETY: as above (it may be gone already).
+        unsafe { libc::kill(t.id() as i32, libc::SIGKILL) };
+        killed.push(t);
+    }
+    // And in launch mode, where a command that ends soon makes tracer end too. (Kills land
+    // once the probes are attached: a registration the kill interrupts is the kernel's to
+    // leave half done, whoever attaches.)
+    let brief = victim("victims/brief.c", FP);
+    for at in instants(30, 400) {
+        let mut t = Command::new(tracer())
+            .args(["-i", "60", "--"])
+            .arg(&brief)
+            .args(["100", "/dev/null", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
+        read_until(&mut err, "tracer: tracing");
+        std::thread::sleep(at);
+        t.kill().unwrap();
+        killed.push(t);
+    }
+    for mut t in killed {
+        t.wait().unwrap();
+    }
+    // The last releases finish (a grace period per link, in the exiting processes).
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(breakpoints_seen(pid), "", "probes outlived a killed tracer");
+    assert_eq!(
+        kernel_leaks(),
+        leaks_before,
+        "the kernel says it kept uprobes a killed tracer was releasing"
+    );
+    // Another tool's uprobe on malloc (a tracefs uprobe event) is seen and named.
+    let tracing = Path::new("/sys/kernel/tracing");
+    let mounted = !tracing.join("uprobe_events").exists();
+    if mounted {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tracefs", "nodev"])
+                .arg(tracing),
+        );
+    }
+    let nm = run_ok(Command::new("nm").arg(&sema));
+    let malloc_va = nm
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("malloc"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .unwrap();
+    // A static non-PIE program: its text segment maps file offset 0 at 0x400000.
+    let event = format!(
+        "p:tracer_test/other {}:{:#x}",
+        sema.display(),
+        malloc_va - 0x400000
+    );
+    let append = |line: &str| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(tracing.join("uprobe_events"))
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+    };
+    append(&event).unwrap();
+    let enable = tracing.join("events/tracer_test/other/enable");
+    std::fs::write(&enable, "1").unwrap();
+    let seen = breakpoints_seen(pid);
+    std::fs::write(&enable, "0").unwrap();
+    append("-:tracer_test/other").unwrap();
+    if mounted {
+        let _ = Command::new("umount").arg(tracing).status();
+    }
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert!(seen.contains("malloc"), "{seen:?}");
 }

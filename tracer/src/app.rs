@@ -99,6 +99,21 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             None => None,
         };
         let mut warnings = Vec::new();
+        if let Target::Pids(_) = &t.target {
+            for (pid, lib) in plan.iter().filter_map(|(p, l)| Some(((*p)?, l))) {
+                let held = target::breakpoints_in_place(pid, lib);
+                if !held.is_empty() {
+                    warnings.push(format!(
+                        "pid {pid} already has breakpoints on {} before tracer attaches: uprobes \
+                         another tool holds, or that the kernel kept when a tracer was killed \
+                         while detaching (it logs \"failed to unregister, leaking uprobe\"); \
+                         every call there traps into the kernel until that tool stops or the \
+                         process exits",
+                        held.join(", ")
+                    ));
+                }
+            }
+        }
         for (pid, lib) in &plan {
             if pid.is_some() {
                 warnings.extend(lib.notes.iter().cloned());

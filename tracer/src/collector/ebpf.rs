@@ -63,7 +63,8 @@ pub struct Settings {
 }
 
 pub struct EbpfCollector {
-    ebpf: Ebpf,
+    /// Never dropped (see the `Drop` impl): its programs hold the perf-event links.
+    ebpf: std::mem::ManuallyDrop<Ebpf>,
     ring: tokio::io::unix::AsyncFd<RawFdWrap>,
     ring_buf: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
@@ -104,41 +105,55 @@ impl AsRawFd for RawFdWrap {
 }
 
 impl Drop for EbpfCollector {
-    /// Detaching a uprobe waits for the kernel's RCU grace periods (tens of ms each). From
-    /// threads of their own, uprobe-multi links share the waits; perf-event probes gain a
-    /// little (the kernel serialises their detaching: 2.4 s to 2.0 s for `/bin/true`).
+    /// The probes are not detached by a system call of tracer's: a SIGKILL landing midway
+    /// interrupts it, and the kernel then leaves that uprobe in place ("failed to unregister,
+    /// leaking uprobe": the target keeps a breakpoint that traps on every call). Links are
+    /// released when their last file descriptor closes, and a process's descriptors close
+    /// on its exit path, where signals are dropped and nothing interrupts the unregistering.
+    /// That takes an RCU grace period per link: a child holds copies of the descriptors and
+    /// exits once tracer has, so tracer itself ends at once and the child's exit releases
+    /// them (a second or two later). Without a child, tracer's own exit does it.
     fn drop(&mut self) {
-        let mut links: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
-        for fd in self.multi_links.drain(..) {
-            links.push(Box::new(fd));
-        }
-        for (program, id) in self.links.drain(..) {
-            let prog: Option<&mut UProbe> = self
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| p.try_into().ok());
-            if let Some(link) = prog.and_then(|p| p.take_link(id).ok()) {
-                links.push(Box::new(link));
+        std::mem::forget(std::mem::take(&mut self.multi_links));
+        let Ok([read, write]) = pipe() else { return };
+        // SAFETY: the child only makes async-signal-safe calls (close, prctl, read, _exit).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: plain system calls on this process's own descriptors.
+            unsafe {
+                // A reader of tracer's output waits for these to close: not for this child.
+                for fd in 0..3 {
+                    libc::close(fd);
+                }
+                libc::close(write);
+                libc::prctl(libc::PR_SET_NAME, c"tracer-detach".as_ptr());
+                let mut b = 0u8;
+                // EOF once tracer has exited (and closed its end and its links).
+                while libc::read(read, (&raw mut b).cast(), 1) != 0 {
+                    if *libc::__errno_location() != libc::EINTR {
+                        break;
+                    }
+                }
+                libc::_exit(0);
             }
         }
-        detach_concurrently(links);
+        // SAFETY: our copy of the child's end; ours (`write`) stays open until tracer exits.
+        unsafe { libc::close(read) };
     }
+}
+
+/// A pipe whose ends are not inherited across exec.
+fn pipe() -> std::io::Result<[libc::c_int; 2]> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fds)
 }
 
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
-
-/// Drops `links` from one thread each (inline if a thread cannot be had).
-fn detach_concurrently(links: Vec<Box<dyn Send>>) {
-    std::thread::scope(|s| {
-        for link in links {
-            // On failure the closure, and the link in it, is dropped right here.
-            let _ = std::thread::Builder::new()
-                .stack_size(64 << 10)
-                .spawn_scoped(s, move || drop(link));
-        }
-    });
-}
 
 /// Turns load failures into what a user can act on.
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
@@ -269,7 +284,7 @@ impl EbpfCollector {
         }
         .context("cannot poll the ring buffer")?;
         Ok(EbpfCollector {
-            ebpf,
+            ebpf: std::mem::ManuallyDrop::new(ebpf),
             ring,
             ring_buf,
             stacks,

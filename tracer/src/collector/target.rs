@@ -403,6 +403,51 @@ fn runtime_notes(scanned: &[(PathBuf, PathBuf, ElfAllocs)]) -> Vec<String> {
     notes
 }
 
+/// The allocator functions of `lib` (and the files probed with it) where `pid`'s memory holds
+/// a breakpoint instruction (`int3`) that the file does not: uprobes already in place before
+/// tracer attaches. Another tool's, or ones the kernel kept when a tracer was killed in the
+/// middle of detaching ("failed to unregister, leaking uprobe"): every call there traps.
+pub fn breakpoints_in_place(pid: u32, lib: &AllocatorLib) -> Vec<&'static str> {
+    use std::os::unix::fs::FileExt;
+    let Ok(maps) = procfs::process::Process::new(pid as i32).and_then(|p| p.maps()) else {
+        return Vec::new();
+    };
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for file in std::iter::once(lib).chain(&lib.also) {
+        let Ok(f) = std::fs::File::open(&file.open_path) else {
+            continue;
+        };
+        let Some(id) = file_id(&file.open_path) else {
+            continue;
+        };
+        for (spec, off) in &file.functions {
+            let at = maps.iter().find_map(|m| {
+                let dev = libc::makedev(m.dev.0 as u32, m.dev.1 as u32);
+                let len = m.address.1 - m.address.0;
+                ((dev, m.inode) == id
+                    && m.perms.contains(procfs::process::MMPermissions::EXECUTE)
+                    && *off >= m.offset
+                    && *off - m.offset < len)
+                    .then(|| m.address.0 + (*off - m.offset))
+            });
+            let Some(vaddr) = at else { continue };
+            let (mut in_mem, mut in_file) = ([0u8], [0u8]);
+            if mem.read_exact_at(&mut in_mem, vaddr).is_ok()
+                && f.read_exact_at(&mut in_file, *off).is_ok()
+                && in_mem[0] == 0xcc
+                && in_file[0] != 0xcc
+                && !found.contains(&spec.symbol)
+            {
+                found.push(spec.symbol);
+            }
+        }
+    }
+    found
+}
+
 /// The allocator of a running process, from its memory map.
 pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
     let proc = procfs::process::Process::new(pid as i32).map_err(|_| {
