@@ -474,6 +474,13 @@ impl Session {
     /// what was noted of processes at their exec goes once they are long gone.
     fn forget_gone(&mut self) {
         self.live.early.retain(Duration::from_secs(10), alive);
+        // Tracing every process, one entry per process that ever ran would pile up.
+        if self.live.allocator_of.len() > 1024 {
+            let targets = &self.targets;
+            self.live
+                .allocator_of
+                .retain(|pid, _| targets.contains(pid) || alive(*pid));
+        }
         let collector = &mut self.live.collector;
         self.followed.retain(|&pid| {
             let keep = alive(pid);

@@ -127,6 +127,12 @@ pub struct ReportArgs {
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
 
+    /// Tracing several processes, the final report keeps the summaries of at most N exited
+    /// processes (those with leaks first, then by what they left outstanding) and counts the
+    /// others: memory and report size stay bounded on a busy host.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub keep_exited: usize,
+
     /// Keep only sites with a frame (function, file or module) matching this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub site: Option<String>,

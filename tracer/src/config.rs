@@ -67,6 +67,8 @@ pub struct ReportOptions {
     pub flame: Option<FlameOptions>,
     /// Only processes with this command name.
     pub comm: Option<String>,
+    /// Exited processes whose summaries the final report keeps.
+    pub keep_exited: usize,
 }
 
 /// Where and what flame data to write.
@@ -201,6 +203,7 @@ impl ReportOptions {
             }
         }
         Ok(ReportOptions {
+            keep_exited: a.keep_exited,
             comm: a.comm,
             flame,
             interval: Duration::from_secs_f64(a.interval),

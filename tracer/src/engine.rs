@@ -17,6 +17,7 @@ use tracer_common::{counter, AllocFn};
 
 use crate::{
     aggregate::{
+        self,
         verdict::{self, Assessment, Sample, Verdict, VerdictScope},
         Counts, Ledger, SiteDelta, SiteId, SiteKey, Snapshot,
     },
@@ -90,11 +91,12 @@ pub struct Engine {
     next_report_ns: u64,
     /// Losses already announced on stderr.
     lost_reported: u64,
-    /// Every process seen (several-process runs), and which of them were retired.
+    /// Every process seen and not yet retired (several-process runs).
     procs: BTreeMap<u32, ProcInfo>,
-    retired: std::collections::HashSet<u32>,
-    /// What exited processes left outstanding, for the final report.
+    /// What exited processes left outstanding, for the final report (at most
+    /// `--keep-exited`), and how many more there were.
     exited_reports: Vec<ProcessReport>,
+    exited_omitted: u64,
     execs: Vec<u32>,
     out: Box<dyn Write>,
     /// Output failures waiting for the next report.
@@ -126,8 +128,8 @@ impl Engine {
             next_report_ns: interval_ns,
             lost_reported: 0,
             procs: BTreeMap::new(),
-            retired: Default::default(),
             exited_reports: Vec::new(),
+            exited_omitted: 0,
             execs: Vec::new(),
             out,
             warnings: Vec::new(),
@@ -540,7 +542,7 @@ impl Engine {
         let gone: Vec<u32> = self
             .procs
             .iter()
-            .filter(|(pid, p)| p.exited && !self.retired.contains(pid))
+            .filter(|(_, p)| p.exited)
             .map(|(&pid, _)| pid)
             .collect();
         if !gone.is_empty() {
@@ -548,14 +550,45 @@ impl Engine {
             let fin = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
             self.exited_reports
                 .extend(fin.processes.into_iter().filter(|p| gone.contains(&p.pid)));
+            self.keep_exited();
         }
         for pid in gone {
             self.ledger.retire(pid);
-            self.retired.insert(pid);
+            self.symbolizer.forget(pid);
             // A new process may come with this pid: it is a stranger.
             self.procs.remove(&pid);
         }
+        if self.ledger.retired_sites() >= COMPACT_AFTER {
+            self.compact();
+        }
         Ok(flow)
+    }
+
+    /// Forgets the sites of exited processes (their summaries are kept, see `keep_exited`):
+    /// every snapshot kept by site id follows the ledger.
+    fn compact(&mut self) {
+        let map = self.ledger.compact();
+        for p in &mut self.history {
+            p.sites = aggregate::remap_counts(&p.sites, &map);
+        }
+        self.interval_base.0.remap(&map);
+        self.mark_base.0.remap(&map);
+        if let Some((s, _)) = &mut self.prev_mark {
+            s.remap(&map);
+        }
+    }
+
+    /// At most `--keep-exited` summaries of exited processes wait for the final report: those
+    /// with leaking sites first, then by what they left outstanding; the others are counted.
+    fn keep_exited(&mut self) {
+        let keep = self.opts.keep_exited;
+        if self.exited_reports.len() <= keep {
+            return;
+        }
+        self.exited_reports
+            .sort_by_key(|p| std::cmp::Reverse((p.summary.leak_sites > 0, p.totals.live_bytes)));
+        self.exited_omitted += (self.exited_reports.len() - keep) as u64;
+        self.exited_reports.truncate(keep);
     }
 
     /// A mark: reports what changed since the previous mark (or the start).
@@ -597,6 +630,7 @@ impl Engine {
         }
         let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
         r.exit_code = exit_code;
+        r.exited_omitted = self.exited_omitted;
         if self.multi() && !self.exited_reports.is_empty() {
             // Processes that exited on the way: what they left outstanding at exit.
             for p in &self.exited_reports {
@@ -910,6 +944,7 @@ impl Engine {
             mark: None,
             processes,
             exit_code: None,
+            exited_omitted: 0,
             warnings: self.take_warnings(),
         }
     }
@@ -1186,6 +1221,9 @@ impl Engine {
         }
     }
 }
+
+/// Retired sites held before the ledger forgets them (a compaction walks every site).
+const COMPACT_AFTER: usize = 4096;
 
 /// A reported row: sites whose stacks read the same.
 #[derive(Default)]
@@ -1922,6 +1960,75 @@ mod tests {
         both.sort();
         assert_eq!(both, [(false, 30), (true, 100)]);
         assert_eq!(fin["totals"]["live_bytes"], 137);
+    }
+
+    /// Thousands of short processes come and go while one leaks: the books hold only what
+    /// lives, the leaker's verdict and rate stay exact across the forgetting, and the final
+    /// report keeps `--keep-exited` exited processes and counts the rest.
+    #[test]
+    fn a_busy_host_stays_bounded_and_the_leaker_exact() {
+        let (mut e, out) = multi_engine(&["--keep-exited", "5", "-n", "3"]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        let mut next_pid = 1000;
+        let mut addr = 0x10_0000;
+        let mut most_sites = 0;
+        for sec in 1..=12u64 {
+            // The leaker (pid 7): 100 blocks of 64 bytes a second at one site.
+            let mut evs: Vec<Event> = (0..100)
+                .map(|i| malloc_in(7, 0x4000_0000 + sec * 1000 + i, 64, 1))
+                .collect();
+            // 500 short processes, each with 10 sites and one block left at exit; process
+            // `1000 + k` leaves k % 7 bytes more, so the biggest are known.
+            let born: Vec<u32> = (0..500).map(|k| next_pid + k).collect();
+            next_pid += 500;
+            for &pid in &born {
+                for st in 0..10 {
+                    addr += 16;
+                    evs.push(malloc_in(pid, addr, 16 + u64::from(pid % 7), 100 + st));
+                }
+            }
+            e.ingest(&mut w, &evs).unwrap();
+            for &pid in &born {
+                e.process_exited(pid).unwrap();
+            }
+            e.tick(&mut w, sec * S, &c).unwrap();
+            most_sites = most_sites.max(e.ledger.sites().len());
+        }
+        // 6,000 processes and 60,000 sites went by; the ledger never held more than about
+        // COMPACT_AFTER retired sites plus a tick's worth.
+        assert!(most_sites <= COMPACT_AFTER + 5_100, "{most_sites} sites held");
+        assert!(e.procs.len() <= 1, "{} processes held", e.procs.len());
+        e.finish(13 * S, &c, None).unwrap();
+        let reps = out.reports();
+        let fin = reps.last().unwrap();
+        let leaker = fin["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == 7)
+            .unwrap()
+            .clone();
+        assert_eq!(leaker["totals"]["live_bytes"], 12 * 100 * 64);
+        let interval = &reps[reps.len() - 2];
+        let site = interval["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["pid"] == 7)
+            .unwrap();
+        assert_eq!(site["verdict"], "leak", "{site}");
+        assert_eq!(site["rate_bytes_per_s"], 6400.0, "{site}");
+        // At most five exited processes kept, the biggest (22 bytes a site); the rest counted.
+        let exited: Vec<&Value> = fin["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["exited"] == true)
+            .collect();
+        assert_eq!(exited.len(), 5);
+        assert!(exited.iter().all(|p| p["totals"]["live_bytes"] == 220));
+        assert_eq!(fin["exited_omitted"], 6_000 - 5);
     }
 
     #[test]

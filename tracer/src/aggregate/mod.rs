@@ -93,6 +93,8 @@ pub struct Ledger {
     heap_of: HashMap<(u32, u64), u64>,
     sites: Vec<Site>,
     index: HashMap<SiteKey, SiteId>,
+    /// Sites of retired processes still in `sites` (see [`Ledger::compact`]).
+    retired_sites: usize,
     pub stats: LedgerStats,
 }
 
@@ -101,6 +103,24 @@ pub struct Ledger {
 pub struct Snapshot {
     pub ts_ns: u64,
     pub sites: Vec<Counts>,
+}
+
+impl Snapshot {
+    /// Follows a [`Ledger::compact`]: the counts of forgotten sites go, the others move to
+    /// their new ids.
+    pub fn remap(&mut self, map: &[Option<SiteId>]) {
+        self.sites = remap_counts(&self.sites, map);
+    }
+}
+
+/// Per-site counts (indexed by site id) after a [`Ledger::compact`].
+pub fn remap_counts(counts: &[Counts], map: &[Option<SiteId>]) -> Vec<Counts> {
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| map.get(*i).copied().flatten().is_some())
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// Change of one site between two snapshots.
@@ -357,7 +377,8 @@ impl Ledger {
         self.heap_of.retain(|(p, _), _| *p != pid);
         self.index.retain(|k, _| k.pid != pid);
         for s in &mut self.sites {
-            if s.key.is_some_and(|k| k.pid == pid) {
+            if s.key.is_some_and(|k| k.pid == pid) && !s.retired {
+                self.retired_sites += 1;
                 s.retired = true;
                 s.counts.live_objects = 0;
                 s.counts.live_bytes = 0;
@@ -383,6 +404,43 @@ impl Ledger {
             .iter()
             .filter(|s| s.mapping)
             .fold(Counts::default(), |acc, s| add(acc, s.counts))
+    }
+
+    /// Sites of retired processes still held.
+    pub fn retired_sites(&self) -> usize {
+        self.retired_sites
+    }
+
+    /// Forgets the sites of retired processes (their books are closed and their last numbers
+    /// were reported), so that tracing every process on a busy host holds what lives, not
+    /// everything that ever ran. Returns each old site id's new one (None: gone); the live
+    /// blocks and the index follow, and the caller remaps what else it keeps by site id
+    /// ([`Snapshot::remap`]). Kept sites keep their order.
+    pub fn compact(&mut self) -> Vec<Option<SiteId>> {
+        let mut map = Vec::with_capacity(self.sites.len());
+        let mut kept = Vec::with_capacity(self.sites.len() - self.retired_sites);
+        for s in self.sites.drain(..) {
+            if s.retired {
+                map.push(None);
+            } else {
+                map.push(Some(kept.len()));
+                kept.push(s);
+            }
+        }
+        self.sites = kept;
+        self.retired_sites = 0;
+        for b in self.live.values_mut() {
+            // A retired process's blocks went with it (see `retire`).
+            b.site = map[b.site].unwrap_or(b.site);
+        }
+        self.index.retain(|_, id| match map[*id] {
+            Some(n) => {
+                *id = n;
+                true
+            }
+            None => false,
+        });
+        map
     }
 
     pub fn snapshot(&self, ts_ns: u64) -> Snapshot {
@@ -745,6 +803,80 @@ mod tests {
         let d = l.snapshot(1).diff(&before);
         assert!(d.iter().all(|d| d.site != 0));
         assert!(d.iter().any(|d| d.site == 1 && d.delta_bytes == 16));
+    }
+
+    fn malloc_in(pid: u32, addr: u64, size: u64, stack: i32) -> Event {
+        match malloc(addr, size, stack) {
+            Event::Alloc(a) => Event::Alloc(Alloc { pid, tid: pid, ..a }),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn compacting_forgets_retired_processes_and_keeps_the_rest_exact() {
+        let mut l = Ledger::new();
+        for pid in 1..=3 {
+            for i in 0..4 {
+                l.apply(
+                    &malloc_in(pid, 0x100 * i + 0x10, 8 * pid as u64, i as i32),
+                    frames,
+                );
+            }
+        }
+        l.apply(&free(0x999), frames); // an unknown free: stats stay
+        let base = l.snapshot(0);
+        l.retire(2);
+        assert_eq!(l.retired_sites(), 4);
+        let live_before: Vec<(u32, u64, u64)> = l
+            .all_live_blocks()
+            .map(|(p, a, b)| (p, a, l.site(b.site).counts.live_bytes))
+            .collect();
+        let map = l.compact();
+        assert_eq!(l.retired_sites(), 0);
+        assert_eq!(l.sites().len(), 8);
+        assert_eq!(map.iter().filter(|m| m.is_none()).count(), 4);
+        assert!(l.sites().iter().all(|s| s.key.unwrap().pid != 2));
+        // Every live block still points at its own site, with the same numbers.
+        let live_after: Vec<(u32, u64, u64)> = l
+            .all_live_blocks()
+            .map(|(p, a, b)| (p, a, l.site(b.site).counts.live_bytes))
+            .collect();
+        assert_eq!(live_before, live_after);
+        for (p, _, b) in l.all_live_blocks() {
+            assert_eq!(l.site(b.site).key.unwrap().pid, p);
+        }
+        // The index follows: the same key finds the same site, and frees land.
+        let id = l
+            .site_id(&SiteKey {
+                pid: 3,
+                stack_id: 2,
+            })
+            .unwrap();
+        assert_eq!(
+            l.site(id).key.unwrap(),
+            SiteKey {
+                pid: 3,
+                stack_id: 2
+            }
+        );
+        l.apply(
+            &Event::Free {
+                pid: 3,
+                ts_ns: 5,
+                addr: 0x210,
+            },
+            frames,
+        );
+        assert_eq!(l.site(id).counts.live_objects, 0);
+        // A snapshot taken before follows too.
+        let mut b = base.clone();
+        b.remap(&map);
+        assert_eq!(b.sites.len(), 8);
+        assert_eq!(
+            b.sites[id],
+            base.sites[map.iter().position(|m| *m == Some(id)).unwrap()]
+        );
+        assert_eq!(l.stats.unknown_frees, 1);
     }
 
     fn munmap(addr: u64, len: u64) -> Event {

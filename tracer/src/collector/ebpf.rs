@@ -76,11 +76,8 @@ pub struct EbpfCollector {
     exec_names: HashMap<u32, String>,
     /// Records that could not be decoded, by reason (never fatal).
     pub bad_records: u64,
-    /// Stacks that came inline (stack-map collisions), by content, under ids of their own.
-    inline_ids: HashMap<(bool, Vec<u64>), i32>,
-    inline_stacks: Vec<Vec<u64>>,
-    /// (stack id, caller) of entry-only calls → the id of the stack with the caller first.
-    lead_ids: HashMap<(i32, u64), i32>,
+    /// Stacks the collector holds itself (see [`InlineStacks`]).
+    inline: InlineStacks,
     /// Every uprobe attached through aya (one perf event each), by program: detached
     /// together when the collector goes.
     links: Vec<(&'static str, UProbeLinkId)>,
@@ -150,6 +147,45 @@ fn pipe() -> std::io::Result<[libc::c_int; 2]> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(fds)
+}
+
+/// Stacks the collector holds itself, under ids of their own from [`INLINE_BASE`] up (never
+/// reused): those that came inline (stack-map collisions) and those of entry-only calls with
+/// their caller in front. A stack is asked for only when its site is new, in the drain that
+/// brought it, so the tables are emptied once large (tracing every process on a busy host
+/// they would grow without end); a stack seen again after that gets a new id, and its site is
+/// merged with the old one's in the reports (same frames).
+#[derive(Default)]
+struct InlineStacks {
+    ids: HashMap<(bool, Vec<u64>), i32>,
+    stacks: HashMap<i32, Vec<u64>>,
+    /// (stack id, caller) of entry-only calls → the id of the stack with the caller first.
+    leads: HashMap<(i32, u64), i32>,
+    next: i32,
+}
+
+/// Stacks the collector holds before [`InlineStacks::trim`] empties them.
+const INLINE_KEEP: usize = 1 << 16;
+
+impl InlineStacks {
+    fn intern(&mut self, mapping: bool, ips: Vec<u64>) -> i32 {
+        if let Some(&id) = self.ids.get(&(mapping, ips.clone())) {
+            return id;
+        }
+        let id = INLINE_BASE.saturating_add(self.next);
+        self.next = self.next.saturating_add(1);
+        self.stacks.insert(id, ips.clone());
+        self.ids.insert((mapping, ips), id);
+        id
+    }
+
+    fn trim(&mut self) {
+        if self.stacks.len() > INLINE_KEEP {
+            self.ids.clear();
+            self.stacks.clear();
+            self.leads.clear();
+        }
+    }
 }
 
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
@@ -294,9 +330,7 @@ impl EbpfCollector {
             trace_maps: s.trace_maps,
             exec_names: HashMap::new(),
             bad_records: 0,
-            inline_ids: HashMap::new(),
-            inline_stacks: Vec::new(),
-            lead_ids: HashMap::new(),
+            inline: InlineStacks::default(),
             links: Vec::new(),
             multi,
             multi_links: Vec::new(),
@@ -534,6 +568,8 @@ impl EbpfCollector {
 
     /// Drains every record waiting in the ring buffer into `sink`; returns how many.
     pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
+        // The previous drain's new sites have read their stacks by now.
+        self.inline.trim();
         let mut n = 0;
         let mut out = Vec::new();
         while let Some(item) = self.ring_buf.next() {
@@ -541,14 +577,9 @@ impl EbpfCollector {
             match decode(&item) {
                 Ok(Event::Alloc(mut a)) => {
                     if let Some(ips) = inline_stack(&item) {
-                        let next = INLINE_BASE + self.inline_stacks.len() as i32;
                         // A mapping's stack is a site of its own even where a heap block's
                         // stack has the same frames: the category is part of the key.
-                        let key = (a.func.is_mapping(), ips.clone());
-                        a.stack_id = *self.inline_ids.entry(key).or_insert_with(|| {
-                            self.inline_stacks.push(ips);
-                            next
-                        });
+                        a.stack_id = self.inline.intern(a.func.is_mapping(), ips);
                     }
                     out.push(Event::Alloc(a))
                 }
@@ -585,7 +616,7 @@ impl EbpfCollector {
         if a.stack_id < 0 {
             return;
         }
-        if let Some(&id) = self.lead_ids.get(&(a.stack_id, lead)) {
+        if let Some(&id) = self.inline.leads.get(&(a.stack_id, lead)) {
             a.stack_id = id;
             return;
         }
@@ -595,15 +626,8 @@ impl EbpfCollector {
             ips.insert(0, lead);
         }
         ips.truncate(MAX_STACK_DEPTH);
-        let next = INLINE_BASE + self.inline_stacks.len() as i32;
-        let id = *self
-            .inline_ids
-            .entry((false, ips.clone()))
-            .or_insert_with(|| {
-                self.inline_stacks.push(ips);
-                next
-            });
-        self.lead_ids.insert((a.stack_id, lead), id);
+        let id = self.inline.intern(false, ips);
+        self.inline.leads.insert((a.stack_id, lead), id);
         a.stack_id = id;
     }
 
@@ -613,11 +637,7 @@ impl EbpfCollector {
             return Vec::new();
         }
         if id >= INLINE_BASE {
-            return self
-                .inline_stacks
-                .get((id - INLINE_BASE) as usize)
-                .cloned()
-                .unwrap_or_default();
+            return self.inline.stacks.get(&id).cloned().unwrap_or_default();
         }
         match self.stacks.get(&(id as u32), 0) {
             Ok(st) => st

@@ -172,6 +172,10 @@ pub struct Report {
     /// How the launched command ended (final report of launch mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Final report tracing several processes: exited processes left out of `processes`
+    /// (beyond `--keep-exited`, the least outstanding first).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub exited_omitted: u64,
     /// Outputs that failed since the previous report (a recording or flame file that could
     /// not be written): tracing went on without them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -351,8 +355,13 @@ pub(crate) fn sample_report() -> Report {
         mark: None,
         processes: Vec::new(),
         exit_code: None,
+        exited_omitted: 0,
         warnings: Vec::new(),
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
