@@ -359,6 +359,9 @@ pub mod names {
     /// once: the moments a short-lived process's memory map must be read, apart from the
     /// event stream so that reading them waits for nothing else.
     pub const NOTICES: &str = "NOTICES";
+    /// `u32 tgid → u64`: events lost per process (an LRU table: a process evicted from it
+    /// starts again from zero).
+    pub const LOST_BY_PID: &str = "LOST_BY_PID";
 }
 
 /// Load-time settings (read-only globals of the eBPF object).

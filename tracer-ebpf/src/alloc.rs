@@ -52,6 +52,10 @@ static MAP_CALLERS: LruHashMap<u64, MapCaller> = LruHashMap::with_max_entries(16
 static FOLLOWED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Per process (tgid), the events lost to a full ring, a full in-flight table or an unreadable
+/// out-pointer: those make that process's verdicts uncertain, and only its.
+#[map]
+static LOST_BY_PID: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
 
 #[unsafe(no_mangle)]
 static FILTER_PID: u32 = 0;
@@ -96,6 +100,20 @@ fn bump(idx: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // Per-CPU slot: no other writer while this program runs on this CPU.
         unsafe { *c += 1 };
+    }
+}
+
+/// An event of the current process is lost: counted with `idx` and for the process.
+#[inline(always)]
+fn lose(idx: u32) {
+    bump(idx);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match LOST_BY_PID.get_ptr_mut(tgid) {
+        // Not atomic: two CPUs may count one loss where there were two, never none.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = LOST_BY_PID.insert(tgid, 1, 0);
+        }
     }
 }
 
@@ -244,7 +262,7 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         _pad: [0; 7],
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
-        bump(counter::INFLIGHT_FULL);
+        lose(counter::INFLIGHT_FULL);
     }
 }
 
@@ -328,7 +346,7 @@ pub fn leave(ctx: &RetProbeContext) {
             match unsafe { bpf_probe_read_user(ret_ptr as *const u64) } {
                 Ok(a) => addr = a,
                 Err(_) => {
-                    bump(counter::MEMPTR_FAULT);
+                    lose(counter::MEMPTR_FAULT);
                     return;
                 }
             }
@@ -418,7 +436,7 @@ pub fn leave(ctx: &RetProbeContext) {
 }
 
 /// Sends `record` on the event ring, waking the reader only past the watermark; a full ring
-/// bumps the counter `lost`.
+/// counts it lost under `lost` (see [`lose`]).
 #[inline(always)]
 fn send<T: 'static>(record: T, lost: u32) {
     let flags = wakeup_flags();
@@ -427,7 +445,7 @@ fn send<T: 'static>(record: T, lost: u32) {
             entry.write(record);
             entry.submit(flags);
         }
-        None => bump(lost),
+        None => lose(lost),
     }
 }
 
@@ -494,7 +512,7 @@ fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
 fn send_with_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
     let flags = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
-        bump(counter::RING_FULL_ALLOC);
+        lose(counter::RING_FULL_ALLOC);
         return;
     };
     record.hdr.kind = kind::ALLOC_STACK;
@@ -531,7 +549,7 @@ fn send_with_entry_stack(pid_tgid: u64, mut record: AllocRecord) {
     };
     let flags = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
-        bump(counter::RING_FULL_ALLOC);
+        lose(counter::RING_FULL_ALLOC);
         let _ = ENTRY_STACKS.remove(pid_tgid);
         return;
     };
@@ -729,7 +747,7 @@ pub fn map_enter(regs: u64, nr: u64) {
         },
     };
     if MAP_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        bump(counter::INFLIGHT_FULL);
+        lose(counter::INFLIGHT_FULL);
     }
 }
 
@@ -750,7 +768,7 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
     if call.nr == NR_MUNMAP {
         let _ = MAP_CALLERS.remove(&pid_tgid);
         let Some(mut entry) = EVENTS.reserve::<MunmapRecord>(0) else {
-            bump(counter::RING_FULL_MAP);
+            lose(counter::RING_FULL_MAP);
             return;
         };
         entry.write(MunmapRecord {
@@ -764,7 +782,7 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
     let moves = call.nr == NR_MREMAP;
     let flags = wakeup_flags();
     let Some(mut entry) = EVENTS.reserve::<AllocStackRecord>(0) else {
-        bump(counter::RING_FULL_MAP);
+        lose(counter::RING_FULL_MAP);
         let _ = MAP_CALLERS.remove(&pid_tgid);
         return;
     };
@@ -826,7 +844,7 @@ pub fn exec() {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
-        bump(counter::RING_FULL_EXEC);
+        lose(counter::RING_FULL_EXEC);
         return;
     };
     entry.write(ExecRecord {

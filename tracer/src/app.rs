@@ -431,6 +431,11 @@ impl Session {
             let t_ns = ns(self.start.elapsed());
             let c = self.live.collector.counters();
             let marks = signals::mark_requests();
+            // Read per process only when a report will use them (a table of up to 8,192).
+            if marks != self.marks_handled || t_ns >= self.engine.next_report_ns() {
+                self.engine
+                    .set_process_losses(self.live.collector.lost_by_pid())?;
+            }
             let mut flow = Flow::Continue;
             if marks != self.marks_handled {
                 self.marks_handled = marks;
@@ -462,6 +467,8 @@ impl Session {
             End::Stopped => None,
         };
         let c = self.live.collector.counters();
+        self.engine
+            .set_process_losses(self.live.collector.lost_by_pid())?;
         self.engine
             .finish(ns(self.start.elapsed()), &c, exit.map(ExitStatus::code))?;
         Ok(match exit {

@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     io::Write,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -70,6 +71,10 @@ struct Point {
     lost_any: u64,
     /// Cumulative allocations recorded without their stack (they land in the no-stack site).
     lost_stacks: u64,
+    /// Events lost per process (when the kernel counts them so), and those no process can be
+    /// named for (undecodable records).
+    lost_by_pid: Arc<BTreeMap<u32, u64>>,
+    lost_unattributed: u64,
 }
 
 pub struct Engine {
@@ -101,6 +106,10 @@ pub struct Engine {
     out: Box<dyn Write>,
     /// Output failures waiting for the next report.
     warnings: Vec<String>,
+    /// Events lost per process, as last told (see `set_process_losses`); whether they are
+    /// told at all (recordings of earlier tracers do not).
+    lost_by_pid: Arc<BTreeMap<u32, u64>>,
+    per_process_losses: bool,
     recording_failure_told: bool,
 }
 
@@ -134,6 +143,8 @@ impl Engine {
             out,
             warnings: Vec::new(),
             recording_failure_told: false,
+            lost_by_pid: Arc::default(),
+            per_process_losses: false,
         };
         // With no warm-up, the window starts from nothing at time zero.
         if e.past_warmup(0) {
@@ -142,6 +153,8 @@ impl Engine {
                 sites: Vec::new(),
                 lost_any: 0,
                 lost_stacks: 0,
+                lost_by_pid: Arc::default(),
+                lost_unattributed: 0,
             });
         }
         e
@@ -689,6 +702,8 @@ impl Engine {
             sites: snap.sites.clone(),
             lost_any,
             lost_stacks,
+            lost_by_pid: self.lost_by_pid.clone(),
+            lost_unattributed: c.bad_records,
         });
         while self.history.len() > self.opts.verdict.window + 1 {
             self.history.pop_front();
@@ -726,8 +741,18 @@ impl Engine {
                 let no_stack = members
                     .iter()
                     .any(|&m| self.ledger.site(m).key.is_some_and(|k| k.stack_id < 0));
-                (active && last.lost_any > first.lost_any)
-                    || (no_stack && last.lost_stacks > first.lost_stacks)
+                // Losses the kernel names a process for touch that process's sites only.
+                let lost = if self.per_process_losses {
+                    last.lost_unattributed > first.lost_unattributed
+                        || members.iter().any(|&m| {
+                            self.ledger.site(m).key.is_some_and(|k| {
+                                last.lost_by_pid.get(&k.pid) != first.lost_by_pid.get(&k.pid)
+                            })
+                        })
+                } else {
+                    last.lost_any > first.lost_any
+                };
+                (active && lost) || (no_stack && last.lost_stacks > first.lost_stacks)
             }
             _ => false,
         };
@@ -949,6 +974,22 @@ impl Engine {
         }
     }
 
+    /// The events lost so far per process, as the kernel counts them: from now on a loss
+    /// makes only its own process's verdicts uncertain. Recorded when they change.
+    pub fn set_process_losses(&mut self, lost: BTreeMap<u32, u64>) -> Result<()> {
+        if self.per_process_losses && lost == *self.lost_by_pid {
+            return Ok(());
+        }
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&RecFrame::Losses(
+                lost.iter().map(|(&p, &n)| (p, n)).collect(),
+            ))?;
+        }
+        self.per_process_losses = true;
+        self.lost_by_pid = Arc::new(lost);
+        Ok(())
+    }
+
     /// Output failures not yet told in a report (see `Report::warnings`).
     fn take_warnings(&mut self) -> Vec<String> {
         if let Some(why) = self.recorder.as_ref().and_then(|r| r.failure()) {
@@ -975,6 +1016,7 @@ impl Engine {
                     let info = self.procs.get(&pid).cloned().unwrap_or_default();
                     ProcessReport {
                         pid,
+                        lost: self.lost_by_pid.get(&pid).copied().unwrap_or(0),
                         command: info.command,
                         allocator: info.allocator,
                         allocator_kind: info.allocator_kind,
@@ -1626,6 +1668,59 @@ mod tests {
         assert_eq!(r["lost"]["ring_full_frees"], 3);
     }
 
+    /// Tracing several processes, a loss the kernel names a process for makes only that
+    /// process's verdicts uncertain; told nothing per process (a recording of an earlier
+    /// tracer), any loss touches every active site, as before.
+    #[test]
+    fn one_processs_losses_make_only_its_verdicts_uncertain() {
+        for per_process in [true, false] {
+            let (mut e, out) = multi_engine(&[]);
+            let mut w = Fake::default();
+            let mut c = Counters::default();
+            for sec in 0..12u64 {
+                let evs: Vec<Event> = (0..100)
+                    .flat_map(|i| {
+                        let a = 0x100_0000 + sec * 1000 + i;
+                        [malloc_in(10, a, 64, 1), malloc_in(20, a, 64, 2)]
+                    })
+                    .collect();
+                e.ingest(&mut w, &evs).unwrap();
+                if sec == 8 {
+                    c.kernel[counter::RING_FULL_ALLOC as usize] += 5;
+                }
+                if per_process {
+                    let lost = if sec >= 8 { 5 } else { 0 };
+                    e.set_process_losses(BTreeMap::from([(20, lost)])).unwrap();
+                }
+                e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+            }
+            let reps = out.reports();
+            let last = &reps[11];
+            let verdict = |pid: u32| {
+                last["sites"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["pid"] == pid)
+                    .unwrap()["verdict"]
+                    .clone()
+            };
+            assert_eq!(verdict(20), "uncertain", "per process: {per_process}");
+            if per_process {
+                assert_eq!(verdict(10), "leak");
+                let p20 = last["processes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["pid"] == 20)
+                    .unwrap();
+                assert_eq!(p20["lost"], 5);
+            } else {
+                assert_eq!(verdict(10), "uncertain");
+            }
+        }
+    }
+
     #[test]
     fn a_mark_shows_exactly_what_was_left_between_marks() {
         let (mut e, out) = engine(&["-i", "1000"]);
@@ -1997,7 +2092,10 @@ mod tests {
         }
         // 6,000 processes and 60,000 sites went by; the ledger never held more than about
         // COMPACT_AFTER retired sites plus a tick's worth.
-        assert!(most_sites <= COMPACT_AFTER + 5_100, "{most_sites} sites held");
+        assert!(
+            most_sites <= COMPACT_AFTER + 5_100,
+            "{most_sites} sites held"
+        );
         assert!(e.procs.len() <= 1, "{} processes held", e.procs.len());
         e.finish(13 * S, &c, None).unwrap();
         let reps = out.reports();

@@ -22,6 +22,7 @@
 //!   7 end     u64 ns since start, counters, u8 has exit code, i32 exit code
 //!   8 process u32 pid, str command, str allocator, u8 exited   (version 2)
 //!             [str allocator kind]   (absent in recordings of earlier tracers)
+//!   9 losses  u32 n, n × (u32 pid, u64 events lost)   (version 4)
 //! counters: u64 bad records, u8 n, n × u64 kernel counter
 //! str/bytes: u16 length, bytes
 //! ```
@@ -69,6 +70,7 @@ mod tag {
     pub const MARK: u8 = 6;
     pub const END: u8 = 7;
     pub const PROCESS: u8 = 8;
+    pub const LOSSES: u8 = 9;
 }
 
 /// What a replay needs to know about the run before its first event.
@@ -118,6 +120,9 @@ pub enum Frame {
         counters: Counters,
         exit_code: Option<i32>,
     },
+    /// Events lost so far per process, as the kernel counted them (version 4; written when
+    /// they change, before the drain point that reports them).
+    Losses(Vec<(u32, u64)>),
     /// A process first seen, renamed, or exited.
     Process {
         pid: u32,
@@ -541,6 +546,14 @@ fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             tag::STACK
         }
         Frame::Events(evs) => encode_events(evs, b),
+        Frame::Losses(lost) => {
+            put_u32(b, lost.len() as u32);
+            for (pid, n) in lost {
+                put_u32(b, *pid);
+                put_u64(b, *n);
+            }
+            tag::LOSSES
+        }
         Frame::Tick { t_ns, counters } => {
             put_u64(b, *t_ns);
             put_counters(b, counters);
@@ -814,6 +827,18 @@ fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatError> {
             }
             Frame::Events(evs)
         }
+        tag::LOSSES => {
+            let n = c.u32("count")? as usize;
+            // 12 bytes each: a count above what the frame holds is corruption.
+            if n > c.b.len() / 12 {
+                return Err(c.err(format!("{n} processes cannot fit in the frame")));
+            }
+            let mut lost = Vec::with_capacity(n);
+            for _ in 0..n {
+                lost.push((c.u32("pid")?, c.u64("lost")?));
+            }
+            Frame::Losses(lost)
+        }
         tag::TICK | tag::MARK => {
             let t_ns = c.u64("time")?;
             let counters = c.counters()?;
@@ -969,6 +994,7 @@ mod tests {
                 allocator_kind: "glibc".into(),
                 exited: true,
             },
+            Frame::Losses(vec![(42, 7), (43, 1 << 40)]),
             Frame::End {
                 t_ns: 200_000_000,
                 counters,

@@ -103,6 +103,10 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
                 engine.ingest(&mut world, &evs)?;
                 Flow::Continue
             }
+            Some(Frame::Losses(lost)) => {
+                engine.set_process_losses(lost.into_iter().collect())?;
+                Flow::Continue
+            }
             Some(Frame::Tick { t_ns, counters }) => {
                 last = (t_ns, counters);
                 engine.tick(&mut world, t_ns, &counters)?

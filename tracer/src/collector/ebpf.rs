@@ -69,6 +69,7 @@ pub struct EbpfCollector {
     ring_buf: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    lost_by_pid: AyaHashMap<MapData, u32, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
     notices: Option<RingBuf<MapData>>,
     trace_maps: bool,
@@ -310,6 +311,10 @@ impl EbpfCollector {
             StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
+        let lost_by_pid = AyaHashMap::try_from(
+            ebpf.take_map(names::LOST_BY_PID)
+                .context("no LOST_BY_PID map")?,
+        )?;
         // SAFETY: the ring buffer's fd stays open while the AsyncFd lives: `ring` is declared
         // before `ring_buf` in EbpfCollector, so it is dropped (deregistered) first.
         let ring = unsafe {
@@ -325,6 +330,7 @@ impl EbpfCollector {
             ring_buf,
             stacks,
             counters,
+            lost_by_pid,
             followed,
             notices: Some(notices),
             trace_maps: s.trace_maps,
@@ -648,6 +654,11 @@ impl EbpfCollector {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Events lost per process, as the kernel counted them (see `names::LOST_BY_PID`).
+    pub fn lost_by_pid(&self) -> std::collections::BTreeMap<u32, u64> {
+        self.lost_by_pid.iter().filter_map(|kv| kv.ok()).collect()
     }
 
     /// The kernel's counters (summed over CPUs) and this side's undecodable records.

@@ -186,6 +186,10 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
+    /// Events of this process the kernel could not record (cumulative; absent when none):
+    /// they make its verdicts, and only its, `uncertain`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost: u64,
     pub command: String,
     pub allocator: String,
     pub allocator_kind: String,
