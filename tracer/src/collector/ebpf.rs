@@ -113,17 +113,20 @@ impl Drop for EbpfCollector {
     /// them (a second or two later). Without a child, tracer's own exit does it.
     fn drop(&mut self) {
         std::mem::forget(std::mem::take(&mut self.multi_links));
-        let Ok([read, write]) = pipe() else { return };
+        // Our end (`_write`) is never closed: it closes when tracer exits, the child's signal.
+        let Ok([read, _write]) = pipe() else { return };
+        // Everything but the kernel's BPF and perf objects is closed in the child: a pipe held
+        // open there (tracer's output, a launched command's start gate) would keep its other
+        // end waiting for the child.
+        let others = descriptors_but_bpf(read);
         // SAFETY: the child only makes async-signal-safe calls (close, prctl, read, _exit).
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: plain system calls on this process's own descriptors.
             unsafe {
-                // A reader of tracer's output waits for these to close: not for this child.
-                for fd in 0..3 {
+                for &fd in &others {
                     libc::close(fd);
                 }
-                libc::close(write);
                 libc::prctl(libc::PR_SET_NAME, c"tracer-detach".as_ptr());
                 let mut b = 0u8;
                 // EOF once tracer has exited (and closed its end and its links).
@@ -138,6 +141,23 @@ impl Drop for EbpfCollector {
         // SAFETY: our copy of the child's end; ours (`write`) stays open until tracer exits.
         unsafe { libc::close(read) };
     }
+}
+
+/// This process's descriptors that are not BPF objects or perf events (nor `keep`).
+fn descriptors_but_bpf(keep: libc::c_int) -> Vec<libc::c_int> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return (0..3).collect();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: libc::c_int = e.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        let t = target.to_string_lossy();
+        let kernel_object =
+            t.starts_with("anon_inode:bpf") || t.starts_with("anon_inode:[perf_event]");
+        (fd != keep && !kernel_object).then_some(fd)
+    })
+    .collect()
 }
 
 /// A pipe whose ends are not inherited across exec.
