@@ -123,37 +123,12 @@ fn a_uprobe_held_by_another_tool_is_named() {
     let sema = victim_with("victims/sema.c", &["-O1", "-static"], "static", "");
     let malloc = file_offset(&sema, "malloc");
     let counter = file_offset(&sema, "tracer_test_semaphore");
-    let tracing = std::path::Path::new("/sys/kernel/tracing");
-    // tracefs, where another tool's uprobe events are listed (mounted here if it is not).
-    let mounted = !tracing.join("uprobe_events").exists();
-    if mounted {
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tracefs", "nodev"])
-                .arg(tracing),
-        );
-    }
-    let event = format!(
-        "p:tracer_test/held {}:{malloc:#x}({counter:#x})",
-        sema.display()
+    let held = UprobeEvent::new(
+        "tracer_test/held",
+        &format!("{}:{malloc:#x}({counter:#x})", sema.display()),
     );
-    let append = |line: &str| {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(tracing.join("uprobe_events"))
-            .unwrap();
-        f.write_all(format!("{line}\n").as_bytes())
-    };
-    append(&event).unwrap();
-    let enable = tracing.join("events/tracer_test/held/enable");
-    std::fs::write(&enable, "1").unwrap();
     let out = run(Command::new(tracer()).arg("--").arg(&sema));
-    std::fs::write(&enable, "0").unwrap();
-    append("-:tracer_test/held").unwrap();
-    if mounted {
-        let _ = Command::new("umount").arg(tracing).status();
-    }
+    drop(held);
     let text = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(

@@ -260,28 +260,26 @@ fn tracer_killed_at_any_instant_leaves_launched_commands_running() {
     for (kind, window) in [("exec", 100), ("exit", 150)] {
         for (i, at) in instants(50, window).enumerate() {
             let out = dir.join(format!("{kind}{i}"));
-            let mut cmd = Command::new(tracer());
-            cmd.args(["-i", "60", "--"]);
+            let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), "60".into(), "--".into()];
             if kind == "exec" {
                 // The launched shell execs the program: killed around that exec.
-                cmd.args([
-                    "/bin/sh",
-                    "-c",
-                    &format!("exec {} 20 {} 7", brief.display(), out.display()),
+                args.extend([
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("exec {} 20 {} 7", brief.display(), out.display()).into(),
                 ]);
             } else {
-                cmd.arg(&brief).args(["60", out.to_str().unwrap(), "7"]);
+                args.extend([
+                    brief.clone().into(),
+                    "60".into(),
+                    out.clone().into(),
+                    "7".into(),
+                ]);
             }
-            let mut t = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
             // From the moment the probes are on and the command is released.
-            let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
-            read_until(&mut err, "tracer: tracing");
+            let t = spawn_tracing(&args.iter().map(|a| a.as_ref()).collect::<Vec<_>>());
             std::thread::sleep(at);
-            t.kill().unwrap();
+            t.signal(libc::SIGKILL);
             // Reaped at the end: a killed tracer's exit releases its probes, which takes a
             // while, and the command is not waiting for it.
             killed.push(t);
@@ -471,19 +469,15 @@ fn probes_never_outlive_tracer_and_others_are_named() {
     assert_eq!(breakpoints_seen(pid), "", "breakpoints before the test");
     let mut killed = Vec::new();
     for at in instants(20, 400) {
-        let mut t = Command::new(tracer())
-            .args(["--pid", &pid.to_string(), "-i", "60"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
-        read_until(&mut err, "tracer: tracing");
-        // SAFETY: signalling a process this test started.
-        unsafe { libc::kill(t.id() as i32, libc::SIGINT) };
+        let t = spawn_tracing(&[
+            "--pid".as_ref(),
+            pid.to_string().as_ref(),
+            "-i".as_ref(),
+            "60".as_ref(),
+        ]);
+        t.signal(libc::SIGINT);
         std::thread::sleep(at);
-        // SAFETY: as above (it may be gone already).
-        unsafe { libc::kill(t.id() as i32, libc::SIGKILL) };
+        t.signal(libc::SIGKILL);
         killed.push(t);
     }
     // And in launch mode, where a command that ends soon makes tracer end too. (Kills land
@@ -491,22 +485,21 @@ fn probes_never_outlive_tracer_and_others_are_named() {
     // leave half done, whoever attaches.)
     let brief = victim("victims/brief.c", FP);
     for at in instants(30, 400) {
-        let mut t = Command::new(tracer())
-            .args(["-i", "60", "--"])
-            .arg(&brief)
-            .args(["100", "/dev/null", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
-        read_until(&mut err, "tracer: tracing");
+        let t = spawn_tracing(&[
+            "-i".as_ref(),
+            "60".as_ref(),
+            "--".as_ref(),
+            brief.as_os_str(),
+            "100".as_ref(),
+            "/dev/null".as_ref(),
+            "0".as_ref(),
+        ]);
         std::thread::sleep(at);
-        t.kill().unwrap();
+        t.signal(libc::SIGKILL);
         killed.push(t);
     }
-    for mut t in killed {
-        t.wait().unwrap();
+    for t in killed {
+        t.wait();
     }
     // The last releases finish (a grace period per link, in the exiting processes).
     std::thread::sleep(std::time::Duration::from_secs(6));
@@ -517,15 +510,6 @@ fn probes_never_outlive_tracer_and_others_are_named() {
         "the kernel says it kept uprobes a killed tracer was releasing"
     );
     // Another tool's uprobe on malloc (a tracefs uprobe event) is seen and named.
-    let tracing = Path::new("/sys/kernel/tracing");
-    let mounted = !tracing.join("uprobe_events").exists();
-    if mounted {
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tracefs", "nodev"])
-                .arg(tracing),
-        );
-    }
     let nm = run_ok(Command::new("nm").arg(&sema));
     let malloc_va = nm
         .lines()
@@ -533,27 +517,12 @@ fn probes_never_outlive_tracer_and_others_are_named() {
         .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
         .unwrap();
     // A static non-PIE program: its text segment maps file offset 0 at 0x400000.
-    let event = format!(
-        "p:tracer_test/other {}:{:#x}",
-        sema.display(),
-        malloc_va - 0x400000
+    let other = UprobeEvent::new(
+        "tracer_test/other",
+        &format!("{}:{:#x}", sema.display(), malloc_va - 0x400000),
     );
-    let append = |line: &str| {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(tracing.join("uprobe_events"))
-            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-    };
-    append(&event).unwrap();
-    let enable = tracing.join("events/tracer_test/other/enable");
-    std::fs::write(&enable, "1").unwrap();
     let seen = breakpoints_seen(pid);
-    std::fs::write(&enable, "0").unwrap();
-    append("-:tracer_test/other").unwrap();
-    if mounted {
-        let _ = Command::new("umount").arg(tracing).status();
-    }
+    drop(other);
     target.kill().unwrap();
     target.wait().unwrap();
     assert!(seen.contains("malloc"), "{seen:?}");

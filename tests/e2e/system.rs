@@ -50,7 +50,21 @@ fn every_process_finds_two_leakers_started_after_it() {
         assert!(p["allocator"].as_str().unwrap().contains("libc"));
         // started after the tracer: its books are exact
         assert_outstanding_is_truth(p, truth);
-        assert_eq!(p["summary"]["leak_sites"], 5, "{}", p["summary"]);
+        let verdicts: Vec<String> = p["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}/{}",
+                    site_name(s),
+                    s["verdict"],
+                    s["grown_intervals"],
+                    s["verdict_intervals"]
+                )
+            })
+            .collect();
+        assert_eq!(p["summary"]["leak_sites"], 5, "{verdicts:?}");
     }
     for r in &reps {
         assert!(

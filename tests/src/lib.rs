@@ -408,3 +408,92 @@ pub fn finish(r: Running) -> (Vec<Value>, String) {
     assert!(!rest.contains("events lost"), "{rest}");
     (reports(&text), rest)
 }
+
+/// A tracer started in the background, once its probes are on ([`spawn_tracing`]). Its stderr
+/// stays open (read no further) until the process is reaped, so that a late warning of
+/// tracer's never meets a closed pipe.
+pub struct Tracing {
+    pub child: std::process::Child,
+    _err: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Tracing {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to tracer (it may be gone already).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+/// Starts `tracer ARGS` (stdout discarded) and returns once it says it is tracing.
+pub fn spawn_tracing(args: &[&std::ffi::OsStr]) -> Tracing {
+    let mut child = Command::new(tracer())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    read_until(&mut err, "tracer: tracing");
+    Tracing { child, _err: err }
+}
+
+/// A uprobe of another tool's: a tracefs uprobe event (`p:GROUP/NAME PATH:OFFSET[(REFCTR)]`),
+/// registered and enabled (tracefs mounted for the while when it is not); gone on drop.
+pub struct UprobeEvent {
+    tracing: PathBuf,
+    name: String,
+    mounted: bool,
+}
+
+impl UprobeEvent {
+    pub fn new(name: &str, place: &str) -> UprobeEvent {
+        let tracing = PathBuf::from("/sys/kernel/tracing");
+        let mounted = !tracing.join("uprobe_events").exists();
+        if mounted {
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "tracefs", "nodev"])
+                    .arg(&tracing),
+            );
+        }
+        let e = UprobeEvent {
+            tracing,
+            name: name.to_string(),
+            mounted,
+        };
+        e.append(&format!("p:{name} {place}")).unwrap();
+        std::fs::write(e.enable(), "1").unwrap();
+        e
+    }
+
+    fn enable(&self) -> PathBuf {
+        self.tracing.join("events").join(&self.name).join("enable")
+    }
+
+    fn append(&self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.tracing.join("uprobe_events"))
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+    }
+}
+
+impl Drop for UprobeEvent {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.enable(), "0");
+        let _ = self.append(&format!("-:{}", self.name));
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.tracing).status();
+        }
+    }
+}

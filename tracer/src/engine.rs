@@ -111,6 +111,8 @@ pub struct Engine {
     lost_by_pid: Arc<BTreeMap<u32, u64>>,
     per_process_losses: bool,
     recording_failure_told: bool,
+    /// The launched command has ended (the final report's verdicts stop before its end).
+    command_ended: bool,
 }
 
 impl Engine {
@@ -145,6 +147,7 @@ impl Engine {
             recording_failure_told: false,
             lost_by_pid: Arc::default(),
             per_process_losses: false,
+            command_ended: false,
         };
         // With no warm-up, the window starts from nothing at time zero.
         if e.past_warmup(0) {
@@ -641,6 +644,8 @@ impl Engine {
         if self.history.back().is_none_or(|p| p.t_ns < t_ns) {
             self.remember(&snap, c);
         }
+        // A launched command that exited: its last point is after its end (see `assess`).
+        self.command_ended = exit_code.is_some();
         let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
         r.exit_code = exit_code;
         r.exited_omitted = self.exited_omitted;
@@ -713,9 +718,26 @@ impl Engine {
     /// The verdict of a group of sites (one reported row) from the history.
     fn assess(&self, members: &[SiteId]) -> Assessment {
         let zero = Counts::default();
+        // The point taken after a process ended says how it ended, not how it was going: its
+        // last interval may hold a few milliseconds of its life. Verdicts stop at the point
+        // before (its outstanding numbers do not).
+        let ended = self.command_ended
+            || members.iter().any(|&m| {
+                self.ledger
+                    .site(m)
+                    .key
+                    .and_then(|k| self.procs.get(&k.pid))
+                    .is_some_and(|p| p.exited)
+            });
+        let upto = if ended && self.history.len() > 2 {
+            self.history.len() - 1
+        } else {
+            self.history.len()
+        };
         let samples: Vec<Sample> = self
             .history
             .iter()
+            .take(upto)
             .map(|p| {
                 let mut s = Sample {
                     t: p.t_ns as f64 / 1e9,

@@ -153,8 +153,11 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
     let peak_objects = (0..=k).map(objects).fold(0.0, f64::max);
     let objects_flat =
         (objects(k) - objects(0)).abs() <= (2.0f64).max(FLAT_FRACTION * peak_objects);
+    // Counted from the interval the site's first bytes appear in (a site born mid-window).
+    let first_live = (0..=k).find(|&i| live(i) > 0.0).unwrap_or(0);
+    let span = (first_live.max(1)..=k).count();
     let evidence = if objects_flat {
-        trend && grown as f64 >= OBJECTS_FLAT_GROWN * k as f64
+        trend && span > 0 && grown as f64 >= OBJECTS_FLAT_GROWN * span as f64
     } else {
         steady || trend
     };
@@ -329,6 +332,27 @@ mod tests {
             }
         }
         assert_eq!(leaks, 0);
+    }
+
+    #[test]
+    fn one_block_growing_by_realloc_from_mid_window_is_a_leak() {
+        // a process started four intervals into the window: its block grows from then on
+        let s: Vec<Sample> = (0..11u64)
+            .map(|i| {
+                let grown = i.saturating_sub(4);
+                Sample {
+                    t: i as f64,
+                    live_bytes: 3200 * grown,
+                    live_objects: (grown > 0) as u64,
+                    alloc_bytes: 3200 * grown,
+                    allocs: 100 * grown,
+                }
+            })
+            .collect();
+        assert_eq!(
+            assess(&s, &VerdictParams::default(), false).verdict,
+            Verdict::Leak
+        );
     }
 
     #[test]
