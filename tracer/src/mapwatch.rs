@@ -51,13 +51,20 @@ impl EarlyBook {
 
     /// A notice came: read the map now. After an exec the old program's map is wrong even
     /// if the new one cannot be read; entering exit() a failed read keeps what was known.
+    /// Later reads add to what was known: a process read while it exits may have unmapped
+    /// part of its address space already.
     fn noticed(&self, kind: u8, pid: u32, read: impl FnOnce(u32) -> Option<Vec<Mapping>>) {
         let maps = read(pid).filter(|m| !m.is_empty());
         let exec = kind == tracer_common::kind::EXEC;
         let mut book = self.lock();
         let e = book.entry(pid).or_default();
-        if maps.is_some() || exec {
+        if exec {
             e.maps = maps;
+        } else if let Some(new) = maps {
+            e.maps = Some(match e.maps.take() {
+                Some(old) => merged(old, new),
+                None => new,
+            });
         }
         e.at = Some(Instant::now());
     }
@@ -68,6 +75,21 @@ impl EarlyBook {
             .retain(|&pid, e| e.at.is_some_and(|t| t.elapsed() < keep) || alive(pid));
     }
 }
+
+/// `new`, with the mappings of `old` that overlap none of it, in address order.
+fn merged(old: Vec<Mapping>, mut new: Vec<Mapping>) -> Vec<Mapping> {
+    let kept: Vec<Mapping> = old
+        .into_iter()
+        .filter(|o| !new.iter().any(|n| n.start < o.end && o.start < n.end))
+        .collect();
+    new.extend(kept);
+    new.sort_by_key(|m| m.start);
+    new
+}
+
+/// How long after an exec a process's map is read again (its loader has mapped its libraries
+/// within a millisecond or two).
+const REREAD_AFTER: Duration = Duration::from_millis(3);
 
 /// The notices to act on, newest first, once per process (its latest: a map read at exit
 /// supersedes the one at exec). After a burst of execs the processes still alive come first:
@@ -133,6 +155,10 @@ impl MapWatch {
                 };
                 let fd = ring.as_raw_fd();
                 let mut batch = Vec::new();
+                // Processes that exec'd, read again a moment later: at the exec only the
+                // program and its loader are mapped, and a process that lives a few
+                // milliseconds may be gone before anything else reads its libraries.
+                let mut again: Vec<(Instant, u32)> = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
                     while let Some(item) = ring.next() {
                         match collector::decode_throw(&item) {
@@ -143,14 +169,36 @@ impl MapWatch {
                     }
                     for (kind, pid) in newest_first(&mut batch) {
                         book.noticed(kind, pid, crate::symbolize::read_maps);
+                        if kind == tracer_common::kind::EXEC {
+                            again.push((Instant::now() + REREAD_AFTER, pid));
+                        }
                     }
+                    let now = Instant::now();
+                    again.retain(|&(at, pid)| {
+                        if at > now {
+                            return true;
+                        }
+                        // Read like at exit(): a process gone by now keeps what was read.
+                        book.noticed(
+                            tracer_common::kind::EXITING,
+                            pid,
+                            crate::symbolize::read_maps,
+                        );
+                        false
+                    });
+                    let wait_ms = again
+                        .iter()
+                        .map(|&(at, _)| at.saturating_duration_since(now).as_millis() as i32 + 1)
+                        .min()
+                        .unwrap_or(100)
+                        .min(100);
                     let mut pfd = libc::pollfd {
                         fd,
                         events: libc::POLLIN,
                         revents: 0,
                     };
                     // SAFETY: one valid pollfd; the ring (and its fd) lives in this thread.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    unsafe { libc::poll(&mut pfd, 1, wait_ms) };
                 }
             })?;
         Ok(MapWatch {
@@ -209,6 +257,29 @@ mod tests {
         assert_eq!(
             book.maps(7).unwrap()[0].path,
             std::path::Path::new("/lib/libc.so.6")
+        );
+    }
+
+    #[test]
+    fn a_map_read_while_the_process_exits_adds_to_what_was_known() {
+        let at = |start: u64, path: &str| Mapping {
+            start,
+            end: start + 0x1000,
+            offset: 0,
+            path: path.into(),
+            open_path: None,
+        };
+        let book = EarlyBook::default();
+        book.noticed(kind::EXEC, 7, |_| Some(vec![at(0x1000, "/bin/a")]));
+        book.noticed(kind::EXITING, 7, |_| {
+            Some(vec![at(0x1000, "/bin/a"), at(0x9000, "/lib/libc.so.6")])
+        });
+        // exiting, its libraries half unmapped: what was read before stays
+        book.noticed(kind::EXITING, 7, |_| Some(vec![at(0x1000, "/bin/a")]));
+        let paths: Vec<_> = book.maps(7).unwrap().into_iter().map(|m| m.path).collect();
+        assert_eq!(
+            paths,
+            [std::path::PathBuf::from("/bin/a"), "/lib/libc.so.6".into()]
         );
     }
 

@@ -223,24 +223,53 @@ impl Symbolizer {
 }
 
 /// File-backed mappings of a live process, opened through its root.
+///
+/// Read with one `read` into a large buffer: the kernel then walks the whole address space
+/// under one lock, so a process exiting meanwhile is seen whole or not at all (its teardown
+/// waits for the walk), where a line-by-line read could catch it half unmapped.
 pub fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
-    let proc = procfs::process::Process::new(pid as i32).ok()?;
-    let maps = proc.maps().ok()?;
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    Some(
-        maps.iter()
-            .filter_map(|m| match &m.pathname {
-                procfs::process::MMapPath::Path(p) => Some(Mapping {
-                    start: m.address.0,
-                    end: m.address.1,
-                    offset: m.offset,
-                    path: p.clone(),
-                    open_path: Some(root.join(p.strip_prefix("/").unwrap_or(p))),
-                }),
-                _ => None,
+    // A process that has exited (a zombie) still has a maps file, empty: that is no map.
+    Some(parse_maps(&String::from_utf8_lossy(&buf[..len]), &root)).filter(|m| !m.is_empty())
+}
+
+/// The file-backed lines of a `/proc/PID/maps` text (`start-end perms offset dev inode path`).
+fn parse_maps(text: &str, root: &Path) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.splitn(6, ' ');
+            let (range, _perms, offset) = (f.next()?, f.next()?, f.next()?);
+            let (_dev, _inode) = (f.next()?, f.next()?);
+            let path = f.next()?.trim_start();
+            if !path.starts_with('/') {
+                return None; // anonymous, [heap], [stack], [vdso]...
+            }
+            let path = Path::new(path.strip_suffix(" (deleted)").unwrap_or(path));
+            let (start, end) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                offset: u64::from_str_radix(offset, 16).ok()?,
+                path: path.to_path_buf(),
+                open_path: Some(root.join(path.strip_prefix("/").unwrap_or(path))),
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// The GNU build id of an ELF file (None when it has none or cannot be read).
@@ -259,6 +288,31 @@ mod tests {
     #[inline(never)]
     fn marker_function() -> u64 {
         std::hint::black_box(marker_function as *const () as u64)
+    }
+
+    #[test]
+    fn maps_lines_parse_as_the_kernel_writes_them() {
+        let text = "55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 1234  /usr/bin/prog\n\
+                    7f0000001000-7f0000002000 r-xp 00028000 08:01 99 /lib/libc.so.6\n\
+                    7f0000003000-7f0000004000 rw-p 00000000 00:00 0 \n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0  [stack]\n\
+                    7f0000005000-7f0000006000 r-xp 00001000 08:01 7 /tmp/a b (deleted)\n";
+        let m = parse_maps(text, Path::new("/proc/1/root"));
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].start, m[0].end, m[0].offset),
+            (0x55d0c0a00000, 0x55d0c0a02000, 0)
+        );
+        assert_eq!(m[1].path, Path::new("/lib/libc.so.6"));
+        assert_eq!(m[1].offset, 0x28000);
+        assert_eq!(
+            m[1].open_path.as_deref(),
+            Some(Path::new("/proc/1/root/lib/libc.so.6"))
+        );
+        assert_eq!(m[2].path, Path::new("/tmp/a b"));
+        // This process's own map, read whole.
+        let me = read_maps(std::process::id()).unwrap();
+        assert!(me.iter().any(|m| m.path.to_string_lossy().contains("libc")));
     }
 
     #[test]

@@ -551,6 +551,9 @@ fn for_program_depth(
     env: &LoaderEnv,
     cwd: &Path,
 ) -> Result<AllocatorLib> {
+    // A path relative to the directory the program starts in (the loader's `$ORIGIN` and
+    // the files it opens are found from there).
+    let program = &cwd.join(program);
     let mut head = Vec::new();
     {
         use std::io::Read;
@@ -784,6 +787,17 @@ mod tests {
         // pid 2 is kthreadd on Linux.
         let e = for_pid(2).unwrap_err().to_string();
         assert!(e.contains("kernel thread"), "{e}");
+    }
+
+    #[test]
+    fn a_program_named_relative_to_the_directory_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy("/bin/sh", dir.path().join("sh")).unwrap();
+        let lib = for_program_depth(Path::new("sh"), 0, &LoaderEnv::default(), dir.path()).unwrap();
+        assert!(is_libc(&lib.path), "{:?}", lib.path);
+        let lib =
+            for_program_depth(Path::new("./sh"), 0, &LoaderEnv::default(), dir.path()).unwrap();
+        assert!(is_libc(&lib.path), "{:?}", lib.path);
     }
 
     #[test]
