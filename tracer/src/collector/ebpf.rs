@@ -114,7 +114,9 @@ impl Drop for EbpfCollector {
     fn drop(&mut self) {
         std::mem::forget(std::mem::take(&mut self.multi_links));
         // Our end (`_write`) is never closed: it closes when tracer exits, the child's signal.
-        let Ok([read, _write]) = pipe() else { return };
+        let Ok([read, _write]) = super::launch::pipe_cloexec() else {
+            return;
+        };
         // Everything but the kernel's BPF and perf objects is closed in the child: a pipe held
         // open there (tracer's output, a launched command's start gate) would keep its other
         // end waiting for the child.
@@ -158,16 +160,6 @@ fn descriptors_but_bpf(keep: libc::c_int) -> Vec<libc::c_int> {
         (fd != keep && !kernel_object).then_some(fd)
     })
     .collect()
-}
-
-/// A pipe whose ends are not inherited across exec.
-fn pipe() -> std::io::Result<[libc::c_int; 2]> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fds)
 }
 
 /// Stacks the collector holds itself, under ids of their own from [`INLINE_BASE`] up (never

@@ -28,11 +28,12 @@ fn cstring(s: &[u8], what: &str) -> Result<CString> {
     CString::new(s).with_context(|| format!("{what} contains a NUL byte"))
 }
 
-fn pipe_cloexec() -> Result<[libc::c_int; 2]> {
+/// A pipe whose ends are not inherited across exec.
+pub fn pipe_cloexec() -> std::io::Result<[libc::c_int; 2]> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe2");
+        return Err(std::io::Error::last_os_error());
     }
     Ok(fds)
 }
@@ -47,8 +48,8 @@ pub fn spawn_held(program: &Path, argv: &[OsString], user: Option<&RunAs>) -> Re
         .collect::<Result<_>>()?;
     let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     arg_ptrs.push(std::ptr::null());
-    let [go_r, go_w] = pipe_cloexec()?;
-    let [err_r, err_w] = pipe_cloexec()?;
+    let [go_r, go_w] = pipe_cloexec().context("pipe2")?;
+    let [err_r, err_w] = pipe_cloexec().context("pipe2")?;
     // SAFETY: fork in a process that has not started other threads yet (the runtime is built
     // after launch); the child below only makes async-signal-safe calls.
     let pid = unsafe { libc::fork() };

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use object::{
     elf,
     read::elf::{Dyn, FileHeader, ProgramHeader},
-    Endianness, FileKind,
+    Endianness, FileKind, ReadRef,
 };
 
 /// What a loader reads from the process's environment.
@@ -69,15 +69,15 @@ pub struct Dynamic {
 }
 
 /// Reads `PT_INTERP` and the dynamic section of an ELF file's bytes.
-pub fn dynamic(data: &[u8]) -> Result<Dynamic> {
+pub fn dynamic<'d, R: ReadRef<'d>>(data: R) -> Result<Dynamic> {
     match FileKind::parse(data).context("not an ELF file")? {
-        FileKind::Elf64 => dynamic_of::<elf::FileHeader64<Endianness>>(data),
-        FileKind::Elf32 => dynamic_of::<elf::FileHeader32<Endianness>>(data),
+        FileKind::Elf64 => dynamic_of::<elf::FileHeader64<Endianness>, R>(data),
+        FileKind::Elf32 => dynamic_of::<elf::FileHeader32<Endianness>, R>(data),
         _ => anyhow::bail!("not an ELF file"),
     }
 }
 
-fn dynamic_of<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<Dynamic> {
+fn dynamic_of<'d, H: FileHeader<Endian = Endianness>, R: ReadRef<'d>>(data: R) -> Result<Dynamic> {
     let header = H::parse(data).context("a malformed ELF header")?;
     let endian = header.endian().context("a malformed ELF header")?;
     let phdrs = header
@@ -125,9 +125,9 @@ fn dynamic_of<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<Dynamic
     let Some(start) = file_offset(strtab) else {
         return Ok(out);
     };
-    let strings = usize::try_from(start)
+    let strings = data
+        .read_bytes_at(start, strsz)
         .ok()
-        .and_then(|s| data.get(s..s.checked_add(usize::try_from(strsz).ok()?)?))
         .context("the dynamic string table is outside the file")?;
     let string = |off: u64| -> Option<String> {
         let rest = strings.get(usize::try_from(off).ok()?..)?;
@@ -146,26 +146,13 @@ fn dynamic_of<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<Dynamic
     Ok(out)
 }
 
-/// Reads a file that may belong to anybody: into memory (a mapping of a file its owner
-/// truncates meanwhile would fault), at most `limit` bytes.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut data = Vec::new();
-    f.take(limit)
-        .read_to_end(&mut data)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(data)
-}
-
-/// Libraries are read only up to here: the headers and dynamic section come first in every
-/// file a linker writes, and nobody's library is larger.
-const READ_LIMIT: u64 = 1 << 30;
-
-/// The dynamic information of the ELF file at `path`.
+/// The dynamic information of the ELF file at `path`. Only the ranges it needs are read (the
+/// headers, the dynamic section, its strings), into memory: not the whole library, and not
+/// mapped (a mapping of a file its owner truncates meanwhile would fault).
 pub fn read_dynamic(path: &Path) -> Result<Dynamic> {
-    let data = read_limited(path, READ_LIMIT)?;
-    dynamic(&data).with_context(|| format!("{}", path.display()))
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cache = object::ReadCache::new(f);
+    dynamic(&cache).with_context(|| format!("{}", path.display()))
 }
 
 /// `/etc/ld.so.cache`: library name → paths, in the cache's order, with the flags that say
@@ -635,7 +622,7 @@ mod tests {
         for b in bad.iter_mut().skip(64).step_by(7).take(500) {
             *b = b.wrapping_mul(31);
         }
-        let _ = dynamic(&bad);
+        let _ = dynamic(&bad[..]);
     }
 
     #[test]
