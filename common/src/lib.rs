@@ -300,7 +300,10 @@ pub mod counter {
     /// Allocations whose stack hashed onto a different stack already in the stack map and could
     /// not be sent inline either.
     pub const STACK_COLLISION: u32 = 2;
-    /// Allocations whose stack could not be taken for another reason (map full, fault).
+    /// Allocations whose stack could not be taken for another reason (map full, fault), or
+    /// whose stack map was emptied before the allocation completed (see [`STACK_EPOCH`]).
+    ///
+    /// [`STACK_EPOCH`]: super::names::STACK_EPOCH
     pub const STACK_FAILED: u32 = 3;
     /// Allocator calls missed because the in-flight map (entry → return) was full.
     pub const INFLIGHT_FULL: u32 = 4;
@@ -349,7 +352,17 @@ pub mod counter {
 /// Names of the map and programs userspace looks up in the object.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
+    /// Two stack maps take turns (see [`STACK_EPOCH`]): `STACKS` in even epochs,
+    /// `STACKS_ODD` in odd ones.
     pub const STACKS: &str = "STACKS";
+    pub const STACKS_ODD: &str = "STACKS_ODD";
+    /// `u32` array of two, written by userspace: `[0]` the current epoch, whose parity names
+    /// the stack map new stacks go to; `[1]` the oldest epoch whose map still holds its stacks.
+    /// A stack map is never emptied while a record naming one of its ids may still come:
+    /// userspace moves to the next epoch, drains what the old one's stacks named, then
+    /// empties it (after raising `[1]`), and only then may the epoch after next reuse it.
+    /// Stack ids carry their epoch (see [`stack_ref`]).
+    pub const STACK_EPOCH: &str = "STACK_EPOCH";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const COUNTERS: &str = "COUNTERS";
     /// `u32 tgid → u32 parent tgid`: the processes traced besides `FILTER_PID`: followed
@@ -383,6 +396,28 @@ pub mod globals {
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+}
+
+/// Bits of a stack id that are the stack map's own id (at most 2^20 slots are allowed); the
+/// bits above hold the low bits of the map's epoch (see [`names::STACK_EPOCH`]).
+pub const STACK_ID_BITS: u32 = 24;
+/// Epoch bits a stack id carries (bits 24..30: the id stays positive and below 2^30).
+pub const STACK_EPOCH_MASK: u32 = 0x3f;
+
+/// A stack id as records carry it: the map's id and the epoch it was taken in.
+#[inline(always)]
+pub fn stack_ref(id: u32, epoch: u32) -> i32 {
+    ((id & ((1 << STACK_ID_BITS) - 1)) | ((epoch & STACK_EPOCH_MASK) << STACK_ID_BITS)) as i32
+}
+
+/// The (epoch's low bits, map id) of a non-negative [`stack_ref`].
+#[inline(always)]
+pub fn stack_ref_parts(r: i32) -> (u32, u32) {
+    let r = r as u32;
+    (
+        (r >> STACK_ID_BITS) & STACK_EPOCH_MASK,
+        r & ((1 << STACK_ID_BITS) - 1),
+    )
 }
 
 /// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
@@ -429,7 +464,9 @@ pub struct InFlight {
     pub inner_sp: u64,
     pub inner_ptr: u64,
     pub inner_func: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The epoch `stack_id` was taken in (see `names::STACK_EPOCH`).
+    pub stack_epoch: u32,
 }
 
 /// [`InFlight::stack_id`] of an entry-only call whose stack collided in the stack map: the

@@ -66,3 +66,68 @@ fn a_small_stack_map_loses_no_attribution() {
     assert_eq!(fin["lost"]["stack_collisions"], 0, "{}", fin["lost"]);
     assert_outstanding_is_truth(fin, &truth_leaks(&run.stdout));
 }
+
+#[test]
+fn the_stacks_of_processes_gone_do_not_fill_the_stack_map() {
+    if !privileged("the_stacks_of_processes_gone_do_not_fill_the_stack_map") {
+        return;
+    }
+    // 150 short processes bring thousands of distinct stacks (each process's libraries sit at
+    // addresses of their own) into maps of 1024 slots. Were the stacks of processes gone kept,
+    // the map would be full after a few dozen, and from then on every allocation would carry
+    // its whole stack inline; the maps take turns instead, and the old one is emptied.
+    let leaky = victim("workloads/leaky.c", FP);
+    let dir = std::env::temp_dir().join(format!("tracer-stack-epochs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, rec) = (dir.join("leaky.txt"), dir.join("s.rec"));
+    let script = format!(
+        "for i in $(seq 150); do ls / > /dev/null; done; {} 1 0 > {}",
+        leaky.display(),
+        out.display()
+    );
+    let run = launch_json(
+        &[
+            "-f",
+            "--stack-slots",
+            "1024",
+            "--record",
+            rec.to_str().unwrap(),
+        ],
+        std::path::Path::new("/bin/sh"),
+        &["-c", &script],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let fin = &run.final_report;
+    let ev = &fin["events"];
+    let (inline, allocs) = (
+        ev["inline_stacks"].as_u64().unwrap(),
+        ev["received_allocs"].as_u64().unwrap(),
+    );
+    assert!(
+        inline * 5 < allocs,
+        "{inline} of {allocs} allocations came inline: {ev}"
+    );
+    assert_eq!(fin["lost"]["stack_collisions"], 0, "{}", fin["lost"]);
+    assert_eq!(fin["lost"]["stack_failures"], 0, "{}", fin["lost"]);
+    let truth = truth_leaks(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(truth.len(), 5);
+    let p = fin["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["command"] == "leaky-fp")
+        .unwrap_or_else(|| panic!("leaky missing: {fin}"));
+    assert_outstanding_is_truth(p, &truth);
+    // The collector's own stack ids replay to the same report.
+    let re = run_ok(
+        std::process::Command::new(tracer())
+            .args(["replay", "--format", "json"])
+            .arg(&rec),
+    );
+    let replayed = reports(&re)
+        .into_iter()
+        .rfind(|r| r["kind"] == "final")
+        .unwrap();
+    assert_eq!(&replayed, fin);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -373,7 +373,7 @@ pub fn start_tracer(args: &[&str]) -> Running {
         line.clear();
         if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
             let status = t.wait().unwrap();
-            panic!("tracer ended ({status}) before attaching");
+            panic!("tracer ended ({status}) before attaching: {head}");
         }
         head.push_str(&line);
         if line.starts_with("tracer: tracing") {

@@ -15,14 +15,14 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, ProbeContext, RawTracePointContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
-    counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
-    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord, COOKIE_ENTRY_ONLY,
-    COOKIE_NESTING_FREES, MAX_STACK_DEPTH, STACK_AT_ENTRY_INLINE,
+    counter, kind, stack_ref, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord,
+    FreeRecord, Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
+    COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES, MAX_STACK_DEPTH, STACK_AT_ENTRY_INLINE,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -32,6 +32,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 static NOTICES: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+#[map]
+static STACKS_ODD: StackTrace = StackTrace::with_max_entries(16384, 0);
+/// The current epoch and the oldest one whose stacks are kept (see `names::STACK_EPOCH`).
+#[map]
+static STACK_EPOCH: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
 static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Per thread, the last block a free-like function was entered with (see [`free`]).
@@ -87,6 +92,7 @@ struct LastFree {
     ts_ns: u64,
 }
 const EEXIST: i64 = 17;
+const ESTALE: i64 = 116;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -240,10 +246,10 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         0
     };
     let filtered = size < min || size > max;
-    let stack_id = if entry_only && !filtered {
+    let (stack_id, stack_epoch) = if entry_only && !filtered {
         entry_stack(ctx, pid_tgid)
     } else {
-        0
+        (0, 0)
     };
     let slot = InFlight {
         sp,
@@ -259,7 +265,8 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         inner_sp: 0,
         inner_ptr: 0,
         inner_func: 0,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        stack_epoch,
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         lose(counter::INFLIGHT_FULL);
@@ -271,9 +278,15 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
 /// pointer (a probe on a function's first instruction, `endbr64` or `push %rbp`), so the
 /// stack is the one a return probe would have seen. A collision keeps the whole stack aside.
 #[inline(always)]
-fn entry_stack(ctx: &ProbeContext, pid_tgid: u64) -> i32 {
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64 | 1) {
-        Ok(id) => id as i32,
+fn entry_stack(ctx: &ProbeContext, pid_tgid: u64) -> (i32, u32) {
+    let epoch = STACK_EPOCH.get(0).copied().unwrap_or(0);
+    (entry_stack_in(ctx, pid_tgid, epoch), epoch)
+}
+
+#[inline(always)]
+fn entry_stack_in(ctx: &ProbeContext, pid_tgid: u64, epoch: u32) -> i32 {
+    match take_stack(ctx, BPF_F_USER_STACK as u64 | 1, epoch) {
+        Ok(id) => id,
         Err(e) if e as i64 == -EEXIST => {
             let Some(scratch) = ENTRY_SCRATCH.get_ptr_mut(0) else {
                 bump(counter::STACK_FAILED);
@@ -303,6 +316,32 @@ fn entry_stack(ctx: &ProbeContext, pid_tgid: u64) -> i32 {
             e as i32
         }
     }
+}
+
+/// The id of the stack here in `epoch`'s stack map, tagged with the epoch (`stack_ref`).
+#[inline(always)]
+fn take_stack<C: StackIdContext>(ctx: &C, flags: u64, epoch: u32) -> Result<i32, i32> {
+    let id = if epoch & 1 == 0 {
+        ctx.get_stackid(&STACKS, flags)?
+    } else {
+        ctx.get_stackid(&STACKS_ODD, flags)?
+    };
+    Ok(stack_ref(id as u32, epoch))
+}
+
+/// An entry-only call's stack id at its completion: an id of a map emptied since its entry
+/// names nothing any more (the call took that long), and is dropped as a failed stack.
+#[inline(always)]
+fn kept_stack(call: &InFlight) -> i32 {
+    if call.stack_id < 0 {
+        return call.stack_id;
+    }
+    let kept_from = STACK_EPOCH.get(1).copied().unwrap_or(0);
+    if (call.stack_epoch.wrapping_sub(kept_from) as i32) < 0 {
+        bump(counter::STACK_FAILED);
+        return -(ESTALE as i32);
+    }
+    call.stack_id
 }
 
 #[inline(always)]
@@ -385,10 +424,11 @@ pub fn leave(ctx: &RetProbeContext) {
     // caller is always the first frame whatever the allocator's prologue looks like.
     let mut collided = false;
     let stack_id = if entry_only {
-        call.stack_id
+        kept_stack(&call)
     } else if addr != 0 {
-        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-            Ok(id) => id as i32,
+        let epoch = STACK_EPOCH.get(0).copied().unwrap_or(0);
+        match take_stack(ctx, BPF_F_USER_STACK as u64, epoch) {
+            Ok(id) => id,
             Err(e) => {
                 let e = e as i64;
                 if e == -EEXIST {

@@ -1,5 +1,9 @@
 //! The live run: attach, drain on a timer, feed the pipeline ([`Engine`]), stop at the end.
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
@@ -7,6 +11,7 @@ use crate::{
     collector::{
         ebpf::{EbpfCollector, Settings},
         launch::{self, ExitStatus},
+        stream::{Batch, Stream},
         target::{self, file_id},
         Event,
     },
@@ -36,7 +41,10 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         Target::Pids(pids) => {
             let mut plan = Vec::new();
             for &pid in pids {
-                plan.push((Some(pid), target::for_pid(pid)?));
+                // A process caught in its exec (its loader has not mapped its libraries yet)
+                // gets those its loader will map.
+                let lib = target::for_pid(pid).or_else(|e| target::for_exec(pid).map_err(|_| e))?;
+                plan.push((Some(pid), lib));
             }
             let head = if pids.len() == 1 { pids[0] } else { 0 };
             (plan, None, None, head)
@@ -98,6 +106,15 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             }
             None => None,
         };
+        // From here on a thread of its own empties the ring buffer: what the probes send
+        // while the rest starts up (probing every running process takes a while) waits in
+        // memory, not in the kernel's ring.
+        let stream = Stream::start(
+            collector
+                .take_reader()
+                .context("the ring buffer's reader was taken twice")?,
+        )
+        .context("cannot start the ring buffer's reader")?;
         let mut warnings = Vec::new();
         if let Target::Pids(_) = &t.target {
             for (pid, lib) in plan.iter().filter_map(|(p, l)| Some(((*p)?, l))) {
@@ -272,12 +289,13 @@ fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                     .unwrap_or_default(),
                 early,
                 _watch: watch,
+                stacks: HashMap::new(),
             },
+            stream,
             engine,
             targets,
             start,
             duration: t.duration,
-            batch: Vec::with_capacity(4096),
             marks_handled: 0,
         };
         for pid in session.targets.clone() {
@@ -306,6 +324,8 @@ struct Live {
     early: EarlyBook,
     /// Reads maps into `early` as the kernel's notices come.
     _watch: Option<MapWatch>,
+    /// The frames of the stacks the batch being ingested names.
+    stacks: HashMap<i32, Arc<[u64]>>,
 }
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
@@ -326,7 +346,10 @@ impl Allocator {
 
 impl Source for Live {
     fn stack(&mut self, _pid: u32, stack_id: i32) -> Vec<u64> {
-        self.collector.stack(stack_id)
+        self.stacks
+            .get(&stack_id)
+            .map(|f| f.to_vec())
+            .unwrap_or_default()
     }
 
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>> {
@@ -367,12 +390,13 @@ struct Session {
     /// Allocator files probed, by (scope pid, (device, inode)): one probe set per file.
     attached: std::collections::HashSet<(Option<u32>, (u64, u64))>,
     live: Live,
+    /// The kernel's events, in batches, from the ring buffer's reader thread.
+    stream: Stream,
     engine: Engine,
     /// The processes asked for (none: every process).
     targets: Vec<u32>,
     start: Instant,
     duration: Option<Duration>,
-    batch: Vec<Event>,
     marks_handled: u32,
 }
 
@@ -390,14 +414,15 @@ impl Session {
             if let Some(d) = deadline {
                 wake = wake.min(d);
             }
-            self.live
-                .collector
-                .wait(
-                    wake.saturating_duration_since(Instant::now())
-                        .min(DRAIN_PERIOD),
-                )
-                .await;
-            self.drain()?;
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .min(DRAIN_PERIOD);
+            if let Some(b) = self.stream.next(wait).await {
+                self.ingest(b)?;
+                while let Some(b) = self.stream.try_next() {
+                    self.ingest(b)?;
+                }
+            }
             let stops = signals::stop_requests();
             // A launched command gets the signal too; wait for it unless asked twice.
             if stops > 1 || (stops == 1 && launched.is_none()) {
@@ -428,11 +453,17 @@ impl Session {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break End::Stopped;
             }
+            let marks = signals::mark_requests();
+            let due = marks != self.marks_handled
+                || ns(self.start.elapsed()) >= self.engine.next_report_ns();
+            if due {
+                // A report holds every event the kernel sent before it.
+                self.flush().await?;
+            }
             let t_ns = ns(self.start.elapsed());
             let c = self.live.collector.counters();
-            let marks = signals::mark_requests();
             // Read per process only when a report will use them (a table of up to 8,192).
-            if marks != self.marks_handled || t_ns >= self.engine.next_report_ns() {
+            if due {
                 self.engine
                     .set_process_losses(self.live.collector.lost_by_pid())?;
             }
@@ -454,7 +485,7 @@ impl Session {
         };
         // Whatever the kernel still holds belongs in the final report, and so does which
         // processes have exited.
-        self.drain()?;
+        self.flush().await?;
         if self.engine.multi() {
             for pid in self.engine.live_processes() {
                 if !alive(pid) {
@@ -498,13 +529,19 @@ impl Session {
         });
     }
 
-    fn drain(&mut self) -> Result<()> {
-        let batch = &mut self.batch;
-        self.live.collector.drain(|ev| batch.push(ev));
-        for ev in &self.batch {
+    /// Ingests everything the kernel holds now.
+    async fn flush(&mut self) -> Result<()> {
+        for b in self.stream.flush().await {
+            self.ingest(b)?;
+        }
+        Ok(())
+    }
+
+    fn ingest(&mut self, mut batch: Batch) -> Result<()> {
+        for ev in &batch.events {
             if let Event::Exec { pid, .. } = *ev {
                 // Its map was read when the kernel's notice came (see mapwatch).
-                let comm = self.live.collector.take_exec_name(pid);
+                let comm = batch.exec_names.remove(&pid);
                 let mut early = self.live.early.lock();
                 let e = early.entry(pid).or_default();
                 e.comm = comm;
@@ -518,8 +555,9 @@ impl Session {
                 }
             }
         }
-        let r = self.engine.ingest(&mut self.live, &self.batch);
-        self.batch.clear();
+        self.live.stacks = std::mem::take(&mut batch.stacks);
+        let r = self.engine.ingest(&mut self.live, &batch.events);
+        self.live.stacks.clear();
         r?;
         self.retry_execs()?;
         for pid in self.engine.take_execs() {

@@ -93,6 +93,9 @@ pub struct Ledger {
     heap_of: HashMap<(u32, u64), u64>,
     sites: Vec<Site>,
     index: HashMap<SiteKey, SiteId>,
+    /// The live sites by (process, mapping, hash of the frames): a stack the collector hands
+    /// on again under a new id (it forgot an unused one) is still its old site.
+    by_frames: HashMap<(u32, bool, u64), Vec<SiteId>>,
     /// Sites of retired processes still in `sites` (see [`Ledger::compact`]).
     retired_sites: usize,
     pub stats: LedgerStats,
@@ -134,6 +137,11 @@ pub struct SiteDelta {
     pub delta_frees: u64,
 }
 
+fn frames_hash(frames: &[u64]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(frames)
+}
+
 impl Ledger {
     pub fn new() -> Ledger {
         Ledger::default()
@@ -168,7 +176,22 @@ impl Ledger {
         } else {
             frames_of(&key)
         };
+        let by = (key.pid, mapping, frames_hash(&frames));
+        if !frames.is_empty() {
+            let same = self.by_frames.get(&by).and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .find(|&id| self.sites[id].frames == frames)
+            });
+            if let Some(id) = same {
+                self.index.insert(key, id);
+                return id;
+            }
+        }
         let id = self.sites.len();
+        if !frames.is_empty() {
+            self.by_frames.entry(by).or_default().push(id);
+        }
         self.sites.push(Site {
             key: Some(key),
             frames,
@@ -376,6 +399,7 @@ impl Ledger {
         self.heaps.retain(|(p, _), _| *p != pid);
         self.heap_of.retain(|(p, _), _| *p != pid);
         self.index.retain(|k, _| k.pid != pid);
+        self.by_frames.retain(|k, _| k.0 != pid);
         for s in &mut self.sites {
             if s.key.is_some_and(|k| k.pid == pid) && !s.retired {
                 self.retired_sites += 1;
@@ -440,6 +464,12 @@ impl Ledger {
             }
             None => false,
         });
+        // Only live sites are in `by_frames` (see `retire`).
+        for ids in self.by_frames.values_mut() {
+            for id in ids.iter_mut() {
+                *id = map[*id].unwrap_or(*id);
+            }
+        }
         map
     }
 
@@ -540,6 +570,29 @@ mod tests {
             l.apply(e, frames);
         }
         l
+    }
+
+    #[test]
+    fn a_stack_under_a_new_id_is_its_old_site_until_the_process_is_retired() {
+        let same = |_: &SiteKey| vec![0x1000, 0x2000];
+        let mut l = Ledger::new();
+        l.apply(&malloc(0x10, 8, 1), same);
+        l.apply(&malloc(0x20, 8, 2), same);
+        // A mapping with the same frames is a site of its own.
+        l.apply(&alloc(AllocFn::Mmap, 0x9000, 0, 4096, 3), same);
+        assert_eq!(l.sites().len(), 2);
+        let key = |stack_id| SiteKey { pid: PID, stack_id };
+        assert_eq!(l.site_id(&key(1)), l.site_id(&key(2)));
+        assert_eq!(l.site(l.site_id(&key(2)).unwrap()).counts.live_objects, 2);
+        // A new process with the pid gets sites of its own.
+        l.retire(PID);
+        l.apply(&malloc(0x10, 8, 4), same);
+        assert_eq!(l.sites().len(), 3);
+        let map = l.compact();
+        assert_eq!(map, [None, None, Some(0)]);
+        l.apply(&malloc(0x30, 8, 5), same);
+        assert_eq!(l.site_id(&key(5)), Some(0));
+        assert_eq!(l.site(0).counts.live_objects, 2);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! Needs: root (or CAP_BPF + CAP_PERFMON), a kernel with uprobes, BPF ring buffers (5.8) and
 //! uprobe cookies (5.15).
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     num::NonZeroU32,
-    os::fd::AsRawFd,
+    os::fd::RawFd,
+    sync::{atomic::Ordering, Arc},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,16 +19,15 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{
-    counter, globals, names, AllocFn, COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
-};
+use tracer_common::{counter, globals, names, AllocFn, COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES};
 
 use super::{
-    decode, inline_stack,
     multi::MultiPrograms,
     probes::{entry_programs, Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
+    stacks::Stacks,
+    stream::{Reader, ReaderCounts},
     target::{file_id, AllocatorLib},
-    Alloc, Counters, DecodeError, Event,
+    Counters,
 };
 
 /// Tells the map reader a process is entering `exit()`.
@@ -65,20 +65,15 @@ pub struct Settings {
 pub struct EbpfCollector {
     /// Never dropped (see the `Drop` impl): its programs hold the perf-event links.
     ebpf: std::mem::ManuallyDrop<Ebpf>,
-    ring: tokio::io::unix::AsyncFd<RawFdWrap>,
-    ring_buf: RingBuf<MapData>,
-    stacks: StackTraceMap<MapData>,
+    /// What empties the ring buffer, until it is taken to a thread of its own.
+    reader: Option<Reader>,
+    /// The reader's own counts.
+    reader_counts: Arc<ReaderCounts>,
     counters: PerCpuArray<MapData, u64>,
     lost_by_pid: AyaHashMap<MapData, u32, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
     notices: Option<RingBuf<MapData>>,
     trace_maps: bool,
-    /// The command name of each process at its last exec, from the kernel.
-    exec_names: HashMap<u32, String>,
-    /// Records that could not be decoded, by reason (never fatal).
-    pub bad_records: u64,
-    /// Stacks the collector holds itself (see [`InlineStacks`]).
-    inline: InlineStacks,
     /// Every uprobe attached through aya (one perf event each), by program: detached
     /// together when the collector goes.
     links: Vec<(&'static str, UProbeLinkId)>,
@@ -89,17 +84,6 @@ pub struct EbpfCollector {
     /// Addresses probed: (process, 0 for every process; file identity; offset). A file probed
     /// up front, or as another process's allocator, is not probed twice.
     probed: HashSet<(u32, (u64, u64), u64)>,
-}
-
-/// Ids of inline stacks start here, above any stack map's ids.
-const INLINE_BASE: i32 = 1 << 30;
-
-/// AsyncFd needs an owner of the fd; the ring buffer itself stays with the collector.
-pub struct RawFdWrap(std::os::fd::RawFd);
-impl AsRawFd for RawFdWrap {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
 }
 
 impl Drop for EbpfCollector {
@@ -162,44 +146,8 @@ fn descriptors_but_bpf(keep: libc::c_int) -> Vec<libc::c_int> {
     .collect()
 }
 
-/// Stacks the collector holds itself, under ids of their own from [`INLINE_BASE`] up (never
-/// reused): those that came inline (stack-map collisions) and those of entry-only calls with
-/// their caller in front. A stack is asked for only when its site is new, in the drain that
-/// brought it, so the tables are emptied once large (tracing every process on a busy host
-/// they would grow without end); a stack seen again after that gets a new id, and its site is
-/// merged with the old one's in the reports (same frames).
-#[derive(Default)]
-struct InlineStacks {
-    ids: HashMap<(bool, Vec<u64>), i32>,
-    stacks: HashMap<i32, Vec<u64>>,
-    /// (stack id, caller) of entry-only calls → the id of the stack with the caller first.
-    leads: HashMap<(i32, u64), i32>,
-    next: i32,
-}
-
-/// Stacks the collector holds before [`InlineStacks::trim`] empties them.
-const INLINE_KEEP: usize = 1 << 16;
-
-impl InlineStacks {
-    fn intern(&mut self, mapping: bool, ips: Vec<u64>) -> i32 {
-        if let Some(&id) = self.ids.get(&(mapping, ips.clone())) {
-            return id;
-        }
-        let id = INLINE_BASE.saturating_add(self.next);
-        self.next = self.next.saturating_add(1);
-        self.stacks.insert(id, ips.clone());
-        self.ids.insert((mapping, ips), id);
-        id
-    }
-
-    fn trim(&mut self) {
-        if self.stacks.len() > INLINE_KEEP {
-            self.ids.clear();
-            self.stacks.clear();
-            self.leads.clear();
-        }
-    }
-}
+/// Stacks the collector holds before [`Stacks::trim`] forgets them: ~400 bytes each.
+const STACKS_KEPT: usize = 1 << 14;
 
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
@@ -253,6 +201,7 @@ impl EbpfCollector {
             )
             .map_max_entries(names::EVENTS, s.ring_size)
             .map_max_entries(names::STACKS, s.stack_slots)
+            .map_max_entries(names::STACKS_ODD, s.stack_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         let uprobes: Vec<&'static str> = entry_programs()
@@ -319,36 +268,44 @@ impl EbpfCollector {
         }
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let notices = RingBuf::try_from(ebpf.take_map(names::NOTICES).context("no NOTICES map")?)?;
-        let stacks =
-            StackTraceMap::try_from(ebpf.take_map(names::STACKS).context("no STACKS map")?)?;
+        let stack_map = |ebpf: &mut Ebpf, name: &str| -> Result<(StackTraceMap<MapData>, RawFd)> {
+            let map = ebpf
+                .take_map(name)
+                .with_context(|| format!("no {name} map"))?;
+            let fd = super::multi::map_fd(&map).with_context(|| format!("no fd for {name}"))?;
+            Ok((StackTraceMap::try_from(map)?, fd))
+        };
+        let stack_maps = [
+            stack_map(&mut ebpf, names::STACKS)?,
+            stack_map(&mut ebpf, names::STACKS_ODD)?,
+        ];
+        let stack_epoch = aya::maps::Array::try_from(
+            ebpf.take_map(names::STACK_EPOCH)
+                .context("no STACK_EPOCH map")?,
+        )?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
         let lost_by_pid = AyaHashMap::try_from(
             ebpf.take_map(names::LOST_BY_PID)
                 .context("no LOST_BY_PID map")?,
         )?;
-        // SAFETY: the ring buffer's fd stays open while the AsyncFd lives: `ring` is declared
-        // before `ring_buf` in EbpfCollector, so it is dropped (deregistered) first.
-        let ring = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                RawFdWrap(ring_buf.as_raw_fd()),
-                tokio::io::Interest::READABLE,
-            )
-        }
-        .context("cannot poll the ring buffer")?;
+        let reader_counts = Arc::new(ReaderCounts::default());
+        let reader = Reader::new(
+            ring_buf,
+            stack_maps,
+            stack_epoch,
+            Stacks::new(s.stack_slots, STACKS_KEPT),
+            reader_counts.clone(),
+        );
         Ok(EbpfCollector {
             ebpf: std::mem::ManuallyDrop::new(ebpf),
-            ring,
-            ring_buf,
-            stacks,
+            reader: Some(reader),
+            reader_counts,
             counters,
             lost_by_pid,
             followed,
             notices: Some(notices),
             trace_maps: s.trace_maps,
-            exec_names: HashMap::new(),
-            bad_records: 0,
-            inline: InlineStacks::default(),
             links: Vec::new(),
             multi,
             multi_links: Vec::new(),
@@ -566,106 +523,15 @@ impl EbpfCollector {
         self.notices.take()
     }
 
-    /// The command name `pid` exec'd under, as the kernel told it (once: the entry is taken).
-    pub fn take_exec_name(&mut self, pid: u32) -> Option<String> {
-        self.exec_names.remove(&pid)
+    /// What empties the ring buffer, for a thread of its own (see [`Stream`]).
+    pub fn take_reader(&mut self) -> Option<Reader> {
+        self.reader.take()
     }
 
     /// A followed process exited: its pid leaves the kernel's table, so a process that gets
     /// the pid later is not followed by mistake.
     pub fn unfollow(&mut self, pid: u32) {
         let _ = self.followed.remove(&pid);
-    }
-
-    /// Waits until the kernel signals the watermark or `timeout` passes.
-    pub async fn wait(&self, timeout: std::time::Duration) {
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.ring.readable()).await {
-            guard.clear_ready();
-        }
-    }
-
-    /// Drains every record waiting in the ring buffer into `sink`; returns how many.
-    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
-        // The previous drain's new sites have read their stacks by now.
-        self.inline.trim();
-        let mut n = 0;
-        let mut out = Vec::new();
-        while let Some(item) = self.ring_buf.next() {
-            n += 1;
-            match decode(&item) {
-                Ok(Event::Alloc(mut a)) => {
-                    if let Some(ips) = inline_stack(&item) {
-                        // A mapping's stack is a site of its own even where a heap block's
-                        // stack has the same frames: the category is part of the key.
-                        a.stack_id = self.inline.intern(a.func.is_mapping(), ips);
-                    }
-                    out.push(Event::Alloc(a))
-                }
-                Ok(ev @ Event::Exec { pid, .. }) => {
-                    if let Some(c) = super::exec_comm(&item) {
-                        self.exec_names.insert(pid, c);
-                    }
-                    out.push(ev)
-                }
-                Ok(ev) => out.push(ev),
-                Err(
-                    DecodeError::Short { .. }
-                    | DecodeError::UnknownKind(_)
-                    | DecodeError::UnknownFunc(_),
-                ) => self.bad_records += 1,
-            }
-        }
-        for mut ev in out {
-            if let Event::Alloc(a) = &mut ev {
-                self.lead_frame(a);
-            }
-            sink(ev);
-        }
-        n
-    }
-
-    /// An `operator new` probed at entry only carries its caller's return address apart (see
-    /// `AllocRecord::old_addr`): its stack becomes that frame, then the stack taken.
-    fn lead_frame(&mut self, a: &mut Alloc) {
-        if !a.func.is_new() || a.old_addr == 0 {
-            return;
-        }
-        let lead = std::mem::take(&mut a.old_addr);
-        if a.stack_id < 0 {
-            return;
-        }
-        if let Some(&id) = self.inline.leads.get(&(a.stack_id, lead)) {
-            a.stack_id = id;
-            return;
-        }
-        let mut ips = self.stack(a.stack_id);
-        // A kernel that already adds the caller at a function's entry: no frame twice.
-        if ips.first() != Some(&lead) {
-            ips.insert(0, lead);
-        }
-        ips.truncate(MAX_STACK_DEPTH);
-        let id = self.inline.intern(false, ips);
-        self.inline.leads.insert((a.stack_id, lead), id);
-        a.stack_id = id;
-    }
-
-    /// Frames (innermost first) of a stack id.
-    pub fn stack(&self, id: i32) -> Vec<u64> {
-        if id < 0 {
-            return Vec::new();
-        }
-        if id >= INLINE_BASE {
-            return self.inline.stacks.get(&id).cloned().unwrap_or_default();
-        }
-        match self.stacks.get(&(id as u32), 0) {
-            Ok(st) => st
-                .frames()
-                .iter()
-                .map(|f| f.ip)
-                .filter(|&ip| ip != 0)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
     }
 
     /// Events lost per process, as the kernel counted them (see `names::LOST_BY_PID`).
@@ -676,7 +542,7 @@ impl EbpfCollector {
     /// The kernel's counters (summed over CPUs) and this side's undecodable records.
     pub fn counters(&self) -> Counters {
         let mut out = Counters {
-            bad_records: self.bad_records,
+            bad_records: self.reader_counts.bad_records.load(Ordering::Relaxed),
             ..Counters::default()
         };
         for i in 0..counter::COUNT {
@@ -684,6 +550,9 @@ impl EbpfCollector {
                 out.kernel[i as usize] = vals.iter().sum();
             }
         }
+        // Stacks this side could not name: they failed as those the kernel could not take.
+        out.kernel[counter::STACK_FAILED as usize] +=
+            self.reader_counts.stacks_failed.load(Ordering::Relaxed);
         out
     }
 }

@@ -9,6 +9,8 @@ pub mod launch;
 pub mod ldso;
 pub mod multi;
 pub mod probes;
+pub mod stacks;
+pub mod stream;
 pub mod target;
 
 use tracer_common::{

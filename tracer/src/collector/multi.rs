@@ -91,7 +91,7 @@ pub struct MultiPrograms {
 }
 
 /// The fd of a map aya created (the map types tracer's object has).
-fn map_fd(map: &Map) -> Option<RawFd> {
+pub(super) fn map_fd(map: &Map) -> Option<RawFd> {
     let data = match map {
         Map::Array(d)
         | Map::HashMap(d)

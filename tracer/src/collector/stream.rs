@@ -1,0 +1,355 @@
+//! The event stream: a thread of its own empties the kernel's ring buffer into batches, so that
+//! the slow work of the pipeline (reading a new process's `/proc` files, probing a new
+//! allocator, symbolizing, writing reports) never keeps the ring from being drained. A burst of
+//! process starts then waits in memory here, not in the kernel's ring, where it would be lost.
+//!
+//! The queue is bounded (by events): past the bound the reader stops draining, and the kernel
+//! counts what its full ring loses, as with no thread at all.
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, RingBuf, StackTraceMap};
+
+use super::{
+    decode, exec_comm, inline_stack,
+    stacks::{Stacks, Step},
+    DecodeError, Event,
+};
+
+/// The reader drains at least this often (the kernel wakes it sooner when a quarter of the
+/// ring is full, and for the records it sends at once).
+const DRAIN_PERIOD: Duration = Duration::from_millis(100);
+/// Events queued for the pipeline beyond which the reader stops draining (about 100 bytes
+/// each).
+const MAX_QUEUED: usize = 1 << 20;
+
+/// What one drain brought, in the ring's order, and what names it.
+#[derive(Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// The frames (innermost first) of every stack id the events name.
+    pub stacks: HashMap<i32, Arc<[u64]>>,
+    /// The command name of each process that exec'd, from the kernel.
+    pub exec_names: HashMap<u32, String>,
+    /// The last flush (see [`Stream::flush`]) this batch completes.
+    flushed: u64,
+}
+
+/// The reader's own counts, read by the collector's counters.
+#[derive(Default)]
+pub struct ReaderCounts {
+    /// Records that could not be decoded.
+    pub bad_records: AtomicU64,
+    /// Stacks the reader could not name (see [`Stacks`]).
+    pub stacks_failed: AtomicU64,
+}
+
+/// Decodes the ring buffer into batches (what the thread runs).
+pub struct Reader {
+    pub(super) ring_buf: RingBuf<MapData>,
+    /// The two stack maps (even and odd epochs), their descriptors (owned by the maps), and
+    /// the epoch setting (see [`Stacks`]).
+    pub(super) stack_maps: [StackTraceMap<MapData>; 2],
+    pub(super) stack_fds: [RawFd; 2],
+    pub(super) stack_epoch: Array<MapData, u32>,
+    pub(super) stacks: Stacks,
+    pub(super) counts: Arc<ReaderCounts>,
+    /// When the epochs were last stepped.
+    stepped: Instant,
+}
+
+impl Reader {
+    pub(super) fn new(
+        ring_buf: RingBuf<MapData>,
+        stack_maps: [(StackTraceMap<MapData>, RawFd); 2],
+        stack_epoch: Array<MapData, u32>,
+        stacks: Stacks,
+        counts: Arc<ReaderCounts>,
+    ) -> Reader {
+        let [(even, even_fd), (odd, odd_fd)] = stack_maps;
+        Reader {
+            ring_buf,
+            stack_maps: [even, odd],
+            stack_fds: [even_fd, odd_fd],
+            stack_epoch,
+            stacks,
+            counts,
+            stepped: Instant::now(),
+        }
+    }
+
+    /// Everything waiting in the ring buffer. Every allocation's stack id is the reader's own
+    /// (see [`Stacks`]), and its frames come with the batch.
+    fn drain(&mut self) -> Batch {
+        self.stacks.trim();
+        self.step_epochs();
+        let mut batch = Batch::default();
+        while let Some(item) = self.ring_buf.next() {
+            match decode(&item) {
+                Ok(Event::Alloc(mut a)) => {
+                    // A mapping's stack is a site of its own even where a heap block's stack
+                    // has the same frames: the category is part of the key.
+                    let mapping = a.func.is_mapping();
+                    if let Some(ips) = inline_stack(&item) {
+                        a.stack_id = self.stacks.intern(mapping, ips);
+                    } else {
+                        let maps = &self.stack_maps;
+                        a.stack_id = self
+                            .stacks
+                            .resolve(a.stack_id, mapping, |m, id| read_stack(&maps[m], id));
+                    }
+                    batch.events.push(Event::Alloc(a))
+                }
+                Ok(ev @ Event::Exec { pid, .. }) => {
+                    if let Some(c) = exec_comm(&item) {
+                        batch.exec_names.insert(pid, c);
+                    }
+                    batch.events.push(ev)
+                }
+                Ok(ev) => batch.events.push(ev),
+                Err(
+                    DecodeError::Short { .. }
+                    | DecodeError::UnknownKind(_)
+                    | DecodeError::UnknownFunc(_),
+                ) => {
+                    self.counts.bad_records.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.stacks.drained();
+        for ev in &mut batch.events {
+            let Event::Alloc(a) = ev else { continue };
+            // An `operator new` probed at entry only carries its caller's return address apart
+            // (see `AllocRecord::old_addr`): its stack becomes that frame, then the stack taken.
+            if a.func.is_new() && a.old_addr != 0 {
+                let lead = std::mem::take(&mut a.old_addr);
+                a.stack_id = self.stacks.with_lead(a.stack_id, lead);
+            }
+            if a.stack_id >= 0 {
+                if let std::collections::hash_map::Entry::Vacant(e) = batch.stacks.entry(a.stack_id)
+                {
+                    e.insert(self.stacks.shared(a.stack_id));
+                }
+            }
+        }
+        self.counts.stacks_failed.store(
+            self.stacks.expired + self.stacks.exhausted,
+            Ordering::Relaxed,
+        );
+        batch
+    }
+
+    /// Moves the kernel's stack maps on to the next epoch, or empties the old one, when due.
+    fn step_epochs(&mut self) {
+        let elapsed = std::mem::replace(&mut self.stepped, Instant::now()).elapsed();
+        match self.stacks.step(elapsed) {
+            Step::Nothing => {}
+            Step::Begin { epoch } => {
+                if let Err(e) = self.stack_epoch.set(0, epoch, 0) {
+                    // The kernel goes on in the old map, whose ids then expire: stacks are
+                    // lost (counted), never mistaken.
+                    eprintln!("tracer: warning: cannot move the stack maps to the next epoch: {e}");
+                }
+            }
+            Step::Empty { map, kept_from } => {
+                // Entry-only calls still open with a stack of that map drop it from now on.
+                if let Err(e) = self.stack_epoch.set(1, kept_from, 0) {
+                    eprintln!("tracer: warning: cannot empty the old stack map: {e}");
+                    return;
+                }
+                let ids: Vec<u32> = self.stack_maps[map]
+                    .stack_ids()
+                    .filter_map(|r| r.ok())
+                    .collect();
+                for id in ids {
+                    let _ = delete_stack(self.stack_fds[map], id);
+                }
+                self.stacks.emptied();
+            }
+        }
+    }
+}
+
+/// The frames (innermost first) of stack `id` in `map`.
+fn read_stack(map: &StackTraceMap<MapData>, id: u32) -> Option<Vec<u64>> {
+    let st = map.get(&id, 0).ok()?;
+    Some(
+        st.frames()
+            .iter()
+            .map(|f| f.ip)
+            .filter(|&ip| ip != 0)
+            .collect(),
+    )
+}
+
+/// Deletes stack `id` from the stack map `fd` (aya has no call for it).
+fn delete_stack(fd: RawFd, id: u32) -> std::io::Result<()> {
+    // union bpf_attr for BPF_MAP_*_ELEM: u32 map_fd, (pad), u64 key pointer, u64 value, u64
+    // flags.
+    let mut attr: [u64; 4] = [0; 4];
+    attr[0] = fd as u32 as u64;
+    attr[1] = (&raw const id) as u64;
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    // SAFETY: a BPF_MAP_DELETE_ELEM call with a pointer to a live u32 key.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The reader thread and its queue; the thread stops when this is dropped.
+pub struct Stream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Batch>,
+    queued: Arc<AtomicUsize>,
+    /// The latest flush asked for, and an eventfd that wakes the reader for it.
+    flush_req: Arc<AtomicU64>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stream {
+    pub fn start(mut reader: Reader) -> std::io::Result<Stream> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let flush_req = Arc::new(AtomicU64::new(0));
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just created, owned from here on.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (queued, flush_req, wake, stop) = (
+                queued.clone(),
+                flush_req.clone(),
+                wake.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("tracer-ring".into())
+                .spawn(move || {
+                    let ring_fd = reader.ring_buf.as_raw_fd();
+                    let mut answered = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let want = flush_req.load(Ordering::Acquire);
+                        // A flush is answered even past the bound: it is the end of a run or a
+                        // report, and must see what the kernel holds.
+                        let room = queued.load(Ordering::Relaxed) < MAX_QUEUED;
+                        let mut batch = if room || want > answered {
+                            reader.drain()
+                        } else {
+                            Batch::default()
+                        };
+                        if !batch.events.is_empty() || want > answered {
+                            batch.flushed = want;
+                            answered = want;
+                            queued.fetch_add(batch.events.len(), Ordering::Relaxed);
+                            if tx.send(batch).is_err() {
+                                break;
+                            }
+                        }
+                        let mut fds = [
+                            libc::pollfd {
+                                fd: ring_fd,
+                                events: libc::POLLIN,
+                                revents: 0,
+                            },
+                            libc::pollfd {
+                                fd: wake.as_raw_fd(),
+                                events: libc::POLLIN,
+                                revents: 0,
+                            },
+                        ];
+                        let wait = if room {
+                            DRAIN_PERIOD
+                        } else {
+                            Duration::from_millis(10)
+                        };
+                        // SAFETY: two valid pollfds, whose descriptors outlive the call.
+                        unsafe { libc::poll(fds.as_mut_ptr(), 2, wait.as_millis() as i32) };
+                        if fds[1].revents != 0 {
+                            let mut n = 0u64;
+                            // SAFETY: reads the eventfd's 8-byte counter into `n`.
+                            unsafe {
+                                libc::read(wake.as_raw_fd(), (&raw mut n).cast(), 8);
+                            }
+                        }
+                    }
+                })?
+        };
+        Ok(Stream {
+            rx,
+            queued,
+            flush_req,
+            wake,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn took(&self, b: Batch) -> Batch {
+        self.queued.fetch_sub(b.events.len(), Ordering::Relaxed);
+        b
+    }
+
+    /// The next batch, waiting up to `timeout` for one.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Batch> {
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(b)) => Some(self.took(b)),
+            _ => None,
+        }
+    }
+
+    /// A batch already queued, if any.
+    pub fn try_next(&mut self) -> Option<Batch> {
+        self.rx.try_recv().ok().map(|b| self.took(b))
+    }
+
+    /// Every batch up to what the kernel holds now: the reader drains at once.
+    pub async fn flush(&mut self) -> Vec<Batch> {
+        let seq = self.flush_req.fetch_add(1, Ordering::AcqRel) + 1;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes to the eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        let mut out = Vec::new();
+        while let Some(b) = self.rx.recv().await {
+            let done = b.flushed >= seq;
+            out.push(self.took(b));
+            if done {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes to the eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
