@@ -133,6 +133,11 @@ pub struct ReportArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub keep_exited: usize,
 
+    /// Tracing several processes, each report lists the N processes that grew most in its
+    /// window (the final report: that hold the most outstanding) and counts the others.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub processes: u32,
+
     /// Keep only sites with a frame (function, file or module) matching this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub site: Option<String>,

@@ -69,6 +69,8 @@ pub struct ReportOptions {
     pub comm: Option<String>,
     /// Exited processes whose summaries the final report keeps.
     pub keep_exited: usize,
+    /// Live processes a several-process report lists.
+    pub processes: usize,
 }
 
 /// Where and what flame data to write.
@@ -204,6 +206,7 @@ impl ReportOptions {
         }
         Ok(ReportOptions {
             keep_exited: a.keep_exited,
+            processes: a.processes as usize,
             comm: a.comm,
             flame,
             interval: Duration::from_secs_f64(a.interval),

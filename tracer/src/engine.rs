@@ -563,13 +563,20 @@ impl Engine {
             .collect();
         if !gone.is_empty() {
             // Their outstanding blocks, kept for the final report.
-            let fin = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
+            let fin = self.build_of(
+                ReportKind::Final,
+                &snap,
+                &Snapshot::default(),
+                t_ns,
+                c,
+                Some(&gone),
+            );
             self.exited_reports
                 .extend(fin.processes.into_iter().filter(|p| gone.contains(&p.pid)));
             self.keep_exited();
         }
+        self.ledger.retire_all(&gone);
         for pid in gone {
-            self.ledger.retire(pid);
             self.symbolizer.forget(pid);
             // A new process may come with this pid: it is a stranger.
             self.procs.remove(&pid);
@@ -648,7 +655,13 @@ impl Engine {
         self.command_ended = exit_code.is_some();
         let mut r = self.build(ReportKind::Final, &snap, &Snapshot::default(), t_ns, c);
         r.exit_code = exit_code;
-        r.exited_omitted = self.exited_omitted;
+        // Processes that exited since the last report (their numbers are in this one's
+        // totals already) join those that exited before, under the same `--keep-exited`.
+        let (exited_now, live): (Vec<ProcessReport>, Vec<ProcessReport>) =
+            std::mem::take(&mut r.processes)
+                .into_iter()
+                .partition(|p| p.exited);
+        r.processes = live;
         if self.multi() && !self.exited_reports.is_empty() {
             // Processes that exited on the way: what they left outstanding at exit.
             for p in &self.exited_reports {
@@ -665,13 +678,18 @@ impl Engine {
                 r.summary.plateau_sites += p.summary.plateau_sites;
                 r.summary.uncertain_sites += p.summary.uncertain_sites;
             }
-            r.processes.extend(self.exited_reports.iter().cloned());
-            r.processes
-                .sort_by_key(|p| std::cmp::Reverse(p.totals.live_bytes));
             sort(&mut r.sites, ReportKind::Final, self.opts.sort);
             r.sites_omitted += r.sites.len().saturating_sub(self.opts.top);
             r.sites.truncate(self.opts.top);
         }
+        if self.multi() {
+            self.exited_reports.extend(exited_now);
+            self.keep_exited();
+            r.processes.extend(self.exited_reports.iter().cloned());
+            r.processes
+                .sort_by_key(|p| std::cmp::Reverse(p.totals.live_bytes));
+        }
+        r.exited_omitted = self.exited_omitted;
         self.emit(&r)?;
         self.write_flame(t_ns)
     }
@@ -870,6 +888,21 @@ impl Engine {
         window_ns: u64,
         c: &Counters,
     ) -> Report {
+        self.build_of(kind, snap, base, window_ns, c, None)
+    }
+
+    /// [`build`], tracing several processes: of `only` (no limit), or else of the
+    /// `--processes` that grew most (outstanding most, in the final report). Only their sites
+    /// are symbolized and judged; the totals are everyone's.
+    fn build_of(
+        &mut self,
+        kind: ReportKind,
+        snap: &Snapshot,
+        base: &Snapshot,
+        window_ns: u64,
+        c: &Counters,
+        only: Option<&[u32]>,
+    ) -> Report {
         let t = self.ledger.totals();
         let m = self.ledger.mapping_totals();
         let mut totals = Totals {
@@ -880,9 +913,23 @@ impl Engine {
             ..Totals::default()
         };
         let deltas = snap.diff(base);
+        let listed = self
+            .multi()
+            .then(|| self.listed_processes(kind, &deltas, only));
+        let pid_of = |id: SiteId| self.ledger.site(id).key.map_or(0, |k| k.pid);
         let mut picked: Vec<SiteDelta> = Vec::new();
         for d in deltas {
             if self.ledger.site(d.site).retired {
+                continue;
+            }
+            if listed
+                .as_ref()
+                .is_some_and(|(l, _)| !l.contains(&pid_of(d.site)))
+            {
+                totals.delta_objects += d.delta_objects;
+                totals.delta_bytes += d.delta_bytes;
+                totals.allocs += d.delta_allocs;
+                totals.frees += d.delta_frees;
                 continue;
             }
             totals.delta_objects += d.delta_objects;
@@ -965,10 +1012,9 @@ impl Engine {
         }
         let summary = summarize(&sites);
         sort(&mut sites, kind, self.opts.sort);
-        let processes = if self.multi() {
-            self.processes(kind, &sites, &picked)
-        } else {
-            Vec::new()
+        let (processes, processes_omitted) = match &listed {
+            Some((l, omitted)) => (self.processes(kind, &sites, &picked, l), *omitted),
+            None => (Vec::new(), 0),
         };
         let omitted = sites.len().saturating_sub(self.opts.top);
         sites.truncate(self.opts.top);
@@ -992,8 +1038,56 @@ impl Engine {
             processes,
             exit_code: None,
             exited_omitted: 0,
+            processes_omitted,
             warnings: self.take_warnings(),
         }
+    }
+
+    /// The processes a several-process report lists: `only`, or the `--processes` that grew
+    /// most in the window (then outstanding most; in the final report, outstanding most).
+    /// Returns them and how many others had sites.
+    fn listed_processes(
+        &self,
+        kind: ReportKind,
+        deltas: &[SiteDelta],
+        only: Option<&[u32]>,
+    ) -> (std::collections::HashSet<u32>, usize) {
+        if let Some(only) = only {
+            return (only.iter().copied().collect(), 0);
+        }
+        // (growth, outstanding) per process.
+        let mut score: HashMap<u32, (i64, u64)> = HashMap::new();
+        for s in self.ledger.sites().iter().filter(|s| !s.retired) {
+            if let Some(k) = s.key {
+                score.entry(k.pid).or_default().1 += s.counts.live_bytes;
+            }
+        }
+        for d in deltas {
+            if let Some(k) = self.ledger.site(d.site).key {
+                score.entry(k.pid).or_default().0 += d.delta_bytes;
+            }
+        }
+        // The final report lists every process that exited since the last report: they join
+        // the exited ones under `--keep-exited` (see `finish`).
+        let mut listed: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        if kind == ReportKind::Final {
+            score.retain(|pid, _| {
+                let exited = self.procs.get(pid).is_some_and(|p| p.exited);
+                if exited {
+                    listed.insert(*pid);
+                }
+                !exited
+            });
+        }
+        let mut all: Vec<(u32, (i64, u64))> = score.into_iter().collect();
+        all.sort_by_key(|&(pid, (growth, live))| match kind {
+            ReportKind::Final => (std::cmp::Reverse(live as i64), std::cmp::Reverse(0), pid),
+            _ => (std::cmp::Reverse(growth), std::cmp::Reverse(live), pid),
+        });
+        let keep = self.opts.processes.min(all.len());
+        let omitted = all.len() - keep;
+        listed.extend(all.into_iter().take(keep).map(|(p, _)| p));
+        (listed, omitted)
     }
 
     /// The events lost so far per process, as the kernel counts them: from now on a loss
@@ -1030,6 +1124,7 @@ impl Engine {
         kind: ReportKind,
         sites: &[SiteReport],
         picked: &[SiteDelta],
+        listed: &std::collections::HashSet<u32>,
     ) -> Vec<ProcessReport> {
         let mut per: BTreeMap<u32, ProcessReport> = BTreeMap::new();
         let entry = |per: &mut BTreeMap<u32, ProcessReport>, pid: u32| {
@@ -1053,6 +1148,9 @@ impl Engine {
         };
         for s in self.ledger.sites().iter().filter(|s| !s.retired) {
             let Some(k) = s.key else { continue };
+            if !listed.contains(&k.pid) {
+                continue;
+            }
             if s.counts.live_objects > 0 || kind != ReportKind::Final {
                 entry(&mut per, k.pid);
             }
@@ -2149,6 +2247,36 @@ mod tests {
         assert_eq!(exited.len(), 5);
         assert!(exited.iter().all(|p| p["totals"]["live_bytes"] == 220));
         assert_eq!(fin["exited_omitted"], 6_000 - 5);
+    }
+
+    /// An interval report lists `--processes` processes, those that grew most, and counts
+    /// the others; its totals are everyone's.
+    #[test]
+    fn a_report_lists_the_processes_that_grew_most() {
+        let (mut e, out) = multi_engine(&["--processes", "3"]);
+        let mut w = Fake::default();
+        let c = Counters::default();
+        // Process 100 + k grows by k blocks of 100 bytes.
+        let mut evs = Vec::new();
+        for k in 1..=10u32 {
+            for i in 0..k {
+                evs.push(malloc_in(100 + k, 0x1000 * u64::from(i + 1), 100, 1));
+            }
+        }
+        e.ingest(&mut w, &evs).unwrap();
+        e.tick(&mut w, S, &c).unwrap();
+        let reps = out.reports();
+        let r = &reps[0];
+        let pids: Vec<u64> = r["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(pids, [110, 109, 108]);
+        assert_eq!(r["processes_omitted"], 7);
+        assert_eq!(r["totals"]["live_bytes"], 55 * 100);
+        assert_eq!(r["totals"]["delta_bytes"], 55 * 100);
     }
 
     #[test]

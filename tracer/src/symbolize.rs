@@ -229,23 +229,29 @@ impl Symbolizer {
 /// waits for the walk), where a line-by-line read could catch it half unmapped.
 pub fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0;
-    loop {
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        }
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
+    thread_local! {
+        /// The read buffer, kept: a fresh megabyte zeroed for every read cost more than the
+        /// read itself on a host that starts hundreds of processes a second.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    // A process that has exited (a zombie) still has a maps file, empty: that is no map.
-    Some(parse_maps(&String::from_utf8_lossy(&buf[..len]), &root)).filter(|m| !m.is_empty())
+    let mut f = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
+    BUF.with_borrow_mut(|buf| {
+        let mut len = 0;
+        loop {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        // A process that has exited (a zombie) still has a maps file, empty: that is no map.
+        Some(parse_maps(&String::from_utf8_lossy(&buf[..len]), &root)).filter(|m| !m.is_empty())
+    })
 }
 
 /// The file-backed lines of a `/proc/PID/maps` text (`start-end perms offset dev inode path`).

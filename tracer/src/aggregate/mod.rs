@@ -89,13 +89,14 @@ pub struct Ledger {
     mapped: BTreeSet<(u32, u64)>,
     /// Blocks allocated in a heap the caller named (mimalloc's `mi_heap_*`), which can be
     /// destroyed whole: (process, heap) → its live blocks, and each block's heap.
-    heaps: HashMap<(u32, u64), BTreeSet<u64>>,
-    heap_of: HashMap<(u32, u64), u64>,
+    heaps: BTreeMap<(u32, u64), BTreeSet<u64>>,
+    heap_of: BTreeMap<(u32, u64), u64>,
     sites: Vec<Site>,
-    index: HashMap<SiteKey, SiteId>,
+    /// Per process: stack id → site (every site of a live process is here).
+    index: HashMap<u32, HashMap<i32, SiteId>>,
     /// The live sites by (process, mapping, hash of the frames): a stack the collector hands
     /// on again under a new id (it forgot an unused one) is still its old site.
-    by_frames: HashMap<(u32, bool, u64), Vec<SiteId>>,
+    by_frames: HashMap<u32, HashMap<(bool, u64), Vec<SiteId>>>,
     /// Sites of retired processes still in `sites` (see [`Ledger::compact`]).
     retired_sites: usize,
     pub stats: LedgerStats,
@@ -157,7 +158,7 @@ impl Ledger {
 
     /// The site of `key`, if it was seen.
     pub fn site_id(&self, key: &SiteKey) -> Option<SiteId> {
-        self.index.get(key).copied()
+        self.index.get(&key.pid)?.get(&key.stack_id).copied()
     }
 
     /// The site for `key`, created on first sight with the frames `frames_of` gives for it.
@@ -168,7 +169,7 @@ impl Ledger {
         mapping: bool,
         frames_of: impl FnOnce(&SiteKey) -> Vec<u64>,
     ) -> SiteId {
-        if let Some(&id) = self.index.get(&key) {
+        if let Some(id) = self.site_id(&key) {
             return id;
         }
         let frames = if key.stack_id < 0 {
@@ -176,21 +177,33 @@ impl Ledger {
         } else {
             frames_of(&key)
         };
-        let by = (key.pid, mapping, frames_hash(&frames));
+        let by = (mapping, frames_hash(&frames));
         if !frames.is_empty() {
-            let same = self.by_frames.get(&by).and_then(|ids| {
-                ids.iter()
-                    .copied()
-                    .find(|&id| self.sites[id].frames == frames)
-            });
+            let same = self
+                .by_frames
+                .get(&key.pid)
+                .and_then(|m| m.get(&by))
+                .and_then(|ids| {
+                    ids.iter()
+                        .copied()
+                        .find(|&id| self.sites[id].frames == frames)
+                });
             if let Some(id) = same {
-                self.index.insert(key, id);
+                self.index
+                    .entry(key.pid)
+                    .or_default()
+                    .insert(key.stack_id, id);
                 return id;
             }
         }
         let id = self.sites.len();
         if !frames.is_empty() {
-            self.by_frames.entry(by).or_default().push(id);
+            self.by_frames
+                .entry(key.pid)
+                .or_default()
+                .entry(by)
+                .or_default()
+                .push(id);
         }
         self.sites.push(Site {
             key: Some(key),
@@ -199,7 +212,10 @@ impl Ledger {
             mapping,
             retired: false,
         });
-        self.index.insert(key, id);
+        self.index
+            .entry(key.pid)
+            .or_default()
+            .insert(key.stack_id, id);
         id
     }
 
@@ -391,21 +407,42 @@ impl Ledger {
     /// retired (live counts zero, cumulative counts kept), so that a new process given the same
     /// pid starts with books of its own.
     pub fn retire(&mut self, pid: u32) {
-        let addrs: Vec<u64> = self.live_blocks(pid).map(|(a, _)| a).collect();
-        for a in addrs {
-            self.live.remove(&(pid, a));
-            self.mapped.remove(&(pid, a));
-        }
-        self.heaps.retain(|(p, _), _| *p != pid);
-        self.heap_of.retain(|(p, _), _| *p != pid);
-        self.index.retain(|k, _| k.pid != pid);
-        self.by_frames.retain(|k, _| k.0 != pid);
-        for s in &mut self.sites {
-            if s.key.is_some_and(|k| k.pid == pid) && !s.retired {
-                self.retired_sites += 1;
-                s.retired = true;
-                s.counts.live_objects = 0;
-                s.counts.live_bytes = 0;
+        self.retire_all(&[pid]);
+    }
+
+    /// [`Ledger::retire`] of several processes.
+    pub fn retire_all(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            let addrs: Vec<u64> = self.live_blocks(pid).map(|(a, _)| a).collect();
+            for a in addrs {
+                self.live.remove(&(pid, a));
+                self.mapped.remove(&(pid, a));
+            }
+            let heaps: Vec<(u32, u64)> = self
+                .heaps
+                .range((pid, 0)..=(pid, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in heaps {
+                self.heaps.remove(&k);
+            }
+            let tagged: Vec<(u32, u64)> = self
+                .heap_of
+                .range((pid, 0)..=(pid, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in tagged {
+                self.heap_of.remove(&k);
+            }
+            self.by_frames.remove(&pid);
+            for id in self.index.remove(&pid).unwrap_or_default().into_values() {
+                let s = &mut self.sites[id];
+                if !s.retired {
+                    self.retired_sites += 1;
+                    s.retired = true;
+                    s.counts.live_objects = 0;
+                    s.counts.live_bytes = 0;
+                }
             }
         }
     }
@@ -457,17 +494,15 @@ impl Ledger {
             // A retired process's blocks went with it (see `retire`).
             b.site = map[b.site].unwrap_or(b.site);
         }
-        self.index.retain(|_, id| match map[*id] {
-            Some(n) => {
-                *id = n;
-                true
+        // Only live processes' sites are in `index` and `by_frames` (see `retire`).
+        for ids in self.index.values_mut() {
+            for id in ids.values_mut() {
+                *id = map[*id].expect("a live process's site");
             }
-            None => false,
-        });
-        // Only live sites are in `by_frames` (see `retire`).
-        for ids in self.by_frames.values_mut() {
+        }
+        for ids in self.by_frames.values_mut().flat_map(|m| m.values_mut()) {
             for id in ids.iter_mut() {
-                *id = map[*id].unwrap_or(*id);
+                *id = map[*id].expect("a live process's site");
             }
         }
         map

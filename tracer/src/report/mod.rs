@@ -176,6 +176,10 @@ pub struct Report {
     /// (beyond `--keep-exited`, the least outstanding first).
     #[serde(skip_serializing_if = "is_zero")]
     pub exited_omitted: u64,
+    /// Tracing several processes: processes with sites left out of `processes` (beyond
+    /// `--processes`; their numbers are in the totals).
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    pub processes_omitted: usize,
     /// Outputs that failed since the previous report (a recording or flame file that could
     /// not be written): tracing went on without them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -360,8 +364,13 @@ pub(crate) fn sample_report() -> Report {
         processes: Vec::new(),
         exit_code: None,
         exited_omitted: 0,
+        processes_omitted: 0,
         warnings: Vec::new(),
     }
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u64) -> bool {
