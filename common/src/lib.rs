@@ -349,6 +349,156 @@ pub mod counter {
     pub const COUNT: u32 = 22;
 }
 
+/// Every kind of loss, in one table: the kernel counter (or the reader's own count) it is
+/// kept in, its name in the report's `lost` object, what it leaves wrong, and how to avoid it.
+/// The report's `lost` object, its hints and the uncertainty of verdicts all come from here.
+pub mod losses {
+    use super::counter;
+
+    /// The sites a loss may leave wrong, whose verdicts it makes `uncertain`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Touches {
+        /// Sites of heap blocks (an allocation or free record lost, a call missed).
+        Heap,
+        /// Sites of memory mappings (an mmap, munmap or mremap record lost).
+        Mappings,
+        /// Every site of the process (its exec lost, or a record no process can be named for).
+        Any,
+        /// The sites of allocations recorded without their stack.
+        NoStack,
+        /// No site: what was lost is not in the books (a process not followed at all).
+        None,
+    }
+
+    /// What avoids the loss next time.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fix {
+        RingSize,
+        StackSlots,
+        /// No flag: the sentence says why.
+        Nothing,
+    }
+
+    /// Where a loss is counted.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Count {
+        /// An index of the kernel's `COUNTERS`.
+        Kernel(u32),
+        /// Ring records the reader could not decode.
+        BadRecords,
+    }
+
+    pub struct Loss {
+        pub count: Count,
+        /// Its key in the report's `lost` object.
+        pub key: &'static str,
+        /// What was lost, as counted ("allocations").
+        pub what: &'static str,
+        pub touches: Touches,
+        pub fix: Fix,
+        /// Why, said when there is no flag to raise.
+        pub why: &'static str,
+    }
+
+    const fn ring(c: u32, key: &'static str, what: &'static str, touches: Touches) -> Loss {
+        Loss {
+            count: Count::Kernel(c),
+            key,
+            what,
+            touches,
+            fix: Fix::RingSize,
+            why: "",
+        }
+    }
+
+    pub const LOSSES: &[Loss] = &[
+        ring(
+            counter::RING_FULL_ALLOC,
+            "ring_full_allocs",
+            "allocations",
+            Touches::Heap,
+        ),
+        ring(
+            counter::RING_FULL_FREE,
+            "ring_full_frees",
+            "frees",
+            Touches::Heap,
+        ),
+        ring(
+            counter::RING_FULL_EXEC,
+            "ring_full_execs",
+            "execs",
+            Touches::Any,
+        ),
+        ring(
+            counter::RING_FULL_MAP,
+            "ring_full_maps",
+            "mapping records",
+            Touches::Mappings,
+        ),
+        // The child is followed anyway; its parent and allocator are not learnt from it.
+        ring(
+            counter::RING_FULL_FORK,
+            "ring_full_forks",
+            "fork records",
+            Touches::None,
+        ),
+        Loss {
+            count: Count::Kernel(counter::STACK_COLLISION),
+            key: "stack_collisions",
+            what: "allocations without their stack",
+            touches: Touches::NoStack,
+            fix: Fix::StackSlots,
+            why: "",
+        },
+        Loss {
+            count: Count::Kernel(counter::STACK_FAILED),
+            key: "stack_failures",
+            what: "allocations without their stack",
+            touches: Touches::NoStack,
+            fix: Fix::StackSlots,
+            why: "",
+        },
+        Loss {
+            count: Count::Kernel(counter::INFLIGHT_FULL),
+            key: "inflight_full",
+            what: "allocator calls missed",
+            touches: Touches::Heap,
+            fix: Fix::Nothing,
+            why: "more threads were inside the allocator at once than the in-flight table holds",
+        },
+        Loss {
+            count: Count::Kernel(counter::MEMPTR_FAULT),
+            key: "memptr_faults",
+            what: "posix_memalign results lost",
+            touches: Touches::Heap,
+            fix: Fix::Nothing,
+            why: "they could not be read from the target's memory",
+        },
+        Loss {
+            count: Count::Kernel(counter::FOLLOW_FULL),
+            key: "follow_full",
+            what: "forked processes not followed",
+            touches: Touches::None,
+            fix: Fix::Nothing,
+            why: "the kernel's table of followed processes (16,384) was full",
+        },
+        Loss {
+            count: Count::BadRecords,
+            key: "bad_records",
+            what: "ring records not decoded",
+            touches: Touches::Any,
+            fix: Fix::Nothing,
+            why: "they were not records this tracer knows (a bug: please report it)",
+        },
+    ];
+
+    /// The loss kept in kernel counter `c`, if it is one.
+    pub fn of_counter(c: u32) -> Option<&'static Loss> {
+        LOSSES.iter().find(|l| l.count == Count::Kernel(c))
+    }
+}
+
 /// Names of the map and programs userspace looks up in the object.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";

@@ -133,3 +133,39 @@ fn the_stacks_of_processes_gone_do_not_fill_the_stack_map() {
     assert!(&replayed == fin, "the replay differs");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lost_mapping_records_make_the_mapping_sites_uncertain() {
+    if !privileged("lost_mapping_records_make_the_mapping_sites_uncertain") {
+        return;
+    }
+    // A program that only maps memory, its mapping records (each with its stack) into a ring
+    // of one page: mapping records are lost, and nothing else.
+    let mapper = victim("victims/mapper.c", FP);
+    let run = launch_json(&["--ring-size", "4096", "-i", "0.5"], &mapper, &["4"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lost = &run.final_report["lost"];
+    assert!(lost["ring_full_maps"].as_u64().unwrap() > 0, "{lost}");
+    assert_eq!(lost["ring_full_allocs"], 0, "{lost}");
+    assert_eq!(lost["ring_full_frees"], 0, "{lost}");
+    // Past the first interval, the kept mappings' site is never judged on numbers that
+    // miss records.
+    let judged: Vec<String> = reports(&run.stdout)
+        .iter()
+        .filter(|r| r["kind"] == "interval" && r["elapsed_s"].as_f64().unwrap() > 1.0)
+        .filter_map(|r| {
+            r["sites"]
+                .as_array()?
+                .iter()
+                .find(|s| site_name(s) == "map_keep")
+                .map(|s| s["verdict"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(!judged.is_empty(), "{}", run.stdout);
+    assert!(judged.iter().all(|v| v == "uncertain"), "{judged:?}");
+    assert!(
+        run.stderr.contains("mapping records") && run.stderr.contains("--ring-size"),
+        "{}",
+        run.stderr
+    );
+}

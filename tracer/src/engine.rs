@@ -14,7 +14,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracer_common::{counter, AllocFn};
+use tracer_common::{
+    counter,
+    losses::{Touches, LOSSES},
+    AllocFn,
+};
 
 use crate::{
     aggregate::{
@@ -64,13 +68,37 @@ pub enum Flow {
 }
 
 /// One interval report's per-site counts, kept for verdicts.
+/// Cumulative losses by the sites they may leave wrong (see `losses::Touches`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Lost {
+    heap: u64,
+    mappings: u64,
+    any: u64,
+    no_stack: u64,
+}
+
+impl Lost {
+    fn of(c: &Counters) -> Lost {
+        let mut l = Lost::default();
+        for loss in LOSSES {
+            let n = c.of(loss);
+            match loss.touches {
+                Touches::Heap => l.heap += n,
+                Touches::Mappings => l.mappings += n,
+                Touches::Any => l.any += n,
+                Touches::NoStack => l.no_stack += n,
+                Touches::None => {}
+            }
+        }
+        l
+    }
+}
+
 struct Point {
     t_ns: u64,
     sites: Vec<Counts>,
-    /// Cumulative losses that may touch any site (ring full, missed calls, bad records).
-    lost_any: u64,
-    /// Cumulative allocations recorded without their stack (they land in the no-stack site).
-    lost_stacks: u64,
+    /// Cumulative losses, by the sites they touch.
+    lost: Lost,
     /// Events lost per process (when the kernel counts them so), and those no process can be
     /// named for (undecodable records).
     lost_by_pid: Arc<BTreeMap<u32, u64>>,
@@ -154,8 +182,7 @@ impl Engine {
             e.history.push_back(Point {
                 t_ns: 0,
                 sites: Vec::new(),
-                lost_any: 0,
-                lost_stacks: 0,
+                lost: Lost::default(),
                 lost_by_pid: Arc::default(),
                 lost_unattributed: 0,
             });
@@ -713,18 +740,10 @@ impl Engine {
         if !self.past_warmup(snap.ts_ns) {
             return;
         }
-        let lost_any = c.get(counter::RING_FULL_ALLOC)
-            + c.get(counter::RING_FULL_FREE)
-            + c.get(counter::RING_FULL_EXEC)
-            + c.get(counter::INFLIGHT_FULL)
-            + c.get(counter::MEMPTR_FAULT)
-            + c.bad_records;
-        let lost_stacks = c.get(counter::STACK_COLLISION) + c.get(counter::STACK_FAILED);
         self.history.push_back(Point {
             t_ns: snap.ts_ns,
             sites: snap.sites.clone(),
-            lost_any,
-            lost_stacks,
+            lost: Lost::of(c),
             lost_by_pid: self.lost_by_pid.clone(),
             lost_unattributed: c.bad_records,
         });
@@ -781,18 +800,29 @@ impl Engine {
                 let no_stack = members
                     .iter()
                     .any(|&m| self.ledger.site(m).key.is_some_and(|k| k.stack_id < 0));
+                let grew = |f: fn(&Lost) -> u64| f(&last.lost) > f(&first.lost);
+                // A loss touches the sites of its kind: mapping records lost leave heap
+                // blocks right, and the other way round.
+                let mapping = members.iter().any(|&m| self.ledger.site(m).mapping);
+                let of_kind = grew(|l| l.any)
+                    || if mapping {
+                        grew(|l| l.mappings)
+                    } else {
+                        grew(|l| l.heap)
+                    };
                 // Losses the kernel names a process for touch that process's sites only.
                 let lost = if self.per_process_losses {
                     last.lost_unattributed > first.lost_unattributed
-                        || members.iter().any(|&m| {
-                            self.ledger.site(m).key.is_some_and(|k| {
-                                last.lost_by_pid.get(&k.pid) != first.lost_by_pid.get(&k.pid)
-                            })
-                        })
+                        || (of_kind
+                            && members.iter().any(|&m| {
+                                self.ledger.site(m).key.is_some_and(|k| {
+                                    last.lost_by_pid.get(&k.pid) != first.lost_by_pid.get(&k.pid)
+                                })
+                            }))
                 } else {
-                    last.lost_any > first.lost_any
+                    of_kind
                 };
-                (active && lost) || (no_stack && last.lost_stacks > first.lost_stacks)
+                (active && lost) || (no_stack && grew(|l| l.no_stack))
             }
             _ => false,
         };
@@ -845,17 +875,7 @@ impl Engine {
     }
 
     fn counters(&self, c: &Counters) -> (BTreeMap<&'static str, u64>, EventCounts) {
-        let lost = BTreeMap::from([
-            ("ring_full_allocs", c.get(counter::RING_FULL_ALLOC)),
-            ("ring_full_frees", c.get(counter::RING_FULL_FREE)),
-            ("stack_collisions", c.get(counter::STACK_COLLISION)),
-            ("stack_failures", c.get(counter::STACK_FAILED)),
-            ("inflight_full", c.get(counter::INFLIGHT_FULL)),
-            ("memptr_faults", c.get(counter::MEMPTR_FAULT)),
-            ("bad_records", c.bad_records),
-            ("ring_full_execs", c.get(counter::RING_FULL_EXEC)),
-            ("ring_full_maps", c.get(counter::RING_FULL_MAP)),
-        ]);
+        let lost = LOSSES.iter().map(|l| (l.key, c.of(l))).collect();
         let st = self.ledger.stats;
         let events = EventCounts {
             allocs: c.get(counter::ALLOCS),
@@ -1786,6 +1806,112 @@ mod tests {
         assert_eq!(r["summary"]["leak_sites"], 0);
         assert_eq!(r["summary"]["uncertain_sites"], 3);
         assert_eq!(r["lost"]["ring_full_frees"], 3);
+    }
+
+    /// Every kind of loss in the table reaches the report's `lost` object and a hint, and
+    /// makes uncertain the verdicts of the sites it touches, and only those.
+    #[test]
+    fn every_loss_reaches_the_report_the_hints_and_the_sites_it_touches() {
+        use tracer_common::losses::{Count, Fix};
+        for loss in LOSSES {
+            let (mut e, out) = engine(&[]);
+            let mut w = Fake::default();
+            let mut cache = VecDeque::new();
+            let mut c = Counters::default();
+            for sec in 0..12 {
+                leaky_second(&mut e, &mut w, sec, &mut cache);
+                // A mapping that leaks (stack 9) and heap blocks without a stack that leak.
+                let t = sec * S;
+                let mut map = match malloc(0x7000_0000 + sec * 0x1000, 4096, 9, t) {
+                    Event::Alloc(a) => a,
+                    _ => unreachable!(),
+                };
+                map.func = AllocFn::Mmap;
+                let evs = [Event::Alloc(map), malloc(0x50_0000 + sec, 32, -1, t)];
+                e.ingest(&mut w, &evs).unwrap();
+                if sec == 8 {
+                    match loss.count {
+                        Count::Kernel(i) => c.kernel[i as usize] += 3,
+                        Count::BadRecords => c.bad_records += 3,
+                    }
+                }
+                e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+            }
+            let reps = out.reports();
+            let r = &reps[11];
+            assert_eq!(r["lost"][loss.key], 3, "{}: {}", loss.key, r["lost"]);
+            let lost: BTreeMap<&'static str, u64> = LOSSES
+                .iter()
+                .map(|l| (l.key, r["lost"][l.key].as_u64().unwrap()))
+                .collect();
+            let limits = report::LimitSettings {
+                ring_size: 1 << 20,
+                stack_slots: 1024,
+            };
+            let hints = report::lost_hints(&lost, limits).join("\n");
+            let named = match loss.fix {
+                Fix::RingSize => "--ring-size",
+                Fix::StackSlots => "--stack-slots",
+                Fix::Nothing => loss.why,
+            };
+            assert!(hints.contains(named), "{}: {hints}", loss.key);
+            let verdict = |s: Option<&Value>| s.unwrap()["verdict"].as_str().unwrap().to_owned();
+            let no_stack = r["sites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["frames"].as_array().unwrap().is_empty());
+            let (heap, mapping, stackless) =
+                (verdict(site(r, 1)), verdict(site(r, 9)), verdict(no_stack));
+            let want = |touched: bool| if touched { "uncertain" } else { "leak" };
+            let t = loss.touches;
+            assert_eq!(
+                heap,
+                want(matches!(t, Touches::Heap | Touches::Any)),
+                "{}",
+                loss.key
+            );
+            assert_eq!(
+                mapping,
+                want(matches!(t, Touches::Mappings | Touches::Any)),
+                "{}",
+                loss.key
+            );
+            assert_eq!(
+                stackless,
+                want(matches!(t, Touches::Heap | Touches::Any | Touches::NoStack)),
+                "{}",
+                loss.key
+            );
+        }
+    }
+
+    /// Every counter the kernel side bumps is either a loss in the table or a count of what
+    /// happened: a new one has to be put in one or the other.
+    #[test]
+    fn every_kernel_counter_is_a_loss_or_a_count() {
+        let counts = [
+            counter::ALLOCS,
+            counter::FREES,
+            counter::NESTED,
+            counter::FAILED,
+            counter::UNMATCHED_RETURN,
+            counter::EXIT_STOPS,
+            counter::EXEC_STOPS,
+            counter::FILTERED,
+            counter::STACK_INLINE,
+            counter::FORKS_FOLLOWED,
+            counter::MAPS,
+            counter::THROWN,
+        ];
+        for i in 0..counter::COUNT {
+            let loss = tracer_common::losses::of_counter(i).is_some();
+            assert!(
+                loss != counts.contains(&i),
+                "counter {i} is {} a loss and a count",
+                if loss { "both" } else { "neither" }
+            );
+        }
     }
 
     /// Tracing several processes, a loss the kernel names a process for makes only that

@@ -30,6 +30,14 @@ impl Counters {
     pub fn get(&self, idx: u32) -> u64 {
         self.kernel[idx as usize]
     }
+
+    /// How many of a kind of loss.
+    pub fn of(&self, loss: &tracer_common::losses::Loss) -> u64 {
+        match loss.count {
+            tracer_common::losses::Count::Kernel(i) => self.get(i),
+            tracer_common::losses::Count::BadRecords => self.bad_records,
+        }
+    }
 }
 
 /// One thing an allocator did, as the aggregator consumes it.

@@ -6,6 +6,7 @@ pub mod table;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use tracer_common::losses::{Fix, LOSSES};
 
 use crate::{aggregate::verdict::Assessment, symbolize::Frame};
 
@@ -212,22 +213,30 @@ pub struct LimitSettings {
     pub stack_slots: u32,
 }
 
-/// One sentence per kind of loss, naming the flag that fixes it.
+/// One sentence per kind of loss (see `losses::LOSSES`), naming the flag that fixes it: those
+/// of a full ring together, those of the stack map together, then each other kind with why.
 pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> Vec<String> {
     let get = |k: &str| lost.get(k).copied().unwrap_or(0);
+    let of = |fix: Fix| {
+        LOSSES
+            .iter()
+            .filter(move |l| l.fix == fix && get(l.key) > 0)
+    };
     let mut out = Vec::new();
-    let ring = get("ring_full_allocs") + get("ring_full_frees") + get("ring_full_execs");
+    let ring: u64 = of(Fix::RingSize).map(|l| get(l.key)).sum();
     if ring > 0 {
+        let parts: Vec<String> = of(Fix::RingSize)
+            .map(|l| format!("{} {}", group(get(l.key)), l.what))
+            .collect();
         out.push(format!(
-            "{} events lost ({} allocations, {} frees): the ring buffer ({}) was full; raise --ring-size (e.g. --ring-size {})",
+            "{} events lost ({}): the ring buffer ({}) was full; raise --ring-size (e.g. --ring-size {})",
             group(ring),
-            group(get("ring_full_allocs")),
-            group(get("ring_full_frees")),
+            parts.join(", "),
             size_name(limits.ring_size as u64),
             size_name((limits.ring_size as u64 * 4).min(1 << 30)),
         ));
     }
-    let stacks = get("stack_collisions") + get("stack_failures");
+    let stacks: u64 = of(Fix::StackSlots).map(|l| get(l.key)).sum();
     if stacks > 0 {
         out.push(format!(
             "{} allocations recorded without their stack (stack map of {} slots full or colliding): raise --stack-slots (e.g. --stack-slots {})",
@@ -236,23 +245,8 @@ pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> 
             (limits.stack_slots as u64 * 4).min(1_048_576)
         ));
     }
-    if get("inflight_full") > 0 {
-        out.push(format!(
-            "{} allocator calls missed: more threads were inside the allocator at once than the in-flight table holds",
-            group(get("inflight_full"))
-        ));
-    }
-    if get("memptr_faults") > 0 {
-        out.push(format!(
-            "{} posix_memalign results could not be read from the target's memory",
-            group(get("memptr_faults"))
-        ));
-    }
-    if get("bad_records") > 0 {
-        out.push(format!(
-            "{} ring records could not be decoded",
-            group(get("bad_records"))
-        ));
+    for l in of(Fix::Nothing) {
+        out.push(format!("{} {}: {}", group(get(l.key)), l.what, l.why));
     }
     out
 }
