@@ -148,11 +148,11 @@ fn lost_mapping_records_make_the_mapping_sites_uncertain() {
     assert!(lost["ring_full_maps"].as_u64().unwrap() > 0, "{lost}");
     assert_eq!(lost["ring_full_allocs"], 0, "{lost}");
     assert_eq!(lost["ring_full_frees"], 0, "{lost}");
-    // Past the first interval, the kept mappings' site is never judged on numbers that
-    // miss records.
+    // The kept mappings' site is never judged on numbers that miss records: `uncertain` once
+    // it has the intervals for a verdict (`new` before).
     let judged: Vec<String> = reports(&run.stdout)
         .iter()
-        .filter(|r| r["kind"] == "interval" && r["elapsed_s"].as_f64().unwrap() > 1.0)
+        .filter(|r| r["kind"] == "interval")
         .filter_map(|r| {
             r["sites"]
                 .as_array()?
@@ -161,8 +161,11 @@ fn lost_mapping_records_make_the_mapping_sites_uncertain() {
                 .map(|s| s["verdict"].as_str().unwrap().to_owned())
         })
         .collect();
-    assert!(!judged.is_empty(), "{}", run.stdout);
-    assert!(judged.iter().all(|v| v == "uncertain"), "{judged:?}");
+    assert!(
+        judged.iter().any(|v| v == "uncertain")
+            && judged.iter().all(|v| v == "uncertain" || v == "new"),
+        "{judged:?}"
+    );
     assert!(
         run.stderr.contains("mapping records") && run.stderr.contains("--ring-size"),
         "{}",
