@@ -616,9 +616,10 @@ impl Session {
         let lib = match lib {
             Ok(lib) => lib,
             Err(e) => {
-                // A runtime with no malloc at all (pure Go) is worth saying, once.
-                let e = format!("{e:#}");
-                if e.contains("Go program") && exe.is_some_and(|x| self.noted.insert(x)) {
+                // A program with no allocator tracer knows is worth saying, once.
+                if matches!(e, target::Lookup::NoAllocator(_))
+                    && exe.is_some_and(|x| self.noted.insert(x))
+                {
                     eprintln!("tracer: note: pid {pid} ({}): {e}", comm(pid));
                 }
                 // Not mapped yet (or gone).

@@ -3,6 +3,12 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{
+    aggregate::verdict::Warmup,
+    flame,
+    report::{Format, SortKey},
+};
+
 /// Trace a process's memory allocations with eBPF and show what keeps growing: is there a
 /// leak, what leaks, where.
 ///
@@ -116,12 +122,12 @@ pub struct ReportArgs {
     pub top: usize,
 
     /// Output format: a table for people, or one JSON object per report (one per line).
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    pub format: FormatArg,
 
     /// Order of the sites: growth in bytes, in objects, or growth rate (bytes/s).
-    #[arg(long, value_enum, default_value_t = SortKey::Bytes)]
-    pub sort: SortKey,
+    #[arg(long, value_enum, default_value_t = SortArg::Bytes)]
+    pub sort: SortArg,
 
     /// Keep only processes whose command name (as in /proc/PID/comm) is NAME.
     #[arg(long, value_name = "NAME")]
@@ -171,12 +177,12 @@ pub struct ReportArgs {
 
     /// The flame file's format, when its name does not say.
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub flame_format: Option<crate::flame::Format>,
+    pub flame_format: Option<FlameFormatArg>,
 
     /// What the flame data shows: the leaking sites' outstanding bytes, all live memory, all
     /// allocations, or growth since the last mark.
-    #[arg(long, value_enum, value_name = "WHAT", default_value_t = crate::flame::What::Leaks)]
-    pub flame_what: crate::flame::What,
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = FlameWhatArg::Leaks)]
+    pub flame_what: FlameWhatArg,
 
     /// Rewrite the flame file at every interval report too (atomically), not only at the end.
     #[arg(long)]
@@ -187,24 +193,89 @@ pub struct ReportArgs {
     pub leak_fraction: f64,
 }
 
+// The command line's names for the domain's choices; `config` maps them (`From` below).
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum FormatArg {
     Table,
     Json,
 }
 
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SortKey {
+pub enum SortArg {
     Bytes,
     Objects,
     Rate,
 }
 
-/// How much of the start is ignored for verdicts.
-#[derive(Copy, Clone, Debug, PartialEq)]
-pub enum Warmup {
-    Secs(f64),
-    Intervals(u32),
+impl From<SortArg> for SortKey {
+    fn from(k: SortArg) -> SortKey {
+        match k {
+            SortArg::Bytes => SortKey::Bytes,
+            SortArg::Objects => SortKey::Objects,
+            SortArg::Rate => SortKey::Rate,
+        }
+    }
+}
+
+/// What a flame graph shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlameWhatArg {
+    /// Outstanding bytes of the sites that leak (and of those not judged yet).
+    Leaks,
+    /// All live memory.
+    Live,
+    /// All allocations since the start (allocation-rate hot spots).
+    Allocs,
+    /// Growth of live memory since the last mark (or the start).
+    Growth,
+}
+
+impl From<FlameWhatArg> for flame::What {
+    fn from(w: FlameWhatArg) -> flame::What {
+        match w {
+            FlameWhatArg::Leaks => flame::What::Leaks,
+            FlameWhatArg::Live => flame::What::Live,
+            FlameWhatArg::Allocs => flame::What::Allocs,
+            FlameWhatArg::Growth => flame::What::Growth,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlameFormatArg {
+    /// `frame;frame;frame value` lines, outermost frame first.
+    Folded,
+    /// `stack before after` lines (inferno's differential input): live bytes at the last mark
+    /// (or the start) and now.
+    DiffFolded,
+    /// An interactive SVG flame graph (inferno).
+    Svg,
+    /// pprof's profile.proto, gzip-compressed.
+    Pprof,
+    /// speedscope's JSON file format.
+    Speedscope,
+}
+
+impl From<FlameFormatArg> for flame::Format {
+    fn from(f: FlameFormatArg) -> flame::Format {
+        match f {
+            FlameFormatArg::Folded => flame::Format::Folded,
+            FlameFormatArg::DiffFolded => flame::Format::DiffFolded,
+            FlameFormatArg::Svg => flame::Format::Svg,
+            FlameFormatArg::Pprof => flame::Format::Pprof,
+            FlameFormatArg::Speedscope => flame::Format::Speedscope,
+        }
+    }
 }
 
 fn parse_warmup(s: &str) -> Result<Warmup, String> {
@@ -353,7 +424,7 @@ mod tests {
         match cli.sub {
             Some(Sub::Replay { file, report }) => {
                 assert_eq!(file, PathBuf::from("run.rec"));
-                assert_eq!((report.interval, report.format), (1.0, Format::Json));
+                assert_eq!((report.interval, report.format), (1.0, FormatArg::Json));
             }
             other => panic!("{other:?}"),
         }

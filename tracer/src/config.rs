@@ -9,8 +9,10 @@ use anyhow::{bail, Result};
 
 use crate::{
     aggregate::verdict::VerdictParams,
-    cli::{Cli, Format, ReportArgs, SortKey, Sub, Warmup},
+    aggregate::verdict::Warmup,
+    cli::{Cli, ReportArgs, Sub},
     flame,
+    report::{Format, SortKey},
 };
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration a command line (program name first) asks for.
+    #[cfg(test)]
+    pub fn from_argv(argv: &[&str]) -> Result<Config> {
+        use clap::Parser;
+        Config::from_cli(Cli::try_parse_from(argv)?)
+    }
+
     pub fn from_cli(cli: Cli) -> Result<Config> {
         if let Some(Sub::Replay { file, report }) = cli.sub {
             return Ok(Config {
@@ -188,14 +197,14 @@ impl ReportOptions {
             let mut files = Vec::new();
             for path in a.flame {
                 let format = match a.flame_format {
-                    Some(f) => f,
+                    Some(f) => f.into(),
                     None => flame::Format::from_path(&path)?,
                 };
                 files.push((path, format));
             }
             Some(FlameOptions {
                 files,
-                what: a.flame_what,
+                what: a.flame_what.into(),
                 every: a.flame_every,
             })
         };
@@ -211,8 +220,8 @@ impl ReportOptions {
             flame,
             interval: Duration::from_secs_f64(a.interval),
             top: a.top,
-            format: a.format,
-            sort: a.sort,
+            format: a.format.into(),
+            sort: a.sort.into(),
             site,
             warmup: a.warmup,
             older_than: a.older_than.map(Duration::from_secs_f64),

@@ -23,17 +23,16 @@ use tracer_common::{
 use crate::{
     aggregate::{
         self,
-        verdict::{self, Assessment, Sample, Verdict, VerdictScope},
+        verdict::{self, Assessment, Sample, Verdict, VerdictScope, Warmup},
         Counts, Ledger, SiteDelta, SiteId, SiteKey, Snapshot,
     },
-    cli::{Format, SortKey, Warmup},
     collector::{Counters, Event},
     config::ReportOptions,
     flame::{self, Profile as FlameProfile, Stack as FlameStack, What},
     record::{Frame as RecFrame, RecordHeader, RecordedMapping, Recorder},
     report::{
-        self, Category, EventCounts, LimitSettings, LiveObjects, ProcessReport, Report, ReportKind,
-        SiteReport, SizeCount, Summary, Totals,
+        self, Category, EventCounts, Format, LimitSettings, LiveObjects, ProcessReport, Report,
+        ReportKind, SiteReport, SizeCount, SortKey, Summary, Totals,
     },
     symbolize::{self, Frame, Mapping, Symbolizer},
 };
@@ -1553,15 +1552,11 @@ pub fn ns(d: Duration) -> u64 {
 mod tests {
     use std::{cell::RefCell, rc::Rc};
 
-    use clap::Parser;
     use serde_json::Value;
     use tracer_common::AllocFn;
 
     use super::*;
-    use crate::{
-        cli::{Cli, Sub},
-        collector::Alloc,
-    };
+    use crate::collector::Alloc;
 
     const S: u64 = 1_000_000_000;
     const PID: u32 = 7;
@@ -1619,10 +1614,7 @@ mod tests {
     fn opts(args: &[&str]) -> ReportOptions {
         let mut argv = vec!["tracer", "replay", "x", "--format", "json", "-i", "1"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).unwrap().sub {
-            Some(Sub::Replay { report, .. }) => ReportOptions::from_args(report).unwrap(),
-            None => unreachable!(),
-        }
+        crate::config::Config::from_argv(&argv).unwrap().report
     }
 
     fn head() -> RecordHeader {

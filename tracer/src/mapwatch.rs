@@ -19,7 +19,12 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 
-use crate::{collector, symbolize::Mapping};
+use tracer_common::kind;
+
+use crate::{
+    collector::{self, Event, Record},
+    symbolize::Mapping,
+};
 
 /// What is known of a process from the moments it could still be read.
 #[derive(Default)]
@@ -161,10 +166,15 @@ impl MapWatch {
                 let mut again: Vec<(Instant, u32)> = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
                     while let Some(item) = ring.next() {
-                        match collector::decode_throw(&item) {
+                        match collector::parse(&item) {
                             // At once: the process is stopped until then.
-                            Some((pid, sp, ret)) => restore_return(pid, sp, ret),
-                            None => batch.extend(collector::decode_notice(&item)),
+                            Ok(Record::Thrown { pid, sp, ret }) => restore_return(pid, sp, ret),
+                            Ok(Record::Exiting { pid }) => batch.push((kind::EXITING, pid)),
+                            Ok(Record::Event {
+                                event: Event::Exec { pid, .. },
+                                ..
+                            }) => batch.push((kind::EXEC, pid)),
+                            _ => {}
                         }
                     }
                     for (kind, pid) in newest_first(&mut batch) {

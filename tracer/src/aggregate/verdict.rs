@@ -21,6 +21,13 @@
 //! unit-tested on synthetic histories.
 use serde::Serialize;
 
+/// How much of the start verdicts ignore (--warmup): seconds, or intervals.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Warmup {
+    Secs(f64),
+    Intervals(u32),
+}
+
 /// How many standard errors above zero a slope must be to count as a trend.
 pub const TREND_T: f64 = 3.0;
 /// Changes within this fraction of a site's peak live bytes count as flat.

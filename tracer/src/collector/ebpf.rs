@@ -152,22 +152,28 @@ const STACKS_KEPT: usize = 1 << 14;
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
 
-/// Turns load failures into what a user can act on.
+/// Turns load failures into what a user can act on, by the system error under them.
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
     let text = format!("{e:#}");
-    let lower = text.to_lowercase();
-    if lower.contains("operation not permitted") || lower.contains("permission denied") {
-        anyhow!(
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut errno = None;
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            errno = io.raw_os_error();
+            break;
+        }
+        cause = c.source();
+    }
+    match errno {
+        Some(libc::EPERM | libc::EACCES) => anyhow!(
             "the kernel refused to load tracer's eBPF programs ({text}). tracer needs root, or the \
              CAP_BPF and CAP_PERFMON capabilities: run it with sudo"
-        )
-    } else if lower.contains("function not implemented") || lower.contains("invalid argument") {
-        anyhow!(
+        ),
+        Some(libc::ENOSYS | libc::EINVAL) => anyhow!(
             "this kernel cannot load tracer's eBPF programs ({text}). tracer needs a kernel (5.15 or \
              newer) built with CONFIG_BPF_SYSCALL, CONFIG_BPF_EVENTS and CONFIG_UPROBE_EVENTS"
-        )
-    } else {
-        anyhow!("loading tracer's eBPF programs failed: {text}")
+        ),
+        _ => anyhow!("loading tracer's eBPF programs failed: {text}"),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Collectors turn what the kernel (or, later, a recording) saw into [`Event`]s.
 //!
 //! The eBPF collector (`ebpf`) loads the probes, attaches them to the allocator the target
-//! really uses (`target`, `probes`) and drains the ring buffer on a timer. [`decode`] is the
-//! one place that reads the wire format of `tracer-common`.
+//! really uses (`target`, `probes`); a thread of its own drains the ring buffer (`stream`).
+//! [`parse`] is the one place that reads the wire format of `tracer-common`.
 pub mod btf;
 pub mod ebpf;
 pub mod launch;
@@ -131,47 +131,26 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// The inline stack of an allocation record that carries one (innermost first, zeros dropped).
-pub fn inline_stack(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.first() != Some(&kind::ALLOC_STACK) {
-        return None;
-    }
-    let base = std::mem::size_of::<AllocRecord>();
-    let nr: u64 = read(bytes.get(base..)?)?;
-    let n = (nr as usize / 8).min(MAX_STACK_DEPTH);
-    let ips = bytes.get(base + 8..base + 8 + 8 * n)?;
-    Some(
-        ips.chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .filter(|&ip| ip != 0)
-            .collect(),
-    )
+/// One ring-buffer record, read once: what it says and what it carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An event. `stack`: the frames (innermost first) an allocation record carried inline;
+    /// `comm`: the command name an exec record carried (a notice of the exec carries none).
+    Event {
+        event: Event,
+        stack: Option<Vec<u64>>,
+        comm: Option<String>,
+    },
+    /// A notice: the process is entering `exit()`, its map is read now.
+    Exiting { pid: u32 },
+    /// A notice: an exception left an allocator call; the process stopped itself until the
+    /// return address the uretprobe replaced (`ret`, at `sp`) is put back.
+    Thrown { pid: u32, sp: u64, ret: u64 },
 }
 
-/// The command name an exec record carries (None for other records and older shorter ones).
-pub fn exec_comm(bytes: &[u8]) -> Option<String> {
-    if bytes.first() != Some(&kind::EXEC) {
-        return None;
-    }
-    let r: ExecRecord = read(bytes)?;
-    let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
-    Some(String::from_utf8_lossy(&r.comm[..end]).into_owned()).filter(|s| !s.is_empty())
-}
-
-/// The kind and pid of a notice (a record of the `NOTICES` ring).
-pub fn decode_notice(bytes: &[u8]) -> Option<(u8, u32)> {
-    let h: Header = read(bytes)?;
-    Some((h.kind, h.pid))
-}
-
-/// A notice that an exception left an allocator call: (pid, stack address, return address).
-pub fn decode_throw(bytes: &[u8]) -> Option<(u32, u64, u64)> {
-    let r: tracer_common::ThrowRecord = read(bytes)?;
-    (r.hdr.kind == kind::THROWN).then_some((r.hdr.pid, r.sp, r.ret))
-}
-
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+/// Reads one record of either ring (events, notices): the one place that reads the wire
+/// format of `tracer-common`.
+pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
     let hdr: Header = read(bytes).ok_or(DecodeError::Short {
         kind: bytes.first().copied().unwrap_or(0),
         len: bytes.len(),
@@ -180,11 +159,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind: hdr.kind,
         len: bytes.len(),
     };
+    let plain = |event| Record::Event {
+        event,
+        stack: None,
+        comm: None,
+    };
     match hdr.kind {
         kind::ALLOC | kind::ALLOC_STACK => {
             let r: AllocRecord = read(bytes).ok_or_else(short)?;
             let func = AllocFn::from_u8(r.hdr.func).ok_or(DecodeError::UnknownFunc(r.hdr.func))?;
-            Ok(Event::Alloc(Alloc {
+            let event = Event::Alloc(Alloc {
                 pid: r.hdr.pid,
                 tid: r.tid,
                 ts_ns: r.hdr.ts_ns,
@@ -195,45 +179,85 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 weight: r.weight.max(1),
                 stack_id: r.stack_id,
                 heap: r.heap,
-            }))
+            });
+            let stack = (hdr.kind == kind::ALLOC_STACK)
+                .then(|| {
+                    // The stack's length, then its frames (only as many as there are bytes).
+                    let base = std::mem::size_of::<AllocRecord>();
+                    let nr: u64 = read(bytes.get(base..)?)?;
+                    let n = (nr as usize / 8).min(MAX_STACK_DEPTH);
+                    let ips = bytes.get(base + 8..base + 8 + 8 * n)?;
+                    Some(
+                        ips.chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                            .filter(|&ip| ip != 0)
+                            .collect(),
+                    )
+                })
+                .flatten();
+            Ok(Record::Event {
+                event,
+                stack,
+                comm: None,
+            })
         }
         kind::FREE => {
             let r: FreeRecord = read(bytes).ok_or_else(short)?;
-            Ok(Event::Free {
+            Ok(plain(Event::Free {
                 pid: r.hdr.pid,
                 ts_ns: r.hdr.ts_ns,
                 addr: r.addr,
+            }))
+        }
+        kind::EXEC => {
+            // A notice of an exec (or an older record) is a bare header: no name.
+            let comm = read::<ExecRecord>(bytes).and_then(|r| {
+                let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+                Some(String::from_utf8_lossy(&r.comm[..end]).into_owned()).filter(|s| !s.is_empty())
+            });
+            Ok(Record::Event {
+                event: Event::Exec {
+                    pid: hdr.pid,
+                    ts_ns: hdr.ts_ns,
+                },
+                stack: None,
+                comm,
             })
         }
-        kind::EXEC => Ok(Event::Exec {
-            pid: hdr.pid,
-            ts_ns: hdr.ts_ns,
-        }),
+        kind::EXITING => Ok(Record::Exiting { pid: hdr.pid }),
+        kind::THROWN => {
+            let r: tracer_common::ThrowRecord = read(bytes).ok_or_else(short)?;
+            Ok(Record::Thrown {
+                pid: r.hdr.pid,
+                sp: r.sp,
+                ret: r.ret,
+            })
+        }
         kind::MUNMAP => {
             let r: MunmapRecord = read(bytes).ok_or_else(short)?;
-            Ok(Event::Munmap {
+            Ok(plain(Event::Munmap {
                 pid: r.hdr.pid,
                 ts_ns: r.hdr.ts_ns,
                 addr: r.addr,
                 len: r.len,
-            })
+            }))
         }
         kind::HEAP_RELEASE => {
             let r: HeapRecord = read(bytes).ok_or_else(short)?;
-            Ok(Event::HeapRelease {
+            Ok(plain(Event::HeapRelease {
                 pid: r.hdr.pid,
                 ts_ns: r.hdr.ts_ns,
                 heap: r.heap,
                 destroy: r.hdr.func == AllocFn::HeapDestroy as u8,
-            })
+            }))
         }
         kind::FORK => {
             let r: ForkRecord = read(bytes).ok_or_else(short)?;
-            Ok(Event::Fork {
+            Ok(plain(Event::Fork {
                 pid: r.hdr.pid,
                 parent: r.parent,
                 ts_ns: r.hdr.ts_ns,
-            })
+            }))
         }
         k => Err(DecodeError::UnknownKind(k)),
     }
@@ -242,6 +266,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The event of a record that is one.
+    fn decode(b: &[u8]) -> Result<Event, DecodeError> {
+        match parse(b)? {
+            Record::Event { event, .. } => Ok(event),
+            r => panic!("not an event: {r:?}"),
+        }
+    }
+
+    fn stack_of(b: &[u8]) -> Option<Vec<u64>> {
+        match parse(b) {
+            Ok(Record::Event { stack, .. }) => stack,
+            _ => None,
+        }
+    }
+
+    fn comm_of(b: &[u8]) -> Option<String> {
+        match parse(b) {
+            Ok(Record::Event { comm, .. }) => comm,
+            _ => None,
+        }
+    }
 
     fn bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) POD value.
@@ -343,12 +389,12 @@ mod tests {
         r.ips[1] = 0x402000;
         let b = bytes(&r);
         assert!(matches!(decode(&b), Ok(Event::Alloc(a)) if a.addr == 0x1000));
-        assert_eq!(inline_stack(&b), Some(vec![0x401000, 0x402000]));
+        assert_eq!(stack_of(&b), Some(vec![0x401000, 0x402000]));
         // a plain record has none; a short one is not read past its end
-        assert_eq!(inline_stack(&b[..60]), None);
+        assert_eq!(stack_of(&b[..60]), None);
         let mut plain = b.clone();
         plain[0] = kind::ALLOC;
-        assert_eq!(inline_stack(&plain), None);
+        assert_eq!(stack_of(&plain), None);
     }
 
     #[test]
@@ -364,10 +410,43 @@ mod tests {
         r.comm[..5].copy_from_slice(b"leaky");
         let b = bytes(&r);
         assert_eq!(decode(&b), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
-        assert_eq!(exec_comm(&b).as_deref(), Some("leaky"));
+        assert_eq!(comm_of(&b).as_deref(), Some("leaky"));
         // a bare header (an older record) decodes, without a name
-        assert_eq!(exec_comm(&b[..16]), None);
+        assert_eq!(comm_of(&b[..16]), None);
         assert_eq!(decode(&b[..16]), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
+    }
+
+    #[test]
+    fn notices_are_read_too() {
+        let h = Header {
+            kind: kind::EXITING,
+            pid: 4,
+            ..Header::default()
+        };
+        assert_eq!(parse(&bytes(&h)), Ok(Record::Exiting { pid: 4 }));
+        let t = tracer_common::ThrowRecord {
+            hdr: Header {
+                kind: kind::THROWN,
+                pid: 5,
+                ..Header::default()
+            },
+            tid: 5,
+            _pad: 0,
+            sp: 0x7ff0,
+            ret: 0x401234,
+        };
+        assert_eq!(
+            parse(&bytes(&t)),
+            Ok(Record::Thrown {
+                pid: 5,
+                sp: 0x7ff0,
+                ret: 0x401234
+            })
+        );
+        assert!(matches!(
+            parse(&bytes(&t)[..20]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

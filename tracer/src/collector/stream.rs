@@ -19,9 +19,9 @@ use std::{
 use aya::maps::{Array, MapData, RingBuf, StackTraceMap};
 
 use super::{
-    decode, exec_comm, inline_stack,
+    parse,
     stacks::{Stacks, Step},
-    DecodeError, Event,
+    Event, Record,
 };
 
 /// The reader drains at least this often (the kernel wakes it sooner when a quarter of the
@@ -93,12 +93,16 @@ impl Reader {
         self.step_epochs();
         let mut batch = Batch::default();
         while let Some(item) = self.ring_buf.next() {
-            match decode(&item) {
-                Ok(Event::Alloc(mut a)) => {
+            match parse(&item) {
+                Ok(Record::Event {
+                    event: Event::Alloc(mut a),
+                    stack,
+                    ..
+                }) => {
                     // A mapping's stack is a site of its own even where a heap block's stack
                     // has the same frames: the category is part of the key.
                     let mapping = a.func.is_mapping();
-                    if let Some(ips) = inline_stack(&item) {
+                    if let Some(ips) = stack {
                         a.stack_id = self.stacks.intern(mapping, ips);
                     } else {
                         let maps = &self.stack_maps;
@@ -108,18 +112,19 @@ impl Reader {
                     }
                     batch.events.push(Event::Alloc(a))
                 }
-                Ok(ev @ Event::Exec { pid, .. }) => {
-                    if let Some(c) = exec_comm(&item) {
+                Ok(Record::Event {
+                    event: ev @ Event::Exec { pid, .. },
+                    comm,
+                    ..
+                }) => {
+                    if let Some(c) = comm {
                         batch.exec_names.insert(pid, c);
                     }
                     batch.events.push(ev)
                 }
-                Ok(ev) => batch.events.push(ev),
-                Err(
-                    DecodeError::Short { .. }
-                    | DecodeError::UnknownKind(_)
-                    | DecodeError::UnknownFunc(_),
-                ) => {
+                Ok(Record::Event { event, .. }) => batch.events.push(event),
+                // Notices come on their own ring, to the map reader: not here.
+                Ok(Record::Exiting { .. } | Record::Thrown { .. }) | Err(_) => {
                     self.counts.bad_records.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -449,36 +449,24 @@ pub fn breakpoints_in_place(pid: u32, lib: &AllocatorLib) -> Vec<&'static str> {
 }
 
 /// The allocator of a running process, from its memory map.
-pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
-    let proc = procfs::process::Process::new(pid as i32).map_err(|_| {
-        anyhow::anyhow!("no process with pid {pid} (it does not exist or has already exited)")
-    })?;
-    let stat = proc
-        .stat()
-        .with_context(|| format!("process {pid} exited while being inspected"))?;
+pub fn for_pid(pid: u32) -> Result<AllocatorLib, Lookup> {
+    let proc = procfs::process::Process::new(pid as i32).map_err(|_| Lookup::Gone(pid))?;
+    let stat = proc.stat().map_err(|_| Lookup::Gone(pid))?;
     const PF_KTHREAD: u32 = 0x0020_0000;
     if stat.flags & PF_KTHREAD != 0 {
-        bail!(
-            "pid {pid} ({}) is a kernel thread: it has no user-space memory map and no malloc to trace; \
-             give the pid of a user process",
-            stat.comm
-        );
+        return Err(Lookup::KernelThread {
+            pid,
+            comm: stat.comm,
+        });
     }
     let maps = proc.maps().map_err(|e| match e {
         // SAFETY: geteuid has no preconditions.
-        procfs::ProcError::PermissionDenied(_) if unsafe { libc::geteuid() } == 0 => {
-            anyhow::anyhow!(
-            "permission denied reading /proc/{pid}/maps even as root: the process is protected \
-             (it belongs to another user namespace, or a security module restricts access to it)"
-        )
-        }
-        procfs::ProcError::PermissionDenied(_) => anyhow::anyhow!(
-            "permission denied reading /proc/{pid}/maps: tracer must run as root (sudo)"
-        ),
-        procfs::ProcError::NotFound(_) => {
-            anyhow::anyhow!("process {pid} exited while being inspected")
-        }
-        e => anyhow::anyhow!("cannot read /proc/{pid}/maps: {e}"),
+        procfs::ProcError::PermissionDenied(_) => Lookup::Denied {
+            pid,
+            root: unsafe { libc::geteuid() } == 0,
+        },
+        procfs::ProcError::NotFound(_) => Lookup::Gone(pid),
+        e => Lookup::Other(anyhow::anyhow!("cannot read /proc/{pid}/maps: {e}")),
     })?;
     let exe = proc.exe().ok();
     let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -499,7 +487,7 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
         }
     }
     if files.is_empty() {
-        bail!("process {pid} has no mapped files: it is exiting or is not a user process");
+        return Err(Lookup::NothingMapped(pid));
     }
     let candidates = files
         .into_iter()
@@ -508,12 +496,43 @@ pub fn for_pid(pid: u32) -> Result<AllocatorLib> {
             (p, open)
         })
         .collect();
-    choose(candidates)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "process {pid} maps no file that defines malloc and free (a Go program, or an allocator \
-             tracer does not know yet): nothing to probe"
+    choose(candidates)?.ok_or(Lookup::NoAllocator(pid))
+}
+
+/// Why a running process's allocator was not found ([`for_pid`]): callers branch on the kind,
+/// and the message is built from it.
+#[derive(Debug, thiserror::Error)]
+pub enum Lookup {
+    #[error("no process with pid {0} (it does not exist or has already exited)")]
+    Gone(u32),
+    #[error(
+        "pid {pid} ({comm}) is a kernel thread: it has no user-space memory map and no malloc to \
+         trace; give the pid of a user process"
+    )]
+    KernelThread { pid: u32, comm: String },
+    #[error("{}", denied(*pid, *root))]
+    Denied { pid: u32, root: bool },
+    /// Exiting, or caught in its exec before its program is mapped.
+    #[error("process {0} has no mapped files: it is exiting or is not a user process")]
+    NothingMapped(u32),
+    #[error(
+        "process {0} maps no file that defines malloc and free (a Go program, or an allocator \
+         tracer does not know yet): nothing to probe"
+    )]
+    NoAllocator(u32),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+fn denied(pid: u32, root: bool) -> String {
+    if root {
+        format!(
+            "permission denied reading /proc/{pid}/maps even as root: the process is protected \
+             (it belongs to another user namespace, or a security module restricts access to it)"
         )
-    })
+    } else {
+        format!("permission denied reading /proc/{pid}/maps: tracer must run as root (sudo)")
+    }
 }
 
 /// The allocator a program will use once started, found before it runs: the executable itself
@@ -778,14 +797,18 @@ mod tests {
 
     #[test]
     fn no_such_pid_is_a_clear_error() {
-        let e = for_pid(4_194_300).unwrap_err().to_string();
+        let e = for_pid(4_194_300).unwrap_err();
+        assert!(matches!(e, Lookup::Gone(4_194_300)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("4194300") && e.contains("no process"), "{e}");
     }
 
     #[test]
     fn a_kernel_thread_is_refused() {
         // pid 2 is kthreadd on Linux.
-        let e = for_pid(2).unwrap_err().to_string();
+        let e = for_pid(2).unwrap_err();
+        assert!(matches!(e, Lookup::KernelThread { pid: 2, .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("kernel thread"), "{e}");
     }
 

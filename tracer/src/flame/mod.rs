@@ -11,13 +11,12 @@ mod pprof;
 use std::{io::Write, path::Path};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::symbolize::{Frame, Mapping};
 
 /// What a flame graph shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum What {
     /// Outstanding bytes of the sites that leak (and of those not judged yet).
     Leaks,
@@ -29,7 +28,7 @@ pub enum What {
     Growth,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// `frame;frame;frame value` lines, outermost frame first.
     Folded,

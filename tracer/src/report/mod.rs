@@ -206,6 +206,21 @@ pub struct ProcessReport {
     pub sites_omitted: usize,
 }
 
+/// How reports are written (the table for people, one JSON object a line for programs).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// What a report's sites are ordered by.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Bytes,
+    Objects,
+    Rate,
+}
+
 /// Settings a report mentions when telling how to avoid losses.
 #[derive(Clone, Copy, Debug)]
 pub struct LimitSettings {
