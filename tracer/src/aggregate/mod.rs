@@ -138,6 +138,17 @@ pub struct SiteDelta {
     pub delta_frees: u64,
 }
 
+/// Removes a process's entries from a map keyed by (process, address).
+fn remove_process<V>(m: &mut BTreeMap<(u32, u64), V>, pid: u32) {
+    let keys: Vec<(u32, u64)> = m
+        .range((pid, 0)..=(pid, u64::MAX))
+        .map(|(k, _)| *k)
+        .collect();
+    for k in keys {
+        m.remove(&k);
+    }
+}
+
 fn frames_hash(frames: &[u64]) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(frames)
@@ -418,22 +429,8 @@ impl Ledger {
                 self.live.remove(&(pid, a));
                 self.mapped.remove(&(pid, a));
             }
-            let heaps: Vec<(u32, u64)> = self
-                .heaps
-                .range((pid, 0)..=(pid, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in heaps {
-                self.heaps.remove(&k);
-            }
-            let tagged: Vec<(u32, u64)> = self
-                .heap_of
-                .range((pid, 0)..=(pid, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in tagged {
-                self.heap_of.remove(&k);
-            }
+            remove_process(&mut self.heaps, pid);
+            remove_process(&mut self.heap_of, pid);
             self.by_frames.remove(&pid);
             for id in self.index.remove(&pid).unwrap_or_default().into_values() {
                 let s = &mut self.sites[id];
