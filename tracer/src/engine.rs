@@ -1222,6 +1222,17 @@ impl Engine {
     /// Symbolizes sites and merges those whose stacks read the same (e.g. the copies of an
     /// unrolled loop's call): one group per row, members in the order given.
     fn group(&mut self, sites: impl Iterator<Item = SiteId>) -> Vec<Group> {
+        let sites: Vec<SiteId> = sites.collect();
+        // Every frame of every site at once: one symbolizer call per file.
+        let wanted: Vec<(u32, u64)> = sites
+            .iter()
+            .flat_map(|&id| {
+                let site = self.ledger.site(id);
+                let pid = site.key.map_or(self.head.pid, |k| k.pid);
+                site.frames.iter().map(move |&a| (pid, a))
+            })
+            .collect();
+        self.symbolizer.prepare(wanted);
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<Vec<String>, usize> = HashMap::new();
         for id in sites {

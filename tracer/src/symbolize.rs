@@ -33,6 +33,9 @@ pub struct Frame {
     pub offset: u64,
     /// This frame was inlined into the next one (same address).
     pub inlined: bool,
+    /// Why there is no function name (blazesym's reason, or tracer's): absent when named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsymbolized: Option<String>,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -139,87 +142,131 @@ impl Symbolizer {
 
     /// Symbolizes return addresses of `pid` (innermost first) into frames, innermost first.
     pub fn stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        self.prepare(addrs.iter().map(|&a| (pid, a)));
         let mut out = Vec::new();
         for &a in addrs {
-            out.extend(self.addr(pid, a).iter().cloned());
+            if let Some(f) = self.cache.get(&(pid, a)) {
+                out.extend(f.iter().cloned());
+            }
         }
         out
     }
 
-    /// Frames for one return address (several when calls were inlined there).
-    pub fn addr(&mut self, pid: u32, addr: u64) -> Arc<Vec<Frame>> {
-        if let Some(f) = self.cache.get(&(pid, addr)) {
-            return f.clone();
-        }
-        let frames = Arc::new(self.resolve(pid, addr));
-        self.cache.insert((pid, addr), frames.clone());
-        frames
-    }
-
-    fn resolve(&self, pid: u32, addr: u64) -> Vec<Frame> {
-        let Some(m) = self.mapping(pid, addr) else {
-            return vec![Frame {
-                addr,
-                ..Frame::default()
-            }];
-        };
-        let offset = addr - m.start + m.offset;
-        let module = m.path.to_string_lossy().into_owned();
-        let unknown = Frame {
-            addr,
-            module: Some(module.clone()),
-            offset,
-            ..Frame::default()
-        };
-        // A return address points after the call: look up the call instruction itself.
-        let lookup = offset.saturating_sub(1);
-        let open = match &m.open_path {
-            Some(p) if p.exists() => p,
-            Some(_) => &m.path,
-            None => return vec![unknown],
-        };
-        let src = Source::Elf(Elf::new(open));
-        let Ok(sym) = self.blaze.symbolize_single(&src, Input::FileOffset(lookup)) else {
-            return vec![unknown];
-        };
-        let Symbolized::Sym(sym) = sym else {
-            return vec![unknown];
-        };
-        let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
-            ci.map(|ci| {
-                let file = match &ci.dir {
-                    Some(d) if !d.as_os_str().is_empty() => d.join(&*ci.file),
-                    _ => PathBuf::from(&*ci.file),
+    /// Symbolizes the addresses not in the cache yet, with one blazesym call per file for all
+    /// of its addresses (a report's thousands of frames fall in a few dozen files).
+    pub fn prepare(&mut self, wanted: impl IntoIterator<Item = (u32, u64)>) {
+        // Per file to open: (pid, address, offset in the file, module as the process sees it).
+        let mut by_file: HashMap<PathBuf, Vec<(u32, u64, u64, String)>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (pid, addr) in wanted {
+            if self.cache.contains_key(&(pid, addr)) || !seen.insert((pid, addr)) {
+                continue;
+            }
+            let Some(m) = self.mapping(pid, addr) else {
+                let frame = Frame {
+                    addr,
+                    unsymbolized: Some("not in the process's memory map".into()),
+                    ..Frame::default()
                 };
-                (Some(file.to_string_lossy().into_owned()), ci.line)
-            })
-            .unwrap_or((None, None))
-        };
-        let mut frames = Vec::new();
-        for inl in sym.inlined.iter().rev() {
-            let (file, line) = code(inl.code_info.as_ref());
-            frames.push(Frame {
-                addr,
-                function: Some(inl.name.to_string()),
-                file,
-                line,
-                module: Some(module.clone()),
-                offset,
-                inlined: true,
-            });
+                self.cache.insert((pid, addr), Arc::new(vec![frame]));
+                continue;
+            };
+            let offset = addr - m.start + m.offset;
+            let module = m.path.to_string_lossy().into_owned();
+            let open = match &m.open_path {
+                Some(p) if p.exists() => p.clone(),
+                Some(_) => m.path.clone(),
+                None => {
+                    let frame = unknown(addr, offset, module, "the file changed since".into());
+                    self.cache.insert((pid, addr), Arc::new(vec![frame]));
+                    continue;
+                }
+            };
+            by_file
+                .entry(open)
+                .or_default()
+                .push((pid, addr, offset, module));
         }
-        let (file, line) = code(sym.code_info.as_deref());
+        for (open, items) in by_file {
+            // A return address points after the call: look up the call instruction itself.
+            let lookups: Vec<u64> = items
+                .iter()
+                .map(|&(_, _, off, _)| off.saturating_sub(1))
+                .collect();
+            let src = Source::Elf(Elf::new(&open));
+            let results = self.blaze.symbolize(&src, Input::FileOffset(&lookups));
+            for (i, (pid, addr, offset, module)) in items.into_iter().enumerate() {
+                let frames = match &results {
+                    Ok(r) => match r.get(i) {
+                        Some(Symbolized::Sym(sym)) => frames_of(sym, addr, offset, &module),
+                        Some(Symbolized::Unknown(reason)) => {
+                            vec![unknown(addr, offset, module, reason.to_string())]
+                        }
+                        None => vec![unknown(addr, offset, module, "no answer".into())],
+                    },
+                    Err(e) => vec![unknown(addr, offset, module, e.to_string())],
+                };
+                self.cache.insert((pid, addr), Arc::new(frames));
+            }
+        }
+    }
+}
+
+/// A frame with its module and offset only, and why.
+fn unknown(addr: u64, offset: u64, module: String, why: String) -> Frame {
+    Frame {
+        addr,
+        module: Some(module),
+        offset,
+        unsymbolized: Some(why),
+        ..Frame::default()
+    }
+}
+
+/// The frames of one symbolized address: the calls inlined there, innermost first, then the
+/// function itself.
+fn frames_of(
+    sym: &blazesym::symbolize::Sym<'_>,
+    addr: u64,
+    offset: u64,
+    module: &str,
+) -> Vec<Frame> {
+    let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
+        ci.map(|ci| {
+            let file = match &ci.dir {
+                Some(d) if !d.as_os_str().is_empty() => d.join(&*ci.file),
+                _ => PathBuf::from(&*ci.file),
+            };
+            (Some(file.to_string_lossy().into_owned()), ci.line)
+        })
+        .unwrap_or((None, None))
+    };
+    let mut frames = Vec::new();
+    for inl in sym.inlined.iter().rev() {
+        let (file, line) = code(inl.code_info.as_ref());
         frames.push(Frame {
             addr,
-            function: Some(sym.name.to_string()),
+            function: Some(inl.name.to_string()),
             file,
             line,
-            module: Some(module),
+            module: Some(module.to_owned()),
             offset,
-            inlined: false,
+            inlined: true,
+            unsymbolized: None,
         });
-        frames
     }
+    let (file, line) = code(sym.code_info.as_deref());
+    frames.push(Frame {
+        addr,
+        function: Some(sym.name.to_string()),
+        file,
+        line,
+        module: Some(module.to_owned()),
+        offset,
+        inlined: false,
+        unsymbolized: None,
+    });
+    frames
 }
 
 /// File-backed mappings of a live process, opened through its root.
@@ -331,7 +378,7 @@ mod tests {
         assert!(s.refresh(pid));
         // An address inside marker_function (+1 because lookups use addr - 1).
         let addr = marker_function() + 1;
-        let frames = s.addr(pid, addr);
+        let frames = s.stack(pid, &[addr]);
         let f = frames.last().unwrap();
         assert!(
             f.function
@@ -351,10 +398,11 @@ mod tests {
     #[test]
     fn an_unmapped_address_is_a_frame_not_an_error() {
         let mut s = Symbolizer::new();
-        let f = s.addr(1_234_567, 0x1234);
+        let f = s.stack(1_234_567, &[0x1234]);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].function, None);
         assert_eq!(f[0].short(), "[unknown] 0x1234");
+        assert!(f[0].unsymbolized.is_some());
     }
 
     #[test]
@@ -370,8 +418,26 @@ mod tests {
                 open_path: Some("/nonexistent/libgone.so".into()),
             }],
         );
-        let f = s.addr(9, 0x1010);
+        let f = s.stack(9, &[0x1010]);
         assert_eq!(f[0].short(), "libgone.so+0x3010");
+        // blazesym's reason is kept.
+        assert!(f[0].unsymbolized.is_some(), "{f:?}");
+    }
+
+    /// Many addresses of one file in one call give what one call per address gives.
+    #[test]
+    fn a_batch_reads_as_single_lookups_do() {
+        let pid = std::process::id();
+        let mut one = Symbolizer::new();
+        assert!(one.refresh(pid));
+        let addrs: Vec<u64> = (0..64).map(|i| marker_function() + 1 + i * 3).collect();
+        let singles: Vec<Vec<Frame>> = addrs.iter().map(|&a| one.stack(pid, &[a])).collect();
+        let mut batch = Symbolizer::new();
+        assert!(batch.refresh(pid));
+        batch.prepare(addrs.iter().map(|&a| (pid, a)));
+        for (a, want) in addrs.iter().zip(singles) {
+            assert_eq!(batch.stack(pid, &[*a]), want);
+        }
     }
 
     #[test]

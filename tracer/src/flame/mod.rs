@@ -359,6 +359,7 @@ pub(crate) mod tests {
             module: Some("/opt/leaky".into()),
             offset: addr - 0x400000,
             inlined,
+            unsymbolized: None,
         }
     }
 

@@ -334,6 +334,7 @@ pub(crate) fn sample_report() -> Report {
                 module: Some("/bin/leaky".into()),
                 offset: 0x1136,
                 inlined: false,
+                unsymbolized: None,
             }],
             live_objects: 10,
             live_bytes: 640,
