@@ -156,7 +156,8 @@ impl Symbolizer {
     /// of its addresses (a report's thousands of frames fall in a few dozen files).
     pub fn prepare(&mut self, wanted: impl IntoIterator<Item = (u32, u64)>) {
         // Per file to open: (pid, address, offset in the file, module as the process sees it).
-        let mut by_file: HashMap<PathBuf, Vec<(u32, u64, u64, String)>> = HashMap::new();
+        // Keyed by (the path to open, the path as the process saw it).
+        let mut by_file: HashMap<(PathBuf, PathBuf), Vec<Wanted>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for (pid, addr) in wanted {
             if self.cache.contains_key(&(pid, addr)) || !seen.insert((pid, addr)) {
@@ -183,18 +184,23 @@ impl Symbolizer {
                 }
             };
             by_file
-                .entry(open)
+                .entry((open, m.path.clone()))
                 .or_default()
                 .push((pid, addr, offset, module));
         }
-        for (open, items) in by_file {
+        for ((open, plain), items) in by_file {
             // A return address points after the call: look up the call instruction itself.
             let lookups: Vec<u64> = items
                 .iter()
                 .map(|&(_, _, off, _)| off.saturating_sub(1))
                 .collect();
             let src = Source::Elf(Elf::new(&open));
-            let results = self.blaze.symbolize(&src, Input::FileOffset(&lookups));
+            let mut results = self.blaze.symbolize(&src, Input::FileOffset(&lookups));
+            // The process went meanwhile (its /proc/PID/root with it): the file as it saw it.
+            if results.is_err() && open != plain {
+                let src = Source::Elf(Elf::new(&plain));
+                results = self.blaze.symbolize(&src, Input::FileOffset(&lookups));
+            }
             for (i, (pid, addr, offset, module)) in items.into_iter().enumerate() {
                 let frames = match &results {
                     Ok(r) => match r.get(i) {
@@ -211,6 +217,9 @@ impl Symbolizer {
         }
     }
 }
+
+/// An address to symbolize: (pid, address, offset in its file, module as the process sees it).
+type Wanted = (u32, u64, u64, String);
 
 /// A frame with its module and offset only, and why.
 fn unknown(addr: u64, offset: u64, module: String, why: String) -> Frame {
