@@ -54,14 +54,14 @@ pub struct ReaderCounts {
 
 /// Decodes the ring buffer into batches (what the thread runs).
 pub struct Reader {
-    pub(super) ring_buf: RingBuf<MapData>,
+    ring_buf: RingBuf<MapData>,
     /// The two stack maps (even and odd epochs), their descriptors (owned by the maps), and
     /// the epoch setting (see [`Stacks`]).
-    pub(super) stack_maps: [StackTraceMap<MapData>; 2],
-    pub(super) stack_fds: [RawFd; 2],
-    pub(super) stack_epoch: Array<MapData, u32>,
-    pub(super) stacks: Stacks,
-    pub(super) counts: Arc<ReaderCounts>,
+    stack_maps: [StackTraceMap<MapData>; 2],
+    stack_fds: [RawFd; 2],
+    stack_epoch: Array<MapData, u32>,
+    stacks: Stacks,
+    counts: Arc<ReaderCounts>,
     /// When the epochs were last stepped.
     stepped: Instant,
 }
@@ -175,7 +175,7 @@ impl Reader {
                     .filter_map(|r| r.ok())
                     .collect();
                 for id in ids {
-                    let _ = delete_stack(self.stack_fds[map], id);
+                    let _ = super::multi::delete_elem(self.stack_fds[map], id);
                 }
                 self.stacks.emptied();
             }
@@ -193,29 +193,6 @@ fn read_stack(map: &StackTraceMap<MapData>, id: u32) -> Option<Vec<u64>> {
             .filter(|&ip| ip != 0)
             .collect(),
     )
-}
-
-/// Deletes stack `id` from the stack map `fd` (aya has no call for it).
-fn delete_stack(fd: RawFd, id: u32) -> std::io::Result<()> {
-    // union bpf_attr for BPF_MAP_*_ELEM: u32 map_fd, (pad), u64 key pointer, u64 value, u64
-    // flags.
-    let mut attr: [u64; 4] = [0; 4];
-    attr[0] = fd as u32 as u64;
-    attr[1] = (&raw const id) as u64;
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    // SAFETY: a BPF_MAP_DELETE_ELEM call with a pointer to a live u32 key.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The reader thread and its queue; the thread stops when this is dropped.
