@@ -250,31 +250,26 @@ fn frames_of(
         })
         .unwrap_or((None, None))
     };
-    let mut frames = Vec::new();
-    for inl in sym.inlined.iter().rev() {
-        let (file, line) = code(inl.code_info.as_ref());
-        frames.push(Frame {
+    let frame = |name: &str, ci, inlined| {
+        let (file, line) = code(ci);
+        Frame {
             addr,
-            function: Some(inl.name.to_string()),
+            function: Some(name.to_owned()),
             file,
             line,
             module: Some(module.to_owned()),
             offset,
-            inlined: true,
+            inlined,
             unsymbolized: None,
-        });
-    }
-    let (file, line) = code(sym.code_info.as_deref());
-    frames.push(Frame {
-        addr,
-        function: Some(sym.name.to_string()),
-        file,
-        line,
-        module: Some(module.to_owned()),
-        offset,
-        inlined: false,
-        unsymbolized: None,
-    });
+        }
+    };
+    let mut frames: Vec<Frame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|inl| frame(&inl.name, inl.code_info.as_ref(), true))
+        .collect();
+    frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
     frames
 }
 
