@@ -9,6 +9,7 @@ mod engine;
 mod flame;
 mod mapwatch;
 mod output;
+mod procs;
 mod record;
 mod replay;
 mod report;

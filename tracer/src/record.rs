@@ -31,6 +31,7 @@
 //! panic and never allocate more than a frame's stated length, itself capped. A frame whose
 //! checksum fails is such an error: a damaged recording never replays to other numbers.
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
@@ -41,6 +42,7 @@ use tracer_common::AllocFn;
 
 use crate::{
     collector::{Alloc, Counters, Event},
+    procs::ProcInfo,
     symbolize::Mapping,
 };
 
@@ -153,6 +155,122 @@ impl RecordedMapping {
             path: m.path.clone(),
             build_id,
         }
+    }
+}
+
+/// The recording as the pipeline writes it: each call writes one frame when recording, and
+/// nothing otherwise. A write that fails stops the recording, not the tracing (see
+/// [`Recorder::failure`]).
+#[derive(Default)]
+pub struct Tap(Option<Recorder>);
+
+impl Tap {
+    pub fn new(rec: Option<Recorder>) -> Tap {
+        Tap(rec)
+    }
+
+    /// A process's memory map, each file with its build id.
+    pub fn maps(
+        &mut self,
+        pid: u32,
+        maps: &[Mapping],
+        mut build_id: impl FnMut(&Mapping) -> Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let Some(rec) = &mut self.0 else {
+            return Ok(());
+        };
+        let maps = maps
+            .iter()
+            .map(|m| RecordedMapping::of(m, build_id(m)))
+            .collect();
+        rec.write(&Frame::Maps { pid, maps })
+    }
+
+    /// A stack's return addresses, before the events that name it.
+    pub fn stack(&mut self, pid: u32, stack_id: i32, addrs: &[u64]) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Stack {
+                pid,
+                stack_id,
+                addrs: addrs.to_vec(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn events(&mut self, evs: &[Event]) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write_events(evs),
+            None => Ok(()),
+        }
+    }
+
+    /// What is known of a process: first seen, renamed, or exited.
+    pub fn process(&mut self, pid: u32, info: &ProcInfo) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Process {
+                pid,
+                command: info.command.clone(),
+                allocator: info.allocator.clone(),
+                allocator_kind: info.allocator_kind.clone(),
+                exited: info.exited,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Events lost per process, as the kernel counts them.
+    pub fn losses(&mut self, lost: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Losses(lost.iter().map(|(&p, &n)| (p, n)).collect())),
+            None => Ok(()),
+        }
+    }
+
+    /// A drain point (the frames before it reach the file).
+    pub fn tick(&mut self, t_ns: u64, counters: &Counters) -> anyhow::Result<()> {
+        self.then_flush(Frame::Tick {
+            t_ns,
+            counters: *counters,
+        })
+    }
+
+    pub fn mark(&mut self, t_ns: u64, counters: &Counters) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Mark {
+                t_ns,
+                counters: *counters,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn end(
+        &mut self,
+        t_ns: u64,
+        counters: &Counters,
+        exit_code: Option<i32>,
+    ) -> anyhow::Result<()> {
+        self.then_flush(Frame::End {
+            t_ns,
+            counters: *counters,
+            exit_code,
+        })
+    }
+
+    fn then_flush(&mut self, f: Frame) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => {
+                rec.write(&f)?;
+                rec.flush()
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Why the recording stopped, if it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|r| r.failure())
     }
 }
 

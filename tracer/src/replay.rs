@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Result};
 use crate::{
     collector::Counters,
     config::ReportOptions,
-    engine::{Engine, Flow, ProcInfo, Source},
+    engine::{Engine, Flow, Source},
+    procs::ProcInfo,
     record::{Frame, Reader, RecordedMapping},
     symbolize::{self, Mapping},
 };

@@ -79,6 +79,8 @@ pub struct Symbolizer {
     blaze: Blaze,
     maps: HashMap<u32, Vec<Mapping>>,
     cache: HashMap<(u32, u64), Arc<Vec<Frame>>>,
+    /// Build ids of the files mapped, read once each.
+    build_ids: HashMap<PathBuf, Vec<u8>>,
 }
 
 impl Default for Symbolizer {
@@ -97,7 +99,20 @@ impl Symbolizer {
                 .build(),
             maps: HashMap::new(),
             cache: HashMap::new(),
+            build_ids: HashMap::new(),
         }
+    }
+
+    /// The build id of a mapping's file (empty when it has none or cannot be read), read
+    /// once per file.
+    pub fn build_id_of(&mut self, m: &Mapping) -> Vec<u8> {
+        let file = m.open_path.as_ref().unwrap_or(&m.path);
+        if let Some(id) = self.build_ids.get(file) {
+            return id.clone();
+        }
+        let id = build_id(file).unwrap_or_default();
+        self.build_ids.insert(file.clone(), id.clone());
+        id
     }
 
     /// Re-reads the process's memory map while it lives; keeps the last one once it is gone.

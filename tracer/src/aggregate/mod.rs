@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// Mappings are whole pages.
 const PAGE: u64 = 4096;
 
+pub mod books;
 pub mod verdict;
 
 use crate::collector::{Alloc, Event};

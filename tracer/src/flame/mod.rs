@@ -7,6 +7,7 @@
 //! profile. Files are replaced atomically (a temporary file renamed over the target), so a
 //! viewer never reads half a file even with `--flame-every`.
 mod pprof;
+pub mod profile;
 
 use std::{io::Write, path::Path};
 

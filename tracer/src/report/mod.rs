@@ -1,7 +1,10 @@
 //! The report model and its reporters. A reporter is a pure function from a [`Report`] to a
 //! writer; building the model from the books happens in [`build`].
+pub mod build;
 pub mod json;
+mod rows;
 pub mod table;
+pub mod writer;
 
 use std::collections::BTreeMap;
 

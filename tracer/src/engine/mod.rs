@@ -1,0 +1,323 @@
+//! The pipeline above the collector: intake (process table, stacks, maps) → books → report
+//! builders → writers.
+//!
+//! An [`Engine`] is driven by a few calls: [`Engine::ingest`] a batch of events, [`Engine::tick`]
+//! at every drain point, [`Engine::mark`] when the user asks, [`Engine::finish`] at the end. The
+//! live tracer and `tracer replay` make the same calls with the same values (the recording
+//! holds them), so they print the same reports. The outside world is reached only through a
+//! [`Source`] (stacks, memory maps and processes), and everything read through it is recorded.
+//! The engine only sequences: what a report says is built by `report::build` from the books
+//! and the process table, and written by `report::writer`.
+use std::{collections::BTreeMap, io::Write, time::Duration};
+
+use anyhow::Result;
+
+use crate::{
+    aggregate::books::{Books, Judging},
+    collector::{Counters, Event},
+    config::ReportOptions,
+    flame::{self, What},
+    procs::{ProcInfo, Procs},
+    record::{RecordHeader, Recorder, Tap},
+    report::{
+        build::{self, Builder},
+        writer::Writer,
+        LimitSettings, ProcessReport, Report, ReportKind,
+    },
+    symbolize::Mapping,
+};
+
+mod intake;
+#[cfg(test)]
+mod tests;
+
+pub use crate::report::writer::Flow;
+use intake::Intake;
+
+/// What the pipeline needs from the world besides events.
+pub trait Source {
+    /// Return addresses (innermost first) of a stack the collector holds.
+    fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
+    /// The process's memory map as it is now, when it can be read (never in replay: there the
+    /// recorded maps arrive with [`Engine::install_maps`]).
+    fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
+    /// A process's command name and allocator as they are now (None in replay: there they
+    /// arrive with [`Engine::install_process`]).
+    fn process(&mut self, pid: u32) -> Option<ProcInfo>;
+}
+
+pub struct Engine {
+    opts: ReportOptions,
+    head: RecordHeader,
+    intake: Intake,
+    books: Books,
+    writer: Writer,
+    next_report_ns: u64,
+    /// What exited processes left outstanding, for the final report (at most
+    /// `--keep-exited`), and how many more there were.
+    exited_reports: Vec<ProcessReport>,
+    exited_omitted: u64,
+    /// Output failures waiting for the next report.
+    warnings: Vec<String>,
+    recording_failure_told: bool,
+}
+
+impl Engine {
+    pub fn new(
+        opts: ReportOptions,
+        head: RecordHeader,
+        recorder: Option<Recorder>,
+        out: Box<dyn Write>,
+    ) -> Engine {
+        let subject = ProcInfo {
+            command: head.command.clone(),
+            allocator: head.allocator.clone(),
+            allocator_kind: head.allocator_kind.clone(),
+            exited: false,
+        };
+        let procs = Procs::new(head.pid, subject, opts.comm.clone());
+        let limits = LimitSettings {
+            ring_size: head.ring_size,
+            stack_slots: head.stack_slots,
+        };
+        Engine {
+            books: Books::new(Judging {
+                verdict: opts.verdict,
+                warmup: opts.warmup,
+                interval: opts.interval,
+            }),
+            intake: Intake::new(procs, Tap::new(recorder)),
+            writer: Writer::new(out, opts.format, limits),
+            next_report_ns: opts.interval.as_nanos() as u64,
+            opts,
+            head,
+            exited_reports: Vec::new(),
+            exited_omitted: 0,
+            warnings: Vec::new(),
+            recording_failure_told: false,
+        }
+    }
+
+    /// When the next interval report is due, in ns since the start.
+    pub fn next_report_ns(&self) -> u64 {
+        self.next_report_ns
+    }
+
+    /// Reads the process's memory map through `src` and keeps it (recording it when it changed).
+    pub fn refresh_maps(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        self.intake.refresh_maps(src, pid)
+    }
+
+    /// Installs a recorded memory map (replay).
+    pub fn install_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
+        self.intake.install_maps(pid, maps);
+    }
+
+    /// Applies a batch of events (see [`Intake::ingest`]).
+    pub fn ingest(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
+        self.intake.ingest(src, &mut self.books.ledger, events)
+    }
+
+    /// Processes that exec'd since the last call (the live tracer probes their new allocator).
+    pub fn take_execs(&mut self) -> Vec<u32> {
+        self.intake.take_execs()
+    }
+
+    /// Tracing several processes (system-wide, or several pids): reports get a process level.
+    pub fn multi(&self) -> bool {
+        self.intake.procs.multi()
+    }
+
+    /// Keeps what is known of a process (from a recording).
+    pub fn install_process(&mut self, pid: u32, info: ProcInfo) {
+        self.intake.procs.install(pid, info);
+    }
+
+    /// After the traced process exec'd (one-process runs): read its new name and allocator.
+    pub fn learn_after_exec(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        self.intake.learn_after_exec(src, pid)
+    }
+
+    /// A known process learned something new (its allocator): read it again.
+    pub fn relearn(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
+        self.intake.relearn(src, pid)
+    }
+
+    /// Processes seen and not known to have exited.
+    pub fn live_processes(&self) -> Vec<u32> {
+        self.intake.procs.live()
+    }
+
+    /// A process exited: its last numbers go in the next report, then its books are closed.
+    pub fn process_exited(&mut self, pid: u32) -> Result<()> {
+        self.intake.process_exited(pid)
+    }
+
+    /// Re-reads the names of processes whose events --comm drops.
+    pub fn recheck_names(&mut self, src: &mut dyn Source) -> Result<()> {
+        self.intake.recheck_names(src)
+    }
+
+    /// The events lost so far per process, as the kernel counts them: from now on a loss
+    /// makes only its own process's verdicts uncertain. Recorded when they change.
+    pub fn set_process_losses(&mut self, lost: BTreeMap<u32, u64>) -> Result<()> {
+        if self.books.set_process_losses(lost.clone()) {
+            self.intake.tap.losses(&lost)?;
+        }
+        Ok(())
+    }
+
+    /// A drain point, `t_ns` after the start: makes the interval report when one is due.
+    pub fn tick(&mut self, src: &mut dyn Source, t_ns: u64, c: &Counters) -> Result<Flow> {
+        self.intake.tap.tick(t_ns, c)?;
+        if t_ns < self.next_report_ns {
+            return Ok(Flow::Continue);
+        }
+        let interval_ns = self.opts.interval.as_nanos().max(1) as u64;
+        while self.next_report_ns <= t_ns {
+            self.next_report_ns += interval_ns;
+        }
+        let (snap, (base, base_ns)) = self.books.interval(t_ns, c, self.opts.since_attach);
+        let mut r =
+            self.builder()
+                .report(ReportKind::Interval, &snap, &base, t_ns - base_ns, c, None);
+        let flow = self.emit(&mut r)?;
+        if self.opts.flame.as_ref().is_some_and(|f| f.every) {
+            self.write_flame_or_warn(t_ns);
+        }
+        let pids = if self.multi() {
+            self.intake.procs.live()
+        } else {
+            vec![self.head.pid]
+        };
+        for pid in pids {
+            self.intake.refresh_maps(src, pid)?;
+        }
+        // Exited processes had their last line in this report.
+        let gone = self.intake.procs.gone();
+        if !gone.is_empty() {
+            // Their outstanding blocks, kept for the final report.
+            let none = Default::default();
+            let fin = self
+                .builder()
+                .report(ReportKind::Final, &snap, &none, t_ns, c, Some(&gone));
+            self.exited_reports
+                .extend(fin.processes.into_iter().filter(|p| gone.contains(&p.pid)));
+            self.exited_omitted +=
+                build::keep_exited(&mut self.exited_reports, self.opts.keep_exited);
+        }
+        self.books.retire(&gone);
+        for pid in gone {
+            self.intake.symbolizer.forget(pid);
+            self.intake.procs.forget(pid);
+        }
+        Ok(flow)
+    }
+
+    /// A mark: reports what changed since the previous mark (or the start).
+    pub fn mark(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
+        self.intake.tap.mark(t_ns, c)?;
+        let (n, snap, (base, base_ns)) = self.books.mark(t_ns);
+        let mut r = self
+            .builder()
+            .report(ReportKind::Mark, &snap, &base, t_ns - base_ns, c, None);
+        r.mark = Some(n);
+        let flow = self.emit(&mut r)?;
+        if self
+            .opts
+            .flame
+            .as_ref()
+            .is_some_and(|f| f.every && f.what == What::Growth)
+        {
+            self.write_flame_or_warn(t_ns);
+        }
+        Ok(flow)
+    }
+
+    /// The end: the outstanding report.
+    pub fn finish(&mut self, t_ns: u64, c: &Counters, exit_code: Option<i32>) -> Result<()> {
+        self.intake.tap.end(t_ns, c, exit_code)?;
+        let snap = self.books.end(t_ns, c, exit_code.is_some());
+        let none = Default::default();
+        let mut r = self
+            .builder()
+            .report(ReportKind::Final, &snap, &none, t_ns, c, None);
+        r.exit_code = exit_code;
+        // Processes that exited since the last report (their numbers are in this one's
+        // totals already) join those that exited before, under the same `--keep-exited`.
+        let (exited_now, live): (Vec<ProcessReport>, Vec<ProcessReport>) =
+            std::mem::take(&mut r.processes)
+                .into_iter()
+                .partition(|p| p.exited);
+        r.processes = live;
+        if self.multi() {
+            build::add_exited(&mut r, &self.exited_reports, &self.opts);
+            self.exited_reports.extend(exited_now);
+            self.exited_omitted +=
+                build::keep_exited(&mut self.exited_reports, self.opts.keep_exited);
+            r.processes.extend(self.exited_reports.iter().cloned());
+            r.processes
+                .sort_by_key(|p| std::cmp::Reverse(p.totals.live_bytes));
+        }
+        r.exited_omitted = self.exited_omitted;
+        self.emit(&mut r)?;
+        self.write_flame(t_ns)
+    }
+
+    /// What a report is built from, as it stands.
+    fn builder(&mut self) -> Builder<'_> {
+        Builder {
+            books: &self.books,
+            procs: &self.intake.procs,
+            opts: &self.opts,
+            start_mono_ns: self.head.start_mono_ns,
+            symbols: &mut self.intake.symbolizer,
+        }
+    }
+
+    /// The flame data of `what` at `t_ns` (see [`flame::What`]).
+    pub fn flame_profile(&mut self, what: What, t_ns: u64) -> flame::Profile {
+        let start = self.head.start_unix_ns;
+        flame::profile::profile(&mut self.builder(), what, t_ns, start)
+    }
+
+    /// A flame file rewritten during the run that cannot be written (a full disk): said on
+    /// stderr and in the next report; tracing goes on, and the final write tries again.
+    fn write_flame_or_warn(&mut self, t_ns: u64) {
+        if let Err(e) = self.write_flame(t_ns) {
+            let why = format!("{e:#}; tracing goes on");
+            eprintln!("tracer: warning: {why}");
+            self.warnings.push(why);
+        }
+    }
+
+    /// Writes the flame files when they were asked for.
+    fn write_flame(&mut self, t_ns: u64) -> Result<()> {
+        let Some(f) = self.opts.flame.clone() else {
+            return Ok(());
+        };
+        let p = self.flame_profile(f.what, t_ns);
+        for (path, format) in &f.files {
+            flame::write(&p, *format, path)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a report with the output failures not yet told in one (see
+    /// `Report::warnings`); Quit when stdout is gone.
+    fn emit(&mut self, r: &mut Report) -> Result<Flow> {
+        if let Some(why) = self.intake.tap.failure() {
+            if !self.recording_failure_told {
+                self.recording_failure_told = true;
+                self.warnings.push(why.to_string());
+            }
+        }
+        r.warnings = std::mem::take(&mut self.warnings);
+        self.writer.write(r)
+    }
+}
+
+/// Nanoseconds in a duration, saturating.
+pub fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
