@@ -474,7 +474,12 @@ impl Session {
                 flow = self.engine.mark(t_ns, &c)?;
             }
             if flow == Flow::Continue {
-                flow = self.engine.tick(&mut self.live, t_ns, &c)?;
+                let reports = t_ns >= self.engine.next_report_ns();
+                flow = self.engine.tick(t_ns, &c)?;
+                if reports {
+                    // Libraries loaded since: their frames are named while the process lives.
+                    self.engine.refresh_live(&mut self.live)?;
+                }
             }
             // Nobody reads the reports any more (`tracer -- cmd | head`). A launched command
             // is never left running without tracer: tracing goes on without reports until it

@@ -1,4 +1,9 @@
 //! `tracer replay FILE`: the pipeline run again from a recording, with no kernel and no root.
+//!
+//! A recording holds what the live intake learned, in order (memory maps, processes, stacks,
+//! the events it kept) and the drain points, marks and end. Replaying applies the facts to the
+//! same books and makes the same reports at the same points; nothing is read from the world
+//! but the files the maps name (checked against their recorded build ids).
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -9,31 +14,11 @@ use anyhow::{anyhow, bail, Result};
 use crate::{
     collector::Counters,
     config::ReportOptions,
-    engine::{Engine, Flow, Source},
+    engine::{Engine, Fact, Flow},
     procs::ProcInfo,
     record::{Frame, Reader, RecordedMapping},
     symbolize::{self, Mapping},
 };
-
-/// The recorded world: stacks as they were read live; maps arrive as frames.
-#[derive(Default)]
-struct Recorded {
-    stacks: HashMap<(u32, i32), Vec<u64>>,
-}
-
-impl Source for Recorded {
-    fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64> {
-        self.stacks.remove(&(pid, stack_id)).unwrap_or_default()
-    }
-
-    fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
-        None
-    }
-
-    fn process(&mut self, _pid: u32) -> Option<ProcInfo> {
-        None
-    }
-}
 
 pub fn run(file: &Path, opts: ReportOptions) -> Result<i32> {
     run_to(file, opts, Box::new(std::io::stdout()))
@@ -54,7 +39,6 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
         ),
     };
     let mut engine = Engine::new(opts, head, None, out);
-    let mut world = Recorded::default();
     let mut files = Files::default();
     let mut last = (0u64, Counters::default());
     loop {
@@ -67,7 +51,7 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
             }
             Some(Frame::Maps { pid, maps }) => {
                 let maps = maps.into_iter().map(|m| files.check(m)).collect();
-                engine.install_maps(pid, maps);
+                engine.apply(Fact::Maps { pid, maps });
                 Flow::Continue
             }
             Some(Frame::Process {
@@ -77,19 +61,13 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
                 allocator_kind,
                 exited,
             }) => {
-                if exited {
-                    engine.process_exited(pid)?;
-                } else {
-                    engine.install_process(
-                        pid,
-                        ProcInfo {
-                            command,
-                            allocator,
-                            allocator_kind,
-                            exited,
-                        },
-                    );
-                }
+                let info = ProcInfo {
+                    command,
+                    allocator,
+                    allocator_kind,
+                    exited,
+                };
+                engine.apply(Fact::Process { pid, info });
                 Flow::Continue
             }
             Some(Frame::Stack {
@@ -97,11 +75,15 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
                 stack_id,
                 addrs,
             }) => {
-                world.stacks.insert((pid, stack_id), addrs);
+                engine.apply(Fact::Stack {
+                    pid,
+                    stack_id,
+                    addrs,
+                });
                 Flow::Continue
             }
             Some(Frame::Events(evs)) => {
-                engine.ingest(&mut world, &evs)?;
+                engine.apply(Fact::Events(&evs));
                 Flow::Continue
             }
             Some(Frame::Losses(lost)) => {
@@ -110,7 +92,7 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
             }
             Some(Frame::Tick { t_ns, counters }) => {
                 last = (t_ns, counters);
-                engine.tick(&mut world, t_ns, &counters)?
+                engine.tick(t_ns, &counters)?
             }
             Some(Frame::Mark { t_ns, counters }) => {
                 last = (t_ns, counters);

@@ -28,21 +28,22 @@ use crate::{
 };
 
 mod intake;
+mod known;
 #[cfg(test)]
 mod tests;
 
 pub use crate::report::writer::Flow;
 use intake::Intake;
+pub use known::Fact;
 
-/// What the pipeline needs from the world besides events.
+/// What the live intake reads from the world besides events (a replay reads none of it: it
+/// applies the [`Fact`]s the live run recorded).
 pub trait Source {
     /// Return addresses (innermost first) of a stack the collector holds.
     fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
-    /// The process's memory map as it is now, when it can be read (never in replay: there the
-    /// recorded maps arrive with [`Engine::install_maps`]).
+    /// The process's memory map as it is now, when it can be read.
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
-    /// A process's command name and allocator as they are now (None in replay: there they
-    /// arrive with [`Engine::install_process`]).
+    /// A process's command name and allocator as they are now.
     fn process(&mut self, pid: u32) -> Option<ProcInfo>;
 }
 
@@ -105,15 +106,28 @@ impl Engine {
 
     /// Reads the process's memory map through `src` and keeps it (recording it when it changed).
     pub fn refresh_maps(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
-        self.intake.refresh_maps(src, pid)
+        self.intake.refresh_maps(src, &mut self.books.ledger, pid)
     }
 
-    /// Installs a recorded memory map (replay).
-    pub fn install_maps(&mut self, pid: u32, maps: Vec<Mapping>) {
-        self.intake.install_maps(pid, maps);
+    /// The maps of every process traced and alive, read again (after each report).
+    pub fn refresh_live(&mut self, src: &mut dyn Source) -> Result<()> {
+        let pids = if self.multi() {
+            self.intake.known.procs.live()
+        } else {
+            vec![self.head.pid]
+        };
+        for pid in pids {
+            self.refresh_maps(src, pid)?;
+        }
+        Ok(())
     }
 
-    /// Applies a batch of events (see [`Intake::ingest`]).
+    /// Applies a fact a recording holds (replay).
+    pub fn apply(&mut self, fact: Fact) {
+        self.intake.known.apply(&mut self.books.ledger, fact);
+    }
+
+    /// Takes in a batch of events (see [`Intake::ingest`]).
     pub fn ingest(&mut self, src: &mut dyn Source, events: &[Event]) -> Result<()> {
         self.intake.ingest(src, &mut self.books.ledger, events)
     }
@@ -125,37 +139,33 @@ impl Engine {
 
     /// Tracing several processes (system-wide, or several pids): reports get a process level.
     pub fn multi(&self) -> bool {
-        self.intake.procs.multi()
-    }
-
-    /// Keeps what is known of a process (from a recording).
-    pub fn install_process(&mut self, pid: u32, info: ProcInfo) {
-        self.intake.procs.install(pid, info);
+        self.intake.known.procs.multi()
     }
 
     /// After the traced process exec'd (one-process runs): read its new name and allocator.
     pub fn learn_after_exec(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
-        self.intake.learn_after_exec(src, pid)
+        self.intake
+            .learn_after_exec(src, &mut self.books.ledger, pid)
     }
 
     /// A known process learned something new (its allocator): read it again.
     pub fn relearn(&mut self, src: &mut dyn Source, pid: u32) -> Result<()> {
-        self.intake.relearn(src, pid)
+        self.intake.relearn(src, &mut self.books.ledger, pid)
     }
 
     /// Processes seen and not known to have exited.
     pub fn live_processes(&self) -> Vec<u32> {
-        self.intake.procs.live()
+        self.intake.known.procs.live()
     }
 
     /// A process exited: its last numbers go in the next report, then its books are closed.
     pub fn process_exited(&mut self, pid: u32) -> Result<()> {
-        self.intake.process_exited(pid)
+        self.intake.process_exited(&mut self.books.ledger, pid)
     }
 
     /// Re-reads the names of processes whose events --comm drops.
     pub fn recheck_names(&mut self, src: &mut dyn Source) -> Result<()> {
-        self.intake.recheck_names(src)
+        self.intake.recheck_names(src, &mut self.books.ledger)
     }
 
     /// The events lost so far per process, as the kernel counts them: from now on a loss
@@ -168,7 +178,7 @@ impl Engine {
     }
 
     /// A drain point, `t_ns` after the start: makes the interval report when one is due.
-    pub fn tick(&mut self, src: &mut dyn Source, t_ns: u64, c: &Counters) -> Result<Flow> {
+    pub fn tick(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
         self.intake.tap.tick(t_ns, c)?;
         if t_ns < self.next_report_ns {
             return Ok(Flow::Continue);
@@ -185,16 +195,8 @@ impl Engine {
         if self.opts.flame.as_ref().is_some_and(|f| f.every) {
             self.write_flame_or_warn(t_ns);
         }
-        let pids = if self.multi() {
-            self.intake.procs.live()
-        } else {
-            vec![self.head.pid]
-        };
-        for pid in pids {
-            self.intake.refresh_maps(src, pid)?;
-        }
         // Exited processes had their last line in this report.
-        let gone = self.intake.procs.gone();
+        let gone = self.intake.known.procs.gone();
         if !gone.is_empty() {
             // Their outstanding blocks, kept for the final report.
             let none = Default::default();
@@ -208,8 +210,7 @@ impl Engine {
         }
         self.books.retire(&gone);
         for pid in gone {
-            self.intake.symbolizer.forget(pid);
-            self.intake.procs.forget(pid);
+            self.intake.known.retire(pid);
         }
         Ok(flow)
     }
@@ -268,10 +269,10 @@ impl Engine {
     fn builder(&mut self) -> Builder<'_> {
         Builder {
             books: &self.books,
-            procs: &self.intake.procs,
+            procs: &self.intake.known.procs,
             opts: &self.opts,
             start_mono_ns: self.head.start_mono_ns,
-            symbols: &mut self.intake.symbolizer,
+            symbols: &mut self.intake.known.symbolizer,
         }
     }
 

@@ -160,7 +160,7 @@ fn run_leaky(e: &mut Engine, secs: u64) {
     let c = Counters::default();
     for sec in 0..secs {
         leaky_second(e, &mut w, sec, &mut cache);
-        e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        e.tick((sec + 1) * S, &c).unwrap();
     }
     e.finish(secs * S + S / 2, &c, Some(0)).unwrap();
 }
@@ -222,7 +222,7 @@ fn a_cache_fed_from_two_callers_is_one_plateau() {
             }
         }
         e.ingest(&mut w, &evs).unwrap();
-        e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        e.tick((sec + 1) * S, &c).unwrap();
     }
     let reps = out.reports();
     let r = &reps[11];
@@ -245,7 +245,7 @@ fn lost_events_make_active_sites_uncertain() {
         if sec == 8 {
             c.kernel[counter::RING_FULL_FREE as usize] += 3;
         }
-        e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        e.tick((sec + 1) * S, &c).unwrap();
     }
     let reps = out.reports();
     assert_eq!(site(&reps[7], 1).unwrap()["verdict"], "leak");
@@ -285,7 +285,7 @@ fn every_loss_reaches_the_report_the_hints_and_the_sites_it_touches() {
                     Count::BadRecords => c.bad_records += 3,
                 }
             }
-            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+            e.tick((sec + 1) * S, &c).unwrap();
         }
         let reps = out.reports();
         let r = &reps[11];
@@ -388,7 +388,7 @@ fn one_processs_losses_make_only_its_verdicts_uncertain() {
                 let lost = if sec >= 8 { 5 } else { 0 };
                 e.set_process_losses(BTreeMap::from([(20, lost)])).unwrap();
             }
-            e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+            e.tick((sec + 1) * S, &c).unwrap();
         }
         let reps = out.reports();
         let last = &reps[11];
@@ -492,19 +492,19 @@ fn sort_top_and_site_filter() {
 
     let (mut e, out) = engine(&["--site", "leaky_lib"]);
     let mut w = Fake::default();
-    e.install_maps(
-        PID,
-        vec![Mapping {
+    e.apply(Fact::Maps {
+        pid: PID,
+        maps: vec![Mapping {
             start: 0x1000,
             end: 0x2000,
             offset: 0,
             path: "/opt/leaky_lib.so".into(),
             open_path: None,
         }],
-    );
+    });
     e.ingest(&mut w, &[malloc(1, 8, 1, 0), malloc(2, 8, 2, 0)])
         .unwrap();
-    e.tick(&mut w, S, &Counters::default()).unwrap();
+    e.tick(S, &Counters::default()).unwrap();
     let r = &out.reports()[0];
     let rows = r["sites"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{r}");
@@ -529,11 +529,11 @@ fn a_recording_replays_to_the_same_reports() {
     let c = Counters::default();
     for sec in 0..8 {
         leaky_second(&mut e, &mut w, sec, &mut cache);
-        e.tick(&mut w, sec * S + S / 2, &c).unwrap();
+        e.tick(sec * S + S / 2, &c).unwrap();
         if sec == 4 {
             e.mark(sec * S + S / 3, &c).unwrap();
         }
-        e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        e.tick((sec + 1) * S, &c).unwrap();
     }
     e.finish(8 * S + 1, &c, Some(3)).unwrap();
     drop(e);
@@ -575,7 +575,7 @@ fn flame_views_pick_their_stacks_and_values() {
     let c = Counters::default();
     for sec in 0..12 {
         leaky_second(&mut e, &mut w, sec, &mut cache);
-        e.tick(&mut w, (sec + 1) * S, &c).unwrap();
+        e.tick((sec + 1) * S, &c).unwrap();
     }
     let first = |p: &FlameProfile| -> Vec<(u64, i64)> {
         let mut v: Vec<(u64, i64)> = p
@@ -649,7 +649,7 @@ fn flame_every_rewrites_the_file_at_each_interval() {
     for sec in 1..=3u64 {
         let evs: Vec<Event> = (0..sec).map(|i| malloc(sec * 100 + i, 10, 1, 0)).collect();
         e.ingest(&mut w, &evs).unwrap();
-        e.tick(&mut w, sec * S, &c).unwrap();
+        e.tick(sec * S, &c).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let v: i64 = text.trim().rsplit_once(' ').unwrap().1.parse().unwrap();
         assert!(v > last, "{text}");
@@ -691,7 +691,7 @@ fn several_processes_get_a_process_level_and_their_own_rows() {
         ],
     )
     .unwrap();
-    e.tick(&mut w, S, &c).unwrap();
+    e.tick(S, &c).unwrap();
     let r = &out.reports()[0];
     assert_eq!(r["pid"], 0);
     let procs = r["processes"].as_array().unwrap();
@@ -711,12 +711,12 @@ fn an_exited_process_keeps_its_last_line_and_its_pid_can_come_back() {
     let c = Counters::default();
     e.ingest(&mut w, &[malloc_in(10, 1, 100, 1), malloc_in(20, 1, 7, 1)])
         .unwrap();
-    e.tick(&mut w, S, &c).unwrap();
+    e.tick(S, &c).unwrap();
     e.process_exited(10).unwrap();
-    e.tick(&mut w, 2 * S, &c).unwrap();
+    e.tick(2 * S, &c).unwrap();
     // a new process 10: a stranger, same address and stack id
     e.ingest(&mut w, &[malloc_in(10, 1, 30, 1)]).unwrap();
-    e.tick(&mut w, 3 * S, &c).unwrap();
+    e.tick(3 * S, &c).unwrap();
     e.finish(4 * S, &c, None).unwrap();
     let reps = out.reports();
     let p10 = |r: &Value| -> Vec<Value> {
@@ -782,7 +782,7 @@ fn a_busy_host_stays_bounded_and_the_leaker_exact() {
         for &pid in &born {
             e.process_exited(pid).unwrap();
         }
-        e.tick(&mut w, sec * S, &c).unwrap();
+        e.tick(sec * S, &c).unwrap();
         most_sites = most_sites.max(e.books.ledger.sites().len());
     }
     // 6,000 processes and 60,000 sites went by; the ledger never held more than about
@@ -792,9 +792,9 @@ fn a_busy_host_stays_bounded_and_the_leaker_exact() {
         "{most_sites} sites held"
     );
     assert!(
-        e.intake.procs.len() <= 1,
+        e.intake.known.procs.len() <= 1,
         "{} processes held",
-        e.intake.procs.len()
+        e.intake.known.procs.len()
     );
     e.finish(13 * S, &c, None).unwrap();
     let reps = out.reports();
@@ -843,7 +843,7 @@ fn a_report_lists_the_processes_that_grew_most() {
         }
     }
     e.ingest(&mut w, &evs).unwrap();
-    e.tick(&mut w, S, &c).unwrap();
+    e.tick(S, &c).unwrap();
     let reps = out.reports();
     let r = &reps[0];
     let pids: Vec<u64> = r["processes"]
@@ -864,7 +864,7 @@ fn comm_keeps_only_the_named_processes() {
     let mut w = Fake::default();
     e.ingest(&mut w, &[malloc_in(10, 1, 100, 1), malloc_in(20, 1, 7, 1)])
         .unwrap();
-    e.tick(&mut w, S, &Counters::default()).unwrap();
+    e.tick(S, &Counters::default()).unwrap();
     let r = &out.reports()[0];
     let procs = r["processes"].as_array().unwrap();
     assert_eq!(procs.len(), 1);
@@ -890,7 +890,7 @@ fn an_exec_closes_the_old_programs_books() {
     )
     .unwrap();
     assert_eq!(e.take_execs(), [PID]);
-    e.tick(&mut w, S, &c).unwrap();
+    e.tick(S, &c).unwrap();
     e.finish(2 * S, &c, None).unwrap();
     let fin = out.reports().pop().unwrap();
     assert_eq!(fin["totals"]["live_bytes"], 8, "{fin}");
