@@ -2,9 +2,12 @@
 //! retirement after it exited, with its name and allocator; the `--comm` filter; and, tracing
 //! one process, what the reports call it (its name changes when it execs).
 //!
-//! Owns no I/O: what it holds is learned by the pipeline (from `/proc` live, from the
-//! recording in replay) and installed here.
+//! The table owns no I/O: what it holds is learned by the live intake (through [`live::Live`]:
+//! `/proc`, the kernel's exec names, what was read of a process at its exec and exit, the
+//! allocator probed for it) or read back from a recording, and installed here.
 use std::collections::BTreeMap;
+
+pub mod live;
 
 /// What the reports say of a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,314 @@
+//! Setting up a live run: what to probe for the target asked (pids, a command to launch,
+//! every process), attaching, the allocators probed up front for programs started later, the
+//! banner, the recording, then the live loop.
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::{
+    probe::{Ctx, Prober},
+    Session,
+};
+use crate::{
+    collector::{
+        ebpf::{EbpfCollector, Settings},
+        launch,
+        stream::Stream,
+        target::{self, file_id},
+    },
+    config::{ReportOptions, Target, TraceOptions},
+    engine::Engine,
+    mapwatch::{EarlyBook, MapWatch},
+    output,
+    procs::live::{comm, user_processes, Allocator, Live},
+    record::{RecordHeader, Recorder},
+    signals,
+};
+
+pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
+    // What to probe: (scope pid, allocator) pairs; the pid the reports are about (0: several).
+    let (plan, held, program, head_pid) = match &t.target {
+        Target::Pids(pids) => {
+            let mut plan = Vec::new();
+            for &pid in pids {
+                // A process caught in its exec (its loader has not mapped its libraries yet)
+                // gets those its loader will map.
+                let lib = target::for_pid(pid).or_else(|e| target::for_exec(pid).map_err(|_| e))?;
+                plan.push((Some(pid), lib));
+            }
+            let head = if pids.len() == 1 { pids[0] } else { 0 };
+            (plan, None, None, head)
+        }
+        Target::All => {
+            // The C library tracer itself runs on is the system's: probing that file reaches
+            // every process that maps it, including those started later.
+            let mut lib = target::for_pid(std::process::id())?;
+            // tracer's own allocator (linked into its executable) is no one else's.
+            let me = std::fs::read_link("/proc/self/exe").ok();
+            lib.also.retain(|a| Some(&a.path) != me.as_ref());
+            (vec![(None, lib)], None, None, 0)
+        }
+        Target::Launch {
+            program,
+            argv,
+            user,
+        } => {
+            let lib = target::for_program(program)?;
+            // Forked before the runtime exists, so the child is a copy of a one-thread process.
+            let child = launch::spawn_held(program, argv, user.as_ref())?;
+            let pid = child.pid;
+            (
+                vec![(Some(pid), lib)],
+                Some(child),
+                Some(program.clone()),
+                pid,
+            )
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let settings = Settings {
+            filter_pid: head_pid,
+            ring_size: t.ring_size,
+            stack_slots: t.stack_slots,
+            min_size: t.min_size,
+            max_size: t.max_size,
+            follow_forks: t.follow_children,
+            trace_maps: t.trace_maps,
+            filter_set: match &t.target {
+                Target::Pids(p) if p.len() > 1 => p.clone(),
+                _ => Vec::new(),
+            },
+        };
+        // Followed children are other processes: the probes must fire in every process that
+        // maps the allocator (the kernel keeps only the followed ones).
+        let scope_of = |pid: Option<u32>| if t.follow_children { None } else { pid };
+        // Following children, the reports have a process level, as with several pids.
+        let report_pid = if t.follow_children { 0 } else { head_pid };
+        let mut collector = EbpfCollector::load(&settings)?;
+        let early = EarlyBook::default();
+        let watch = match collector.take_notices() {
+            Some(ring) => {
+                Some(MapWatch::start(ring, early.clone()).context("cannot start the map reader")?)
+            }
+            None => None,
+        };
+        // From here on a thread of its own empties the ring buffer: what the probes send
+        // while the rest starts up (probing every running process takes a while) waits in
+        // memory, not in the kernel's ring.
+        let stream = Stream::start(
+            collector
+                .take_reader()
+                .context("the ring buffer's reader was taken twice")?,
+        )
+        .context("cannot start the ring buffer's reader")?;
+        let mut warnings = Vec::new();
+        if let Target::Pids(_) = &t.target {
+            for (pid, lib) in plan.iter().filter_map(|(p, l)| Some(((*p)?, l))) {
+                let held = target::breakpoints_in_place(pid, lib);
+                if !held.is_empty() {
+                    warnings.push(format!(
+                        "pid {pid} already has breakpoints on {} before tracer attaches: uprobes \
+                         another tool holds, or that the kernel kept when a tracer was killed \
+                         while detaching (it logs \"failed to unregister, leaking uprobe\"); \
+                         every call there traps into the kernel until that tool stops or the \
+                         process exits",
+                        held.join(", ")
+                    ));
+                }
+            }
+        }
+        for (pid, lib) in &plan {
+            if pid.is_some() {
+                warnings.extend(lib.notes.iter().cloned());
+            }
+            for w in collector.attach(lib, scope_of(*pid))? {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
+        for w in warnings {
+            eprintln!("tracer: note: {w}");
+        }
+        // Tracing processes not started yet (every process, children, or the programs a
+        // launched command execs), the system's other allocator libraries are probed now: a
+        // program started on one is traced from its first call, and nothing has to hold a
+        // process at its exec (a process held for tracer would stay held if tracer died).
+        // Only with uprobe-multi links, whose detaching is quick.
+        let launching = matches!(t.target, Target::Launch { .. });
+        if (matches!(t.target, Target::All) || t.follow_children || launching)
+            && collector.has_multi()
+        {
+            let dirs: Vec<std::path::PathBuf> = plan
+                .iter()
+                .filter_map(|(_, l)| l.path.parent().map(|d| d.to_path_buf()))
+                .chain(["/usr/lib", "/usr/local/lib"].map(std::path::PathBuf::from))
+                .collect();
+            let mut probed = Vec::new();
+            // A launched command's are its own (the kernel filters by process).
+            let scope = if launching && !t.follow_children {
+                Some(head_pid)
+            } else {
+                None
+            };
+            for lib in target::system_allocators(&dirs) {
+                match collector.attach(&lib, scope) {
+                    Ok(_) => probed.push(lib.path.display().to_string()),
+                    Err(e) => eprintln!("tracer: note: {e:#}"),
+                }
+            }
+            if !probed.is_empty() {
+                eprintln!(
+                    "tracer: note: also probed up front, for programs started on them: {}",
+                    probed.join(", ")
+                );
+            }
+        }
+        let noted = program.as_deref().and_then(file_id).into_iter().collect();
+        let launched = match (held, program) {
+            (Some(child), Some(program)) => Some(child.release(&program)?),
+            _ => None,
+        };
+        signals::install(launched);
+        // A launched command owns the terminal's input; marks then come by SIGUSR1 only.
+        let enter_marks = launched.is_none() && signals::marks_from_terminal();
+        let mut allocators: Vec<String> = plan
+            .iter()
+            .map(|(_, l)| l.path.display().to_string())
+            .collect();
+        allocators.dedup();
+        let mut kinds: Vec<String> = plan.iter().map(|(_, l)| l.kinds()).collect();
+        kinds.dedup();
+        let (command, what) = match (&t.target, head_pid) {
+            (Target::All, _) => (
+                "*".to_string(),
+                format!(
+                    "every process{}",
+                    opts.comm
+                        .as_ref()
+                        .map(|c| format!(" named {c}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            (_, 0) => (
+                "*".to_string(),
+                format!(
+                    "pids {}",
+                    plan.iter()
+                        .filter_map(|(p, _)| p.map(|p| p.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            (_, pid) => {
+                let c = comm(pid);
+                let w = format!("pid {pid} ({c})");
+                (c, w)
+            }
+        };
+        let what = if t.follow_children {
+            format!("{what} and the processes it forks")
+        } else {
+            what
+        };
+        eprintln!(
+            "tracer: tracing {what}: malloc and friends in {} ({}); a report every {:.1}s{}{}",
+            allocators.join(", "),
+            kinds.join("; "),
+            opts.interval.as_secs_f64(),
+            if launched.is_some() {
+                ""
+            } else {
+                ", Ctrl-C for the final report"
+            },
+            if enter_marks {
+                "; Enter takes a mark"
+            } else {
+                ""
+            },
+        );
+        let start = Instant::now();
+        let head = RecordHeader {
+            tracer: env!("CARGO_PKG_VERSION").into(),
+            pid: report_pid,
+            command,
+            allocator: allocators.join(", "),
+            allocator_kind: kinds.join("; "),
+            start_mono_ns: monotonic_ns(),
+            start_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            ring_size: t.ring_size,
+            stack_slots: t.stack_slots,
+        };
+        let recorder = match &t.record {
+            Some(path) => Some(Recorder::create(path, &head)?),
+            None => None,
+        };
+        // Reports go through a writer thread: a slow reader of stdout never stalls the draining.
+        let (out, writer) = output::spawn(std::io::stdout());
+        let engine = Engine::new(opts, head, recorder, Box::new(out));
+        let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
+        // Keyed by the scope the probes really have (following children, every process).
+        let attached = plan
+            .iter()
+            .filter_map(|(p, l)| file_id(&l.open_path).map(|id| (scope_of(*p), id)))
+            .collect();
+        let allocator_of = plan
+            .iter()
+            .filter_map(|(p, l)| p.map(|p| (p, Allocator::of(l))))
+            .collect();
+        let default_allocator = plan
+            .first()
+            .map(|(_, l)| Allocator::of(l))
+            .unwrap_or_default();
+        let scope_all = matches!(t.target, Target::All) || t.follow_children;
+        let mut session = Session {
+            collector,
+            _watch: watch,
+            stream,
+            live: Live::new(allocator_of, default_allocator, early),
+            prober: Prober::new(launched, scope_all, noted, attached),
+            engine,
+            launched,
+            launched_status: None,
+            followed: Vec::new(),
+            targets,
+            start,
+            duration: t.duration,
+            marks_handled: 0,
+        };
+        for pid in session.targets.clone() {
+            session.engine.refresh_maps(&mut session.live, pid)?;
+        }
+        if matches!(t.target, Target::All) {
+            let mut cx = Ctx {
+                collector: &mut session.collector,
+                live: &mut session.live,
+                engine: &mut session.engine,
+            };
+            for pid in user_processes() {
+                session.prober.running(&mut cx, pid)?;
+            }
+        }
+        let result = session.run(launched).await;
+        drop(session);
+        writer.finish();
+        result
+    })
+}
+
+/// CLOCK_MONOTONIC now, the clock of the kernel's event timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
