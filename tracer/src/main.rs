@@ -7,7 +7,6 @@ mod collector;
 mod config;
 mod engine;
 mod flame;
-mod mapwatch;
 mod output;
 mod procs;
 mod record;

@@ -3,15 +3,17 @@
 //! Plain synchronous code that owns all state: no kernel, no locks, no I/O, so every rule here
 //! is unit-tested. Blocks are keyed by (process, address) in an ordered map so that "which live
 //! block holds address X" is one range lookup.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Mappings are whole pages.
 const PAGE: u64 = 4096;
 
 pub mod books;
+mod sites;
 pub mod verdict;
 
 use crate::collector::{Alloc, Event};
+use sites::SiteTable;
 
 /// Identifies a call site: one process, one user stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,14 +94,7 @@ pub struct Ledger {
     /// destroyed whole: (process, heap) → its live blocks, and each block's heap.
     heaps: BTreeMap<(u32, u64), BTreeSet<u64>>,
     heap_of: BTreeMap<(u32, u64), u64>,
-    sites: Vec<Site>,
-    /// Per process: stack id → site (every site of a live process is here).
-    index: HashMap<u32, HashMap<i32, SiteId>>,
-    /// The live sites by (process, mapping, hash of the frames): a stack the collector hands
-    /// on again under a new id (it forgot an unused one) is still its old site.
-    by_frames: HashMap<u32, HashMap<(bool, u64), Vec<SiteId>>>,
-    /// Sites of retired processes still in `sites` (see [`Ledger::compact`]).
-    retired_sites: usize,
+    sites: SiteTable,
     pub stats: LedgerStats,
 }
 
@@ -150,85 +145,22 @@ fn remove_process<V>(m: &mut BTreeMap<(u32, u64), V>, pid: u32) {
     }
 }
 
-fn frames_hash(frames: &[u64]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(frames)
-}
-
 impl Ledger {
     pub fn new() -> Ledger {
         Ledger::default()
     }
 
     pub fn sites(&self) -> &[Site] {
-        &self.sites
+        self.sites.all()
     }
 
     pub fn site(&self, id: SiteId) -> &Site {
-        &self.sites[id]
+        self.sites.get(id)
     }
 
     /// The site of `key`, if it was seen.
     pub fn site_id(&self, key: &SiteKey) -> Option<SiteId> {
-        self.index.get(&key.pid)?.get(&key.stack_id).copied()
-    }
-
-    /// The site for `key`, created on first sight with the frames `frames_of` gives for it.
-    /// `mapping`: the site's blocks are memory mappings.
-    fn intern(
-        &mut self,
-        key: SiteKey,
-        mapping: bool,
-        frames_of: impl FnOnce(&SiteKey) -> Vec<u64>,
-    ) -> SiteId {
-        if let Some(id) = self.site_id(&key) {
-            return id;
-        }
-        let frames = if key.stack_id < 0 {
-            Vec::new()
-        } else {
-            frames_of(&key)
-        };
-        let by = (mapping, frames_hash(&frames));
-        if !frames.is_empty() {
-            let same = self
-                .by_frames
-                .get(&key.pid)
-                .and_then(|m| m.get(&by))
-                .and_then(|ids| {
-                    ids.iter()
-                        .copied()
-                        .find(|&id| self.sites[id].frames == frames)
-                });
-            if let Some(id) = same {
-                self.index
-                    .entry(key.pid)
-                    .or_default()
-                    .insert(key.stack_id, id);
-                return id;
-            }
-        }
-        let id = self.sites.len();
-        if !frames.is_empty() {
-            self.by_frames
-                .entry(key.pid)
-                .or_default()
-                .entry(by)
-                .or_default()
-                .push(id);
-        }
-        self.sites.push(Site {
-            key: Some(key),
-            frames,
-            counts: Counts::default(),
-            mapping,
-            retired: false,
-        });
-        self.index
-            .entry(key.pid)
-            .or_default()
-            .insert(key.stack_id, id);
-        id
+        self.sites.id_of(key)
     }
 
     /// Applies one event. `frames_of` is asked for the frames of a stack seen the first time.
@@ -269,7 +201,7 @@ impl Ledger {
             a.stack_id
         };
         let mapping = a.func.is_mapping();
-        let site = self.intern(
+        let site = self.sites.intern(
             SiteKey {
                 pid: a.pid,
                 stack_id,
@@ -288,7 +220,7 @@ impl Ledger {
         } else {
             a.size
         };
-        let c = &mut self.sites[site].counts;
+        let c = self.sites.counts_mut(site);
         c.live_objects += weight;
         c.live_bytes += size * weight;
         c.allocs += weight;
@@ -331,7 +263,7 @@ impl Ledger {
     }
 
     fn insert(&mut self, pid: u32, addr: u64, b: Block) {
-        if self.sites[b.site].mapping {
+        if self.sites.get(b.site).mapping {
             self.mapped.insert((pid, addr));
         }
         self.live.insert((pid, addr), b);
@@ -356,7 +288,7 @@ impl Ledger {
                 continue;
             };
             self.mapped.remove(&(pid, start));
-            let c = &mut self.sites[b.site].counts;
+            let c = self.sites.counts_mut(b.site);
             c.live_objects -= b.weight;
             c.live_bytes -= b.size * b.weight;
             let block_end = start + b.size;
@@ -367,7 +299,7 @@ impl Ledger {
             }
             for (at, size) in [(start, left), (end, right)] {
                 if size > 0 {
-                    let c = &mut self.sites[b.site].counts;
+                    let c = self.sites.counts_mut(b.site);
                     c.live_objects += b.weight;
                     c.live_bytes += size * b.weight;
                     self.insert(pid, at, Block { size, ..b });
@@ -380,7 +312,7 @@ impl Ledger {
     fn release(&mut self, pid: u32, addr: u64) -> bool {
         match self.live.remove(&(pid, addr)) {
             Some(b) => {
-                if self.sites[b.site].mapping {
+                if self.sites.get(b.site).mapping {
                     self.mapped.remove(&(pid, addr));
                 }
                 if !self.heap_of.is_empty() {
@@ -390,7 +322,7 @@ impl Ledger {
                         }
                     }
                 }
-                let c = &mut self.sites[b.site].counts;
+                let c = self.sites.counts_mut(b.site);
                 c.live_objects -= b.weight;
                 c.live_bytes -= b.size * b.weight;
                 c.frees += b.weight;
@@ -432,16 +364,7 @@ impl Ledger {
             }
             remove_process(&mut self.heaps, pid);
             remove_process(&mut self.heap_of, pid);
-            self.by_frames.remove(&pid);
-            for id in self.index.remove(&pid).unwrap_or_default().into_values() {
-                let s = &mut self.sites[id];
-                if !s.retired {
-                    self.retired_sites += 1;
-                    s.retired = true;
-                    s.counts.live_objects = 0;
-                    s.counts.live_bytes = 0;
-                }
-            }
+            self.sites.retire(pid);
         }
     }
 
@@ -452,22 +375,17 @@ impl Ledger {
 
     /// Totals over every site.
     pub fn totals(&self) -> Counts {
-        self.sites
-            .iter()
-            .fold(Counts::default(), |acc, s| add(acc, s.counts))
+        self.sites.totals(|_| true)
     }
 
     /// Totals over the sites of memory mappings.
     pub fn mapping_totals(&self) -> Counts {
-        self.sites
-            .iter()
-            .filter(|s| s.mapping)
-            .fold(Counts::default(), |acc, s| add(acc, s.counts))
+        self.sites.totals(|s| s.mapping)
     }
 
     /// Sites of retired processes still held.
     pub fn retired_sites(&self) -> usize {
-        self.retired_sites
+        self.sites.retired()
     }
 
     /// Forgets the sites of retired processes (their books are closed and their last numbers
@@ -476,45 +394,20 @@ impl Ledger {
     /// blocks and the index follow, and the caller remaps what else it keeps by site id
     /// ([`Snapshot::remap`]). Kept sites keep their order.
     pub fn compact(&mut self) -> Vec<Option<SiteId>> {
-        let mut map = Vec::with_capacity(self.sites.len());
-        let mut kept = Vec::with_capacity(self.sites.len() - self.retired_sites);
-        for s in self.sites.drain(..) {
-            if s.retired {
-                map.push(None);
-            } else {
-                map.push(Some(kept.len()));
-                kept.push(s);
-            }
-        }
-        self.sites = kept;
-        self.retired_sites = 0;
+        let map = self.sites.compact();
         for b in self.live.values_mut() {
             // A retired process's blocks went with it (see `retire`).
             b.site = map[b.site].unwrap_or(b.site);
-        }
-        // Only live processes' sites are in `index` and `by_frames` (see `retire`).
-        for ids in self.index.values_mut() {
-            for id in ids.values_mut() {
-                *id = map[*id].expect("a live process's site");
-            }
-        }
-        for ids in self.by_frames.values_mut().flat_map(|m| m.values_mut()) {
-            for id in ids.iter_mut() {
-                *id = map[*id].expect("a live process's site");
-            }
         }
         map
     }
 
     pub fn snapshot(&self, ts_ns: u64) -> Snapshot {
-        Snapshot {
-            ts_ns,
-            sites: self.sites.iter().map(|s| s.counts).collect(),
-        }
+        self.sites.snapshot(ts_ns)
     }
 }
 
-fn add(a: Counts, b: Counts) -> Counts {
+pub(crate) fn add(a: Counts, b: Counts) -> Counts {
     Counts {
         live_objects: a.live_objects + b.live_objects,
         live_bytes: a.live_bytes + b.live_bytes,
@@ -841,7 +734,7 @@ mod tests {
         }
         let s2 = l.snapshot(2);
         let d = s2.diff(&s1);
-        let by: HashMap<_, _> = d.iter().map(|d| (d.site, *d)).collect();
+        let by: std::collections::HashMap<_, _> = d.iter().map(|d| (d.site, *d)).collect();
         assert_eq!(by.len(), 3);
         assert_eq!((by[&0].delta_objects, by[&0].delta_bytes), (2, 128));
         assert_eq!((by[&1].delta_objects, by[&1].delta_bytes), (-1, -32));

@@ -15,8 +15,8 @@ use crate::{
     },
     config::{Config, Mode},
     engine::{ns, Engine, Flow},
-    mapwatch::MapWatch,
     procs::live::{alive, Live},
+    procs::watch::MapWatch,
     replay, signals,
 };
 

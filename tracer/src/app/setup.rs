@@ -18,9 +18,9 @@ use crate::{
     },
     config::{ReportOptions, Target, TraceOptions},
     engine::Engine,
-    mapwatch::{EarlyBook, MapWatch},
     output,
     procs::live::{comm, user_processes, Allocator, Live},
+    procs::watch::{EarlyBook, MapWatch},
     record::{RecordHeader, Recorder},
     signals,
 };

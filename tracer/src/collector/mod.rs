@@ -3,6 +3,7 @@
 //! The eBPF collector (`ebpf`) loads the probes, attaches them to the allocator the target
 //! really uses (`target`, `probes`); a thread of its own drains the ring buffer (`stream`).
 //! [`parse`] is the one place that reads the wire format of `tracer-common`.
+pub mod attach;
 pub mod btf;
 pub mod ebpf;
 pub mod launch;
@@ -12,6 +13,7 @@ pub mod probes;
 pub mod stacks;
 pub mod stream;
 pub mod target;
+pub mod thrown;
 
 use tracer_common::{
     kind, AllocFn, AllocRecord, ExecRecord, ForkRecord, FreeRecord, Header, HeapRecord,

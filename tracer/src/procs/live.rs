@@ -1,5 +1,5 @@
 //! The live world the intake reads: the frames of the stacks a batch names, `/proc`, and what
-//! was known of a process while it could still be read (see `mapwatch`), with the allocator
+//! was known of a process while it could still be read (see `procs::watch`), with the allocator
 //! tracer probed for each process.
 use std::{
     collections::HashMap,
@@ -11,7 +11,7 @@ use super::ProcInfo;
 use crate::{
     collector::{stream::Batch, target::AllocatorLib, Event},
     engine::Source,
-    mapwatch::EarlyBook,
+    procs::watch::EarlyBook,
     symbolize::{self, Mapping},
 };
 
@@ -62,7 +62,7 @@ impl Live {
     pub fn take(&mut self, batch: &mut Batch) {
         for ev in &batch.events {
             if let Event::Exec { pid, .. } = *ev {
-                // Its map was read when the kernel's notice came (see mapwatch).
+                // Its map was read when the kernel's notice came (see procs::watch).
                 let comm = batch.exec_names.remove(&pid);
                 let mut early = self.early.lock();
                 let e = early.entry(pid).or_default();

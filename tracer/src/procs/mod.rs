@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 pub mod live;
+pub mod watch;
 
 /// What the reports say of a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

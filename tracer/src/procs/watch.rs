@@ -5,7 +5,8 @@
 //! small ring of its own at two moments: right after an exec (the program and its loader are
 //! mapped) and on entry to `exit()` (every library is). This thread wakes on each and reads
 //! the map at once, waiting for nothing else the pipeline does. The same ring says when an
-//! exception leaves a throwing `operator new` (see [`restore_return`]).
+//! exception leaves a throwing `operator new`: that notice goes to `collector::thrown`, the one
+//! place tracer writes into a traced process.
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
@@ -22,7 +23,7 @@ use aya::maps::{MapData, RingBuf};
 use tracer_common::kind;
 
 use crate::{
-    collector::{self, Event, Record},
+    collector::{self, thrown, Event, Record},
     symbolize::Mapping,
 };
 
@@ -109,33 +110,6 @@ fn newest_first(batch: &mut Vec<(u8, u32)>) -> Vec<(u8, u32)> {
     out
 }
 
-/// An exception is leaving a throwing `operator new` (see `alloc::thrown` in the eBPF
-/// programs): the process stopped itself; put its caller's return address back over the
-/// kernel's uretprobe trampoline, which the C++ unwinder cannot step through, and continue
-/// it. Without this the program terminates instead of catching `bad_alloc`.
-fn restore_return(pid: u32, sp: u64, ret: u64) {
-    let bytes = ret.to_ne_bytes();
-    let local = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: sp as *mut libc::c_void,
-        iov_len: 8,
-    };
-    // SAFETY: one local iovec over `bytes`, one remote iovec in the target; plain syscalls.
-    let written = unsafe { libc::process_vm_writev(pid as i32, &local, 1, &remote, 1, 0) };
-    if written != 8 {
-        eprintln!(
-            "tracer: warning: pid {pid}: cannot restore a return address an exception needs \
-             ({}); the program may terminate",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: continues the process that stopped itself for this.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-}
-
 /// The watcher thread; stopped and joined on drop.
 pub struct MapWatch {
     stop: Arc<AtomicBool>,
@@ -168,7 +142,9 @@ impl MapWatch {
                     while let Some(item) = ring.next() {
                         match collector::parse(&item) {
                             // At once: the process is stopped until then.
-                            Ok(Record::Thrown { pid, sp, ret }) => restore_return(pid, sp, ret),
+                            Ok(Record::Thrown { pid, sp, ret }) => {
+                                thrown::restore_return(pid, sp, ret)
+                            }
                             Ok(Record::Exiting { pid }) => batch.push((kind::EXITING, pid)),
                             Ok(Record::Event {
                                 event: Event::Exec { pid, .. },

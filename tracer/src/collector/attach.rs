@@ -1,0 +1,339 @@
+//! Attaching the probe table to allocator files: one uprobe per address through aya, or
+//! uprobe-multi links (one per program and file) where the kernel has them; each address
+//! probed once per scope; attach failures explained by their system error.
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        ProgramError, UProbe,
+    },
+    Ebpf,
+};
+use tracer_common::{COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES};
+
+use super::{
+    ebpf::{EXIT_PROGRAM, EXIT_SPEC},
+    multi::MultiPrograms,
+    probes::{Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
+    target::{file_id, AllocatorLib},
+};
+
+/// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
+type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
+
+pub struct Attached {
+    trace_maps: bool,
+    /// Every uprobe attached through aya (one perf event each), by program: detached
+    /// together when the collector goes.
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// The programs loaded for uprobe-multi links, when the kernel has them (6.6), and the
+    /// links: one per program and file.
+    multi: Option<MultiPrograms>,
+    multi_links: Vec<std::os::fd::OwnedFd>,
+    /// Addresses probed: (process, 0 for every process; file identity; offset). A file probed
+    /// up front, or as another process's allocator, is not probed twice.
+    probed: HashSet<(u32, (u64, u64), u64)>,
+}
+
+impl Attached {
+    pub fn new(trace_maps: bool, multi: Option<MultiPrograms>) -> Attached {
+        Attached {
+            trace_maps,
+            links: Vec::new(),
+            multi,
+            multi_links: Vec::new(),
+            probed: HashSet::new(),
+        }
+    }
+
+    /// The uprobe-multi links are left open for the process's exit to release (see the
+    /// collector's `Drop`).
+    pub fn leak_multi_links(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.multi_links));
+    }
+
+    /// Attaches the probe table to `lib` (and the files probed with it), for one process or
+    /// (pid None) every process. Returns warnings (optional functions missing).
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        lib: &AllocatorLib,
+        pid: Option<u32>,
+    ) -> Result<Vec<String>> {
+        let scope = match pid.and_then(NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let mut warnings = Vec::new();
+        if lib.mappings_only() {
+            // A pure Go program: its runtime's mappings are all there is to trace.
+            if !self.trace_maps {
+                bail!(
+                    "{} is a Go program without the C library: with --no-mmap there is nothing \
+                     of it to trace (its heap grows by memory mappings)",
+                    lib.path.display()
+                );
+            }
+            return Ok(warnings);
+        }
+        for p in PROBES.iter().filter(|p| p.group == Group::Std) {
+            if !lib.defines(p.symbol) {
+                if p.required() {
+                    bail!(
+                        "{} does not define {}: it is not an allocator tracer can follow",
+                        lib.path.display(),
+                        p.symbol
+                    );
+                }
+                warnings.push(format!(
+                    "{} has no {}; calls to it (if any) are not traced",
+                    lib.path.display(),
+                    p.symbol
+                ));
+            }
+        }
+        for file in std::iter::once(lib).chain(&lib.also) {
+            self.attach_file(ebpf, file, scope)?;
+        }
+        Ok(warnings)
+    }
+
+    /// One file's probes: one per address (aliases share one), returns before entries so
+    /// that every entry the programs record has its return probed too.
+    fn attach_file(
+        &mut self,
+        ebpf: &mut Ebpf,
+        lib: &AllocatorLib,
+        scope: UProbeScope,
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
+        let plan: Vec<_> = lib
+            .functions
+            .iter()
+            .filter(|(p, _)| self.trace_maps || p.group != Group::Syscall)
+            .filter(|(_, off)| seen.insert(*off))
+            .copied()
+            .collect();
+        // Several free-like functions in one file may call one another: their frees are
+        // checked for nesting (glibc's lone free is not).
+        let nesting = plan.iter().filter(|(p, _)| p.entry == FREE_PROGRAM).count() > 1;
+        let flags = if nesting { COOKIE_NESTING_FREES } else { 0 };
+        // What this scope already has probed in this file stays as it is.
+        let pid = match scope {
+            UProbeScope::OneProcess(p) => Some(p.get()),
+            _ => None,
+        };
+        let id = file_id(&lib.open_path)
+            .with_context(|| format!("cannot read {}", lib.open_path.display()))?;
+        let key = |off: u64| (pid.unwrap_or(0), id, off);
+        let plan: Vec<_> = plan
+            .into_iter()
+            .filter(|(_, off)| self.probed.insert(key(*off)))
+            .collect();
+        let exit = lib.exit.filter(|off| self.probed.insert(key(*off)));
+        if plan.is_empty() && exit.is_none() {
+            return Ok(());
+        }
+        if self.multi.is_some() {
+            return self.attach_file_multi(lib, &plan, exit, pid, flags);
+        }
+        let entry_flag = |p: &ProbeSpec| {
+            if lib.entry_only(p) {
+                COOKIE_ENTRY_ONLY
+            } else {
+                0
+            }
+        };
+        for (p, off) in plan
+            .iter()
+            .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
+        {
+            self.attach_one(ebpf, (RETURN_PROGRAM, p, *off), lib, scope, flags)?;
+        }
+        for (p, off) in &plan {
+            self.attach_one(ebpf, (p.entry, p, *off), lib, scope, flags | entry_flag(p))?;
+        }
+        if let Some(off) = exit {
+            self.attach_one(ebpf, (EXIT_PROGRAM, &EXIT_SPEC, off), lib, scope, 0)?;
+        }
+        Ok(())
+    }
+
+    /// [`attach_file`]'s plan as uprobe-multi links: one per program, returns first.
+    fn attach_file_multi(
+        &mut self,
+        lib: &AllocatorLib,
+        plan: &[(&'static ProbeSpec, u64)],
+        exit: Option<u64>,
+        pid: Option<u32>,
+        flags: u64,
+    ) -> Result<()> {
+        let cookie = |p: &ProbeSpec| {
+            p.func as u64
+                | flags
+                | if lib.entry_only(p) {
+                    COOKIE_ENTRY_ONLY
+                } else {
+                    0
+                }
+        };
+        let mut groups: Vec<LinkPlan> = vec![(
+            RETURN_PROGRAM,
+            true,
+            plan.iter()
+                .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
+                .map(|(p, off)| (*off, cookie(p)))
+                .collect(),
+        )];
+        let mut entries: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
+        for (p, off) in plan {
+            entries.entry(p.entry).or_default().push((*off, cookie(p)));
+        }
+        groups.extend(
+            entries
+                .into_iter()
+                .map(|(prog, probes)| (prog, false, probes)),
+        );
+        if let Some(off) = exit {
+            groups.push((EXIT_PROGRAM, false, vec![(off, EXIT_SPEC.func as u64)]));
+        }
+        let multi = self.multi.as_ref().expect("uprobe-multi programs loaded");
+        for (program, ret, probes) in groups.into_iter().filter(|g| !g.2.is_empty()) {
+            let link = multi
+                .attach(program, &lib.open_path, &probes, ret, pid)
+                .map_err(|e| {
+                    let what = if ret { "returns" } else { "entries" };
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        // One refused offset refuses the whole link: name whoever else
+                        // probes any of them.
+                        let others: String = probes
+                            .iter()
+                            .map(|(off, _)| other_uprobe_users(lib, *off))
+                            .find(|o| !o.is_empty())
+                            .unwrap_or_default();
+                        return anyhow!(
+                            "the kernel refused uprobes on {} {what} of {} (EINVAL). This \
+                             happens when another tool already probes the same functions with \
+                             a different reference counter (bcc's memleak from python3-bpfcc \
+                             0.26 does); stop that tool and run tracer again.{others}",
+                            probes.len(),
+                            lib.path.display(),
+                        );
+                    }
+                    anyhow!(
+                        "cannot attach {program} to {} {what} of {} ({}): {e}",
+                        probes.len(),
+                        lib.path.display(),
+                        lib.kinds()
+                    )
+                })?;
+            self.multi_links.push(link);
+        }
+        Ok(())
+    }
+
+    /// One uprobe: `program` on `spec`'s function at `offset` of `lib`.
+    fn attach_one(
+        &mut self,
+        ebpf: &mut Ebpf,
+        (program, spec, offset): (&'static str, &ProbeSpec, u64),
+        lib: &AllocatorLib,
+        scope: UProbeScope,
+        cookie_flags: u64,
+    ) -> Result<()> {
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing"))?
+            .try_into()?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(spec.func as u64 | cookie_flags),
+        };
+        let id = prog
+            .attach(point, &lib.open_path, scope)
+            .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
+        self.links.push((program, id));
+        Ok(())
+    }
+
+    /// How many addresses are probed (entries and returns of one function count once).
+    pub fn probes(&self) -> usize {
+        self.probed.len()
+    }
+
+    /// Whether probes go on as uprobe-multi links (quick to detach).
+    pub fn has_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+}
+
+fn explain_attach_error(
+    e: ProgramError,
+    symbol: &str,
+    offset: u64,
+    lib: &AllocatorLib,
+) -> anyhow::Error {
+    let text = format!("{e}");
+    let io = match &e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(|io| io.raw_os_error()),
+    };
+    let what = format!("{symbol} in {} (offset {offset:#x})", lib.path.display());
+    match io {
+        Some(libc::ESRCH) => {
+            anyhow!("the target process exited while tracer was attaching to {what}")
+        }
+        Some(libc::EINVAL) => {
+            let others = other_uprobe_users(lib, offset);
+            anyhow!(
+                "the kernel refused a uprobe on {what} (EINVAL). This happens when another tool \
+                 already probes the same function with a different reference counter (bcc's \
+                 memleak from python3-bpfcc 0.26 does); stop that tool and run tracer again.{others}"
+            )
+        }
+        Some(libc::EPERM | libc::EACCES) => {
+            anyhow!("permission denied attaching a uprobe to {what}: run tracer as root (sudo)")
+        }
+        _ => anyhow!("attaching a uprobe to {what} failed: {text}"),
+    }
+}
+
+/// Names the tracefs uprobe events on the same function, and bcc's pid when the event name
+/// carries it (`..._bcc_<pid>`).
+fn other_uprobe_users(lib: &AllocatorLib, offset: u64) -> String {
+    let Ok(events) = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/uprobe_events"))
+    else {
+        return String::new();
+    };
+    let needle = format!("{}:{offset:#x}", lib.path.display());
+    let needle_alt = format!("{}:0x{offset:016x}", lib.path.display());
+    let mut found = BTreeMap::new();
+    for l in events
+        .lines()
+        .filter(|l| l.contains(&needle) || l.contains(&needle_alt))
+    {
+        let name = l.split_whitespace().next().unwrap_or(l).to_string();
+        let pid = name
+            .rsplit("_bcc_")
+            .next()
+            .filter(|p| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
+        found.insert(name.clone(), pid.map(str::to_string));
+    }
+    if found.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = found
+        .into_iter()
+        .map(|(n, p)| match p {
+            Some(p) => format!("{n} (bcc, pid {p})"),
+            None => n,
+        })
+        .collect();
+    format!(" Other uprobes on it: {}.", list.join(", "))
+}
