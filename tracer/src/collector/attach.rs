@@ -12,15 +12,23 @@ use aya::{
     },
     Ebpf,
 };
-use tracer_common::{COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES};
+use tracer_common::{AllocFn, COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES};
 
 use super::{
-    ebpf::{EXIT_PROGRAM, EXIT_SPEC},
     multi::MultiPrograms,
     probes::{Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
     target::{file_id, AllocatorLib},
 };
 
+/// Tells the map reader a process is entering `exit()`.
+pub const EXIT_PROGRAM: &str = "exiting";
+/// The exit probe's label (its cookie is not read).
+pub const EXIT_SPEC: ProbeSpec = ProbeSpec {
+    symbol: "exit",
+    func: AllocFn::Free,
+    entry: EXIT_PROGRAM,
+    group: Group::Std,
+};
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
 

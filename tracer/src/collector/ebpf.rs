@@ -14,27 +14,18 @@ use aya::{
     programs::{RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, globals, names, AllocFn};
+use tracer_common::{counter, globals, names};
 
 use super::{
-    attach::Attached,
+    attach::{Attached, EXIT_PROGRAM},
     multi::MultiPrograms,
-    probes::{entry_programs, Group, ProbeSpec, RETURN_PROGRAM},
+    probes::{entry_programs, RETURN_PROGRAM},
     stacks::Stacks,
     stream::{Reader, ReaderCounts},
     target::AllocatorLib,
     Counters,
 };
 
-/// Tells the map reader a process is entering `exit()`.
-pub(super) const EXIT_PROGRAM: &str = "exiting";
-/// The exit probe's label (its cookie is not read).
-pub(super) const EXIT_SPEC: ProbeSpec = ProbeSpec {
-    symbol: "exit",
-    func: AllocFn::Free,
-    entry: EXIT_PROGRAM,
-    group: Group::Std,
-};
 /// Follows forks (--follow-children).
 const FORK_PROGRAM: &str = "process_fork";
 /// Reports execs (and holds a launched process at exec until its new program is probed).

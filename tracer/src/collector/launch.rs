@@ -6,12 +6,116 @@
 use std::{
     ffi::{CString, OsString},
     os::unix::ffi::OsStrExt,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::RunAs;
+/// A user to run the launched command as: ids resolved before the fork (the child may only
+/// make async-signal-safe calls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Supplementary groups, the user's primary group included.
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl RunAs {
+    /// A user by name or numeric uid, from the password database.
+    pub fn lookup(user: &str) -> Result<RunAs> {
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16384];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let numeric = user.parse::<libc::uid_t>().ok();
+        let name = std::ffi::CString::new(user)
+            .map_err(|_| anyhow::anyhow!("--user '{user}' contains a NUL byte"))?;
+        // SAFETY: pw, buf and found are valid for the call; buf's length is passed.
+        let rc = unsafe {
+            match numeric {
+                Some(uid) => {
+                    libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found)
+                }
+                None => libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pw,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                ),
+            }
+        };
+        if found.is_null() {
+            if let Some(uid) = numeric.filter(|_| rc == 0) {
+                // A uid nobody named: run with it and its own number as the group.
+                return Ok(RunAs {
+                    name: uid.to_string(),
+                    uid,
+                    gid: uid,
+                    groups: vec![uid],
+                });
+            }
+            bail!("--user '{user}': no such user (check /etc/passwd or give a numeric uid)");
+        }
+        // SAFETY: getpw*_r filled pw, whose strings point into buf.
+        let pw_name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_owned();
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: groups holds n entries; pw_name is a valid C string.
+        if unsafe { libc::getgrouplist(pw_name.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n) }
+            < 0
+        {
+            groups.truncate(1);
+            groups[0] = pw.pw_gid;
+        } else {
+            groups.truncate(n.max(0) as usize);
+        }
+        Ok(RunAs {
+            name: pw_name.to_string_lossy().into_owned(),
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+            groups,
+        })
+    }
+}
+
+/// Finds the program as execvp would: a name with a slash is a path, anything else is looked
+/// up in PATH.
+pub fn resolve_program(name: &OsString) -> Result<PathBuf> {
+    let p = Path::new(name);
+    let shown = p.display();
+    if name.is_empty() {
+        bail!("the command after `--` is empty");
+    }
+    let candidate = if p.components().count() > 1 || name.to_string_lossy().contains('/') {
+        Some(p.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(p))
+                .find(|c| is_executable(c))
+        })
+    };
+    match candidate {
+        Some(c) if c.is_file() => {
+            if !is_executable(&c) {
+                bail!("{} is not executable (check its permissions)", c.display());
+            }
+            Ok(c)
+        }
+        Some(c) if c.exists() => bail!("{} is not a regular file", c.display()),
+        Some(c) => bail!("{}: no such file: check the command's path", c.display()),
+        None => bail!("{shown}: command not found in PATH"),
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
 
 /// What failed in the child before its program ran.
 const STAGE_USER: i32 = 1;

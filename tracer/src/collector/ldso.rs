@@ -336,7 +336,7 @@ impl Resolver {
             let (path, dynamic) =
                 self.find(name, rpaths, runpath, requester, env, arch, musl, cwd)?;
             names_seen.insert(name.to_string());
-            let id = super::target::file_id(&self.open_path(&path))?;
+            let id = file_id(&self.open_path(&path))?;
             if !seen.insert(id) {
                 return None;
             }
@@ -383,10 +383,8 @@ impl Resolver {
             }
         }
         // The loader itself is no library the program calls for malloc.
-        let loader = super::target::file_id(&self.open_path(Path::new(&interp)));
-        order.retain(|p| {
-            p != Path::new(&interp) && super::target::file_id(&self.open_path(p)) != loader
-        });
+        let loader = file_id(&self.open_path(Path::new(&interp)));
+        order.retain(|p| p != Path::new(&interp) && file_id(&self.open_path(p)) != loader);
         Ok(order)
     }
 
@@ -514,6 +512,13 @@ fn default_dirs(arch: (bool, u16)) -> &'static [&'static str] {
         ],
         _ => &["/lib", "/usr/lib"],
     }
+}
+
+/// A file's identity (device, inode): one library reached by several paths is one file.
+pub fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
 
+pub use super::ldso::file_id;
 use super::{
     ldso::{LoaderEnv, Resolver},
     probes::{self, Group, ProbeSpec},
@@ -315,13 +316,6 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
     Ok(Some(out))
 }
 
-/// A file's identity (device, inode): one library reached by several paths is one file.
-pub fn file_id(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.dev(), m.ino()))
-}
-
 /// The allocator libraries (jemalloc, tcmalloc, mimalloc) installed in `dirs`, one per file
 /// (however many names link to it): probed up front when tracing every process, so that a
 /// program started later on one of them is traced from its first call rather than from the
@@ -587,7 +581,7 @@ fn for_program_depth(
         if depth > 3 {
             bail!("{}: too many levels of #! interpreters", program.display());
         }
-        let interp = crate::config::resolve_program(&interp.into_os_string())
+        let interp = super::launch::resolve_program(&interp.into_os_string())
             .with_context(|| format!("the interpreter of {}", program.display()))?;
         return for_program_depth(&interp, depth + 1, env, cwd);
     }

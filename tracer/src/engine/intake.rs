@@ -8,14 +8,11 @@ use std::collections::HashMap;
 use anyhow::Result;
 use tracer_common::AllocFn;
 
-use super::{
-    known::{child_of, unknown, Fact, Known},
-    Source,
-};
+use super::known::{child_of, unknown, Fact, Known};
 use crate::{
     aggregate::{Ledger, SiteKey},
     collector::Event,
-    procs::Procs,
+    procs::{live::Source, Procs},
     record::Tap,
 };
 

@@ -24,7 +24,6 @@ use crate::{
         writer::Writer,
         LimitSettings, ProcessReport, Report, ReportKind,
     },
-    symbolize::Mapping,
 };
 
 mod intake;
@@ -32,20 +31,10 @@ mod known;
 #[cfg(test)]
 mod tests;
 
+pub use crate::procs::live::Source;
 pub use crate::report::writer::Flow;
 use intake::Intake;
 pub use known::Fact;
-
-/// What the live intake reads from the world besides events (a replay reads none of it: it
-/// applies the [`Fact`]s the live run recorded).
-pub trait Source {
-    /// Return addresses (innermost first) of a stack the collector holds.
-    fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
-    /// The process's memory map as it is now, when it can be read.
-    fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
-    /// A process's command name and allocator as they are now.
-    fn process(&mut self, pid: u32) -> Option<ProcInfo>;
-}
 
 pub struct Engine {
     opts: ReportOptions,

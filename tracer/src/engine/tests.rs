@@ -14,6 +14,7 @@ use tracer_common::{
 use super::*;
 use crate::{
     aggregate::books::COMPACT_AFTER, collector::Alloc, flame::Profile as FlameProfile, report,
+    symbolize::Mapping,
 };
 
 const S: u64 = 1_000_000_000;

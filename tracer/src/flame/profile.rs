@@ -2,7 +2,10 @@
 use super::{Profile, Stack, What};
 use crate::{
     aggregate::{verdict::Verdict, Counts, SiteId, Snapshot},
-    report::build::{frame_matches, round3, Builder},
+    report::{
+        build::{frame_matches, Builder},
+        round3,
+    },
 };
 
 /// The flame data of `what` at `t_ns` (see [`What`]). Growth covers the last two marks when

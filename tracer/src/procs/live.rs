@@ -10,10 +10,20 @@ use std::{
 use super::ProcInfo;
 use crate::{
     collector::{stream::Batch, target::AllocatorLib, Event},
-    engine::Source,
     procs::watch::EarlyBook,
     symbolize::{self, Mapping},
 };
+
+/// What the live intake reads from the world besides events (a replay reads none of it: it
+/// applies the facts the live run recorded).
+pub trait Source {
+    /// Return addresses (innermost first) of a stack the collector holds.
+    fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
+    /// The process's memory map as it is now, when it can be read.
+    fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
+    /// A process's command name and allocator as they are now.
+    fn process(&mut self, pid: u32) -> Option<ProcInfo>;
+}
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
 #[derive(Clone, Debug, Default)]

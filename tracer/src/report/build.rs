@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tracer_common::{counter, losses::LOSSES};
 
 use super::{
+    round3,
     rows::{self, Group},
     Category, EventCounts, ProcessReport, Report, ReportKind, SiteReport, SortKey, Summary, Totals,
 };
@@ -402,10 +403,6 @@ pub fn frame_matches(re: &regex_lite::Regex, f: &Frame) -> bool {
         .into_iter()
         .flatten()
         .any(|s| re.is_match(s))
-}
-
-pub fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// The final report of a several-process run with the summaries of the processes that exited

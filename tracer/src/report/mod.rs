@@ -305,6 +305,11 @@ pub fn size_name(n: u64) -> String {
 }
 
 /// A small report for reporter tests.
+/// Rounded to three decimals (milliseconds, or thousandths of a byte a second).
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 pub(crate) fn sample_report() -> Report {
     Report {

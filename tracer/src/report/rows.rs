@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::{LiveObjects, SizeCount};
 use crate::{
     aggregate::{Ledger, SiteId},
-    report::build::round3,
+    report::round3,
     symbolize::{Frame, Symbolizer},
 };
 
