@@ -8,6 +8,7 @@ mod follow;
 mod launch;
 mod lost;
 mod maps;
+mod metrics;
 mod safety;
 mod system;
 mod workflow;

@@ -84,8 +84,15 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
+    /// Serve the reports as Prometheus / OpenMetrics metrics at http://ADDR/metrics while
+    /// tracing (e.g. 127.0.0.1:9464): per process and per top site live bytes, growth rate
+    /// and verdict, lost events, tracer's own cost. Anyone who can reach ADDR can read process
+    /// and function names: prefer a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Run the reports from a recording instead of tracing (same as `tracer replay FILE`).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration", "metrics"])]
     pub replay: Option<PathBuf>,
 
     #[command(flatten)]

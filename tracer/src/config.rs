@@ -49,6 +49,8 @@ pub struct TraceOptions {
     pub min_size: u64,
     pub max_size: u64,
     pub record: Option<PathBuf>,
+    /// Where to serve /metrics (--metrics).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Settings of the reports (the pipeline above the collector), the same live and in replay.
@@ -165,6 +167,7 @@ impl Config {
                 min_size,
                 max_size,
                 record: cli.record,
+                metrics: cli.metrics,
             }),
             report,
         })

@@ -12,6 +12,7 @@ mod procs;
 mod record;
 mod replay;
 mod report;
+mod serve;
 mod signals;
 mod symbolize;
 

@@ -22,10 +22,13 @@ use crate::{
     procs::live::{comm, user_processes, Allocator, Live},
     procs::watch::{EarlyBook, MapWatch},
     record::{RecordHeader, Recorder},
+    serve::Exporter,
     signals,
 };
 
 pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
+    // The port is taken before anything is attached or launched: a busy one ends here.
+    let exporter = t.metrics.map(Exporter::serve).transpose()?;
     // What to probe: (scope pid, allocator) pairs; the pid the reports are about (0: several).
     let (plan, held, program, head_pid) = match &t.target {
         Target::Pids(pids) => {
@@ -251,7 +254,10 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         };
         // Reports go through a writer thread: a slow reader of stdout never stalls the draining.
         let (out, writer) = output::spawn(std::io::stdout());
-        let engine = Engine::new(opts, head, recorder, Box::new(out));
+        let mut engine = Engine::new(opts, head, recorder, Box::new(out));
+        if let Some(x) = exporter {
+            engine.publish_to(Box::new(move |r| x.publish(r)));
+        }
         let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
         // Keyed by the scope the probes really have (following children, every process).
         let attached = plan

@@ -36,6 +36,9 @@ pub use crate::report::writer::Flow;
 use intake::Intake;
 pub use known::Fact;
 
+/// Somewhere else a report goes as it is written.
+pub type Sink = Box<dyn FnMut(&Report)>;
+
 pub struct Engine {
     opts: ReportOptions,
     head: RecordHeader,
@@ -47,6 +50,8 @@ pub struct Engine {
     /// `--keep-exited`), and how many more there were.
     exited_reports: Vec<ProcessReport>,
     exited_omitted: u64,
+    /// Where else each report goes (the metrics endpoint).
+    sinks: Vec<Sink>,
     /// Output failures waiting for the next report.
     warnings: Vec<String>,
     recording_failure_told: bool,
@@ -83,6 +88,7 @@ impl Engine {
             head,
             exited_reports: Vec::new(),
             exited_omitted: 0,
+            sinks: Vec::new(),
             warnings: Vec::new(),
             recording_failure_told: false,
         }
@@ -303,7 +309,15 @@ impl Engine {
             }
         }
         r.warnings = std::mem::take(&mut self.warnings);
+        for sink in &mut self.sinks {
+            sink(r);
+        }
         self.writer.write(r)
+    }
+
+    /// Each report goes to `sink` too, as it is written.
+    pub fn publish_to(&mut self, sink: Sink) {
+        self.sinks.push(sink);
     }
 }
 

@@ -2,6 +2,7 @@
 //! writer; building the model from the books happens in [`build`].
 pub mod build;
 pub mod json;
+pub mod metrics;
 mod rows;
 pub mod table;
 pub mod writer;
@@ -304,12 +305,12 @@ pub fn size_name(n: u64) -> String {
     format!("{n} B")
 }
 
-/// A small report for reporter tests.
 /// Rounded to three decimals (milliseconds, or thousandths of a byte a second).
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// A small report for reporter tests.
 #[cfg(test)]
 pub(crate) fn sample_report() -> Report {
     Report {
