@@ -105,10 +105,12 @@ fn the_stacks_of_processes_gone_do_not_fill_the_stack_map() {
         ev["inline_stacks"].as_u64().unwrap(),
         ev["received_allocs"].as_u64().unwrap(),
     );
-    // A map still fills between two drains when processes start faster than it turns
-    // (14 % to 21 % came inline here); with the stacks of processes gone kept, 87 % did.
+    // A map still fills between two drains when processes start faster than it turns: 14 %
+    // to 21 % came inline here on an idle machine, 49 % in one clean-clone CI run on a busy
+    // one (the reader turns the maps at its drains, so a reader kept waiting turns them
+    // late); with the stacks of processes gone kept, 87 % did.
     assert!(
-        inline * 5 < allocs * 2,
+        inline * 3 < allocs * 2,
         "{inline} of {allocs} allocations came inline: {ev}"
     );
     assert_eq!(fin["lost"]["stack_collisions"], 0, "{}", fin["lost"]);
