@@ -51,10 +51,13 @@ pub enum Event {
         ts_ns: u64,
         addr: u64,
     },
-    /// The process replaced its program: every block of the old one is gone.
+    /// The process replaced its program: every block of the old one is gone. `comm`: the
+    /// new program's command name, as the kernel gave it at the exec (None from a notice,
+    /// an older record or a recording: recordings name processes in their process frames).
     Exec {
         pid: u32,
         ts_ns: u64,
+        comm: Option<String>,
     },
     /// The program unmapped `[addr, addr + len)`: the mappings it made there shrink or go.
     Munmap {
@@ -136,12 +139,10 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// One ring-buffer record, read once: what it says and what it carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
-    /// An event. `stack`: the frames (innermost first) an allocation record carried inline;
-    /// `comm`: the command name an exec record carried (a notice of the exec carries none).
+    /// An event. `stack`: the frames (innermost first) an allocation record carried inline.
     Event {
         event: Event,
         stack: Option<Vec<u64>>,
-        comm: Option<String>,
     },
     /// A notice: the process is entering `exit()`, its map is read now.
     Exiting { pid: u32 },
@@ -161,11 +162,7 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
         kind: hdr.kind,
         len: bytes.len(),
     };
-    let plain = |event| Record::Event {
-        event,
-        stack: None,
-        comm: None,
-    };
+    let plain = |event| Record::Event { event, stack: None };
     match hdr.kind {
         kind::ALLOC | kind::ALLOC_STACK => {
             let r: AllocRecord = read(bytes).ok_or_else(short)?;
@@ -197,11 +194,7 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
                     )
                 })
                 .flatten();
-            Ok(Record::Event {
-                event,
-                stack,
-                comm: None,
-            })
+            Ok(Record::Event { event, stack })
         }
         kind::FREE => {
             let r: FreeRecord = read(bytes).ok_or_else(short)?;
@@ -217,14 +210,11 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
                 let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
                 Some(String::from_utf8_lossy(&r.comm[..end]).into_owned()).filter(|s| !s.is_empty())
             });
-            Ok(Record::Event {
-                event: Event::Exec {
-                    pid: hdr.pid,
-                    ts_ns: hdr.ts_ns,
-                },
-                stack: None,
+            Ok(plain(Event::Exec {
+                pid: hdr.pid,
+                ts_ns: hdr.ts_ns,
                 comm,
-            })
+            }))
         }
         kind::EXITING => Ok(Record::Exiting { pid: hdr.pid }),
         kind::THROWN => {
@@ -286,7 +276,10 @@ mod tests {
 
     fn comm_of(b: &[u8]) -> Option<String> {
         match parse(b) {
-            Ok(Record::Event { comm, .. }) => comm,
+            Ok(Record::Event {
+                event: Event::Exec { comm, .. },
+                ..
+            }) => comm,
             _ => None,
         }
     }
@@ -411,11 +404,17 @@ mod tests {
         };
         r.comm[..5].copy_from_slice(b"leaky");
         let b = bytes(&r);
-        assert_eq!(decode(&b), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
         assert_eq!(comm_of(&b).as_deref(), Some("leaky"));
         // a bare header (an older record) decodes, without a name
         assert_eq!(comm_of(&b[..16]), None);
-        assert_eq!(decode(&b[..16]), Ok(Event::Exec { pid: 9, ts_ns: 0 }));
+        assert_eq!(
+            decode(&b[..16]),
+            Ok(Event::Exec {
+                pid: 9,
+                ts_ns: 0,
+                comm: None
+            })
+        );
     }
 
     #[test]

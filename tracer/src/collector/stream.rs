@@ -37,8 +37,6 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// The frames (innermost first) of every stack id the events name.
     pub stacks: HashMap<i32, Arc<[u64]>>,
-    /// The command name of each process that exec'd, from the kernel.
-    pub exec_names: HashMap<u32, String>,
     /// The last flush (see [`Stream::flush`]) this batch completes.
     flushed: u64,
 }
@@ -111,16 +109,6 @@ impl Reader {
                             .resolve(a.stack_id, mapping, |m, id| read_stack(&maps[m], id));
                     }
                     batch.events.push(Event::Alloc(a))
-                }
-                Ok(Record::Event {
-                    event: ev @ Event::Exec { pid, .. },
-                    comm,
-                    ..
-                }) => {
-                    if let Some(c) = comm {
-                        batch.exec_names.insert(pid, c);
-                    }
-                    batch.events.push(ev)
                 }
                 Ok(Record::Event { event, .. }) => batch.events.push(event),
                 // Notices come on their own ring, to the map reader: not here.

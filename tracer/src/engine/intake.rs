@@ -78,7 +78,12 @@ impl Intake {
     ) -> Result<()> {
         for seg in events.split_inclusive(|e| matches!(e, Event::Exec { .. })) {
             self.segment(src, ledger, seg)?;
-            if let Some(Event::Exec { pid, .. }) = seg.last() {
+            if let Some(Event::Exec { pid, comm, .. }) = seg.last() {
+                // The new program is learned now, by the name the kernel gave it at the exec
+                // (its allocator once it is probed: see `relearn`).
+                if self.known.procs.multi() || self.known.procs.is_subject(*pid) {
+                    self.learn_named(src, ledger, *pid, comm.clone())?;
+                }
                 self.execs.push(*pid);
             }
         }
@@ -274,7 +279,28 @@ impl Intake {
 
     /// Reads a process's name and allocator through `src` and tells them.
     fn learn(&mut self, src: &mut dyn Source, ledger: &mut Ledger, pid: u32) -> Result<()> {
-        let info = src.process(pid).unwrap_or_else(unknown);
+        self.learn_named(src, ledger, pid, None)
+    }
+
+    /// [`learn`], named `name` when given (an exec's name). A process gone before its name
+    /// could be read keeps the one it had, or is `?`.
+    fn learn_named(
+        &mut self,
+        src: &mut dyn Source,
+        ledger: &mut Ledger,
+        pid: u32,
+        name: Option<String>,
+    ) -> Result<()> {
+        let mut info = src.process(pid);
+        if let Some(name) = name {
+            info.command = name;
+        }
+        if info.command.is_empty() {
+            info.command = match self.known.procs.get(pid) {
+                Some(p) => p.command.clone(),
+                None => unknown().command,
+            };
+        }
         self.tell(ledger, Fact::Process { pid, info })
     }
 
@@ -321,10 +347,10 @@ impl Intake {
             return Ok(());
         }
         for pid in self.known.procs.unwanted() {
-            if let Some(info) = src.process(pid) {
-                if self.known.procs.get(pid).map(|p| &p.command) != Some(&info.command) {
-                    self.learn(src, ledger, pid)?;
-                }
+            let info = src.process(pid);
+            let known = self.known.procs.get(pid).map(|p| &p.command);
+            if !info.command.is_empty() && known != Some(&info.command) {
+                self.learn(src, ledger, pid)?;
             }
         }
         Ok(())

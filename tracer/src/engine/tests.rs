@@ -37,13 +37,13 @@ impl Source for Fake {
     fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
         None
     }
-    fn process(&mut self, pid: u32) -> Option<ProcInfo> {
-        Some(ProcInfo {
+    fn process(&mut self, pid: u32) -> ProcInfo {
+        ProcInfo {
             command: format!("proc{pid}"),
             allocator: "libc.so.6".into(),
             allocator_kind: "glibc".into(),
             exited: false,
-        })
+        }
     }
 }
 
@@ -885,7 +885,11 @@ fn an_exec_closes_the_old_programs_books() {
         &[
             malloc(0x10, 100, 1, 0),
             malloc(0x20, 100, 1, 0),
-            Event::Exec { pid: PID, ts_ns: 1 },
+            Event::Exec {
+                pid: PID,
+                ts_ns: 1,
+                comm: Some("next".into()),
+            },
             malloc(0x10, 8, 1, 2),
         ],
     )
@@ -899,4 +903,51 @@ fn an_exec_closes_the_old_programs_books() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["live_bytes"], 8);
     assert_eq!(fin["events"]["unknown_frees"], 0);
+    // The new program is called by the name its exec record carried.
+    assert_eq!(fin["command"], "next", "{fin}");
+}
+
+#[test]
+fn an_exec_names_a_process_gone_before_its_name_could_be_read() {
+    /// A world where every process is gone already.
+    struct Gone;
+    impl Source for Gone {
+        fn stack(&mut self, _pid: u32, id: i32) -> Vec<u64> {
+            vec![0x1000 * id as u64]
+        }
+        fn maps(&mut self, _pid: u32) -> Option<Vec<Mapping>> {
+            None
+        }
+        fn process(&mut self, _pid: u32) -> ProcInfo {
+            ProcInfo::default()
+        }
+    }
+    let (mut e, out) = multi_engine(&[]);
+    let exec = |pid, comm: Option<&str>| Event::Exec {
+        pid,
+        ts_ns: 0,
+        comm: comm.map(Into::into),
+    };
+    e.ingest(
+        &mut Gone,
+        &[
+            exec(20, Some("brief")),
+            malloc_in(20, 0x10, 8, 1),
+            exec(21, None),
+            malloc_in(21, 0x10, 8, 1),
+        ],
+    )
+    .unwrap();
+    e.finish(S, &Counters::default(), None).unwrap();
+    let fin = out.reports().pop().unwrap();
+    let name = |pid: u32| {
+        fin["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .map(|p| p["command"].clone())
+    };
+    assert_eq!(name(20), Some("brief".into()), "{fin}");
+    assert_eq!(name(21), Some("?".into()), "{fin}");
 }

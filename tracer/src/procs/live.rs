@@ -21,8 +21,9 @@ pub trait Source {
     fn stack(&mut self, pid: u32, stack_id: i32) -> Vec<u64>;
     /// The process's memory map as it is now, when it can be read.
     fn maps(&mut self, pid: u32) -> Option<Vec<Mapping>>;
-    /// A process's command name and allocator as they are now.
-    fn process(&mut self, pid: u32) -> Option<ProcInfo>;
+    /// A process's command name (empty when it cannot be read: the process is gone) and
+    /// allocator as they are now.
+    fn process(&mut self, pid: u32) -> ProcInfo;
 }
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
@@ -66,18 +67,19 @@ impl Live {
         }
     }
 
-    /// A batch arrives: exec'd processes' names (from the kernel) are kept with what was
-    /// read at their exec, a forked child's allocator is its parent's until it execs, and
-    /// the batch's stacks are what [`Source::stack`] answers until the next batch.
+    /// A batch arrives: what was read of an exec'd process at its exec is kept a while, a
+    /// forked child's allocator is its parent's until it execs, and the batch's stacks are
+    /// what [`Source::stack`] answers until the next batch.
     pub fn take(&mut self, batch: &mut Batch) {
         for ev in &batch.events {
             if let Event::Exec { pid, .. } = *ev {
                 // Its map was read when the kernel's notice came (see procs::watch).
-                let comm = batch.exec_names.remove(&pid);
                 let mut early = self.early.lock();
-                let e = early.entry(pid).or_default();
-                e.comm = comm;
-                e.at.get_or_insert_with(Instant::now);
+                early
+                    .entry(pid)
+                    .or_default()
+                    .at
+                    .get_or_insert_with(Instant::now);
             }
             if let Event::Fork { pid, parent, .. } = *ev {
                 if let Some(a) = self.allocator_of.get(&parent).cloned() {
@@ -121,18 +123,17 @@ impl Source for Live {
         symbolize::read_maps(pid).or_else(|| self.early.maps(pid))
     }
 
-    fn process(&mut self, pid: u32) -> Option<ProcInfo> {
+    fn process(&mut self, pid: u32) -> ProcInfo {
         let a = self
             .allocator_of
             .get(&pid)
             .unwrap_or(&self.default_allocator);
-        let early = self.early.comm(pid);
-        Some(ProcInfo {
-            command: read_comm(pid).or(early)?,
+        ProcInfo {
+            command: read_comm(pid).unwrap_or_default(),
             allocator: a.path.clone(),
             allocator_kind: a.kind.clone(),
             exited: false,
-        })
+        }
     }
 }
 

@@ -30,8 +30,6 @@ use crate::{
 /// What is known of a process from the moments it could still be read.
 #[derive(Default)]
 pub struct Early {
-    /// Its command name at its last exec, from the kernel.
-    pub comm: Option<String>,
     /// Its memory map at the latest notice (None: not read, or it was gone already).
     pub maps: Option<Vec<Mapping>>,
     pub at: Option<Instant>,
@@ -49,10 +47,6 @@ impl EarlyBook {
 
     pub fn maps(&self, pid: u32) -> Option<Vec<Mapping>> {
         self.lock().get(&pid)?.maps.clone()
-    }
-
-    pub fn comm(&self, pid: u32) -> Option<String> {
-        self.lock().get(&pid)?.comm.clone()
     }
 
     /// A notice came: read the map now. After an exec the old program's map is wrong even

@@ -84,7 +84,7 @@ pub(super) fn put_event(b: &mut Vec<u8>, ev: &Event, prev_ts: &mut u64) {
             ts(b, *ts_ns);
             put_var(b, *addr);
         }
-        Event::Exec { pid, ts_ns } => {
+        Event::Exec { pid, ts_ns, .. } => {
             b.push(3);
             put_var(b, *pid as u64);
             ts(b, *ts_ns);
@@ -403,7 +403,11 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                         let pid = c.var32("pid")?;
                         let ts_ns = prev_ts.wrapping_add(unzigzag(c.var("timestamp")?) as u64);
                         prev_ts = ts_ns;
-                        Event::Exec { pid, ts_ns }
+                        Event::Exec {
+                            pid,
+                            ts_ns,
+                            comm: None,
+                        }
                     }
                     4 => {
                         let pid = c.var32("pid")?;

@@ -533,7 +533,11 @@ mod tests {
         );
         let free = (any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(pid, ts_ns, addr)| Event::Free { pid, ts_ns, addr });
-        let exec = (any::<u32>(), any::<u64>()).prop_map(|(pid, ts_ns)| Event::Exec { pid, ts_ns });
+        let exec = (any::<u32>(), any::<u64>()).prop_map(|(pid, ts_ns)| Event::Exec {
+            pid,
+            ts_ns,
+            comm: None,
+        });
         let fork = (any::<u32>(), any::<u32>(), any::<u64>())
             .prop_map(|(pid, parent, ts_ns)| Event::Fork { pid, parent, ts_ns });
         let munmap = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
