@@ -9,7 +9,7 @@ use crate::{
     cli::{Cli, ReportArgs, Sub},
     collector::launch::{resolve_program, RunAs},
     flame,
-    report::{Format, SortKey},
+    report::{build::Selection, Format, SortKey},
 };
 
 #[derive(Debug, Clone)]
@@ -72,6 +72,19 @@ pub struct ReportOptions {
     pub keep_exited: usize,
     /// Live processes a several-process report lists.
     pub processes: usize,
+}
+
+impl ReportOptions {
+    /// What of these options the report builder uses.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            top: self.top,
+            sort: self.sort,
+            site: self.site.clone(),
+            older_than: self.older_than,
+            processes: self.processes,
+        }
+    }
 }
 
 /// Where and what flame data to write.

@@ -20,7 +20,7 @@ use crate::{
     procs::{ProcInfo, Procs},
     record::{RecordHeader, Recorder, Tap},
     report::{
-        build::{self, Builder},
+        build::{self, Builder, Selection},
         writer::Writer,
         LimitSettings, ProcessReport, Report, ReportKind,
     },
@@ -41,6 +41,8 @@ pub type Sink = Box<dyn FnMut(&Report)>;
 
 pub struct Engine {
     opts: ReportOptions,
+    /// What of `opts` the report builder uses.
+    selection: Selection,
     head: RecordHeader,
     intake: Intake,
     books: Books,
@@ -84,6 +86,7 @@ impl Engine {
             intake: Intake::new(procs, Tap::new(recorder)),
             writer: Writer::new(out, opts.format, limits),
             next_report_ns: opts.interval.as_nanos() as u64,
+            selection: opts.selection(),
             opts,
             head,
             exited_reports: Vec::new(),
@@ -247,7 +250,7 @@ impl Engine {
                 .partition(|p| p.exited);
         r.processes = live;
         if self.multi() {
-            build::add_exited(&mut r, &self.exited_reports, &self.opts);
+            build::add_exited(&mut r, &self.exited_reports, &self.selection);
             self.exited_reports.extend(exited_now);
             self.exited_omitted +=
                 build::keep_exited(&mut self.exited_reports, self.opts.keep_exited);
@@ -265,7 +268,7 @@ impl Engine {
         Builder {
             books: &self.books,
             procs: &self.intake.known.procs,
-            opts: &self.opts,
+            opts: &self.selection,
             start_mono_ns: self.head.start_mono_ns,
             symbols: &mut self.intake.known.symbolizer,
         }

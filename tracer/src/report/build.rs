@@ -13,16 +13,29 @@ use super::{
 use crate::{
     aggregate::{books::Books, verdict::Verdict, SiteDelta, SiteId, Snapshot},
     collector::Counters,
-    config::ReportOptions,
     procs::Procs,
     symbolize::{Frame, Symbolizer},
 };
+
+/// How reports select and order their rows (the report options that concern building).
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// At most this many sites a report (and a process of one).
+    pub top: usize,
+    pub sort: SortKey,
+    /// Only sites with a frame that matches.
+    pub site: Option<regex_lite::Regex>,
+    /// The final report: only blocks at least this old.
+    pub older_than: Option<std::time::Duration>,
+    /// Several processes: at most this many listed.
+    pub processes: usize,
+}
 
 /// What a report is built from.
 pub struct Builder<'a> {
     pub books: &'a Books,
     pub procs: &'a Procs,
-    pub opts: &'a ReportOptions,
+    pub opts: &'a Selection,
     /// The start, on the clock of the events' timestamps (for ages).
     pub start_mono_ns: u64,
     /// Symbolizes the sites listed (its caches fill as it goes).
@@ -407,7 +420,7 @@ pub fn frame_matches(re: &regex_lite::Regex, f: &Frame) -> bool {
 
 /// The final report of a several-process run with the summaries of the processes that exited
 /// on the way (what they left outstanding at exit) added to its totals and sites.
-pub fn add_exited(r: &mut Report, exited: &[ProcessReport], opts: &ReportOptions) {
+pub fn add_exited(r: &mut Report, exited: &[ProcessReport], opts: &Selection) {
     if exited.is_empty() {
         return;
     }
