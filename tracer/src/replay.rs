@@ -9,12 +9,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
-    collector::Counters,
     config::ReportOptions,
-    engine::{Engine, Fact, Flow},
+    engine::{
+        drive::{drive, Feed, Moment},
+        Engine, Fact,
+    },
     procs::ProcInfo,
     record::{Frame, Reader, RecordedMapping},
     symbolize::{self, Mapping},
@@ -26,10 +28,9 @@ pub fn run(file: &Path, opts: ReportOptions) -> Result<i32> {
 
 /// Replays `file`, writing the reports to `out`.
 pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) -> Result<i32> {
-    let shown = file.display();
+    let shown = file.display().to_string();
     let mut reader = Reader::open(file)?;
-    let corrupt = |e| anyhow!("the recording {shown} is corrupt at {e}");
-    let head = match reader.next_frame().map_err(corrupt)? {
+    let head = match reader.next_frame().map_err(|e| corrupt(&shown, e))? {
         Some(Frame::Header(h)) => h,
         Some(_) => {
             bail!("the recording {shown} is corrupt at byte 12: it does not begin with its header")
@@ -39,85 +40,111 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
         ),
     };
     let mut engine = Engine::new(opts, head, None, out);
-    let mut files = Files::default();
-    let mut last = (0u64, Counters::default());
-    loop {
-        let at = reader.offset();
-        let frame = reader.next_frame().map_err(corrupt)?;
-        let flow = match frame {
-            None => break,
-            Some(Frame::Header(_)) => {
-                bail!("the recording {shown} is corrupt at byte {at}: a second header")
-            }
-            Some(Frame::Maps { pid, maps }) => {
-                let maps = maps.into_iter().map(|m| files.check(m)).collect();
-                engine.apply(Fact::Maps { pid, maps });
-                Flow::Continue
-            }
-            Some(Frame::Process {
-                pid,
-                command,
-                allocator,
-                allocator_kind,
-                exited,
-            }) => {
-                let info = ProcInfo {
+    let mut feed = Recording {
+        reader,
+        shown,
+        files: Files::default(),
+        last_ns: 0,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(drive(&mut feed, &mut engine))?;
+    Ok(0)
+}
+
+fn corrupt(shown: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("the recording {shown} is corrupt at {e}")
+}
+
+/// A recording as a feed: its facts are applied, its drain points, marks and end are the
+/// moments.
+struct Recording {
+    reader: Reader<std::io::BufReader<std::fs::File>>,
+    shown: String,
+    files: Files,
+    /// The last moment read, in ns since the start.
+    last_ns: u64,
+}
+
+impl Feed for Recording {
+    async fn next(&mut self, engine: &mut Engine) -> Result<Option<Moment>> {
+        loop {
+            let at = self.reader.offset();
+            let frame = self
+                .reader
+                .next_frame()
+                .map_err(|e| corrupt(&self.shown, e))?;
+            match frame {
+                None => {
+                    eprintln!(
+                        "tracer: warning: the recording {} ends without its final frame (was the \
+                         tracer killed?); the final report stands at its last drain, {:.1}s in",
+                        self.shown,
+                        self.last_ns as f64 / 1e9
+                    );
+                    return Ok(None);
+                }
+                Some(Frame::Header(_)) => {
+                    bail!(
+                        "the recording {} is corrupt at byte {at}: a second header",
+                        self.shown
+                    )
+                }
+                Some(Frame::Maps { pid, maps }) => {
+                    let maps = maps.into_iter().map(|m| self.files.check(m)).collect();
+                    engine.apply(Fact::Maps { pid, maps });
+                }
+                Some(Frame::Process {
+                    pid,
                     command,
                     allocator,
                     allocator_kind,
                     exited,
-                };
-                engine.apply(Fact::Process { pid, info });
-                Flow::Continue
-            }
-            Some(Frame::Stack {
-                pid,
-                stack_id,
-                addrs,
-            }) => {
-                engine.apply(Fact::Stack {
+                }) => {
+                    let info = ProcInfo {
+                        command,
+                        allocator,
+                        allocator_kind,
+                        exited,
+                    };
+                    engine.apply(Fact::Process { pid, info });
+                }
+                Some(Frame::Stack {
                     pid,
                     stack_id,
                     addrs,
-                });
-                Flow::Continue
+                }) => engine.apply(Fact::Stack {
+                    pid,
+                    stack_id,
+                    addrs,
+                }),
+                Some(Frame::Events(evs)) => engine.apply(Fact::Events(&evs)),
+                Some(Frame::Losses(lost)) => {
+                    engine.set_process_losses(lost.into_iter().collect())?
+                }
+                Some(Frame::Tick { t_ns, counters }) => {
+                    self.last_ns = t_ns;
+                    return Ok(Some(Moment::Tick { t_ns, counters }));
+                }
+                Some(Frame::Mark { t_ns, counters }) => {
+                    self.last_ns = t_ns;
+                    return Ok(Some(Moment::Mark { t_ns, counters }));
+                }
+                Some(Frame::End {
+                    t_ns,
+                    counters,
+                    exit_code,
+                }) => {
+                    return Ok(Some(Moment::End {
+                        t_ns,
+                        counters,
+                        exit_code,
+                    }))
+                }
             }
-            Some(Frame::Events(evs)) => {
-                engine.apply(Fact::Events(&evs));
-                Flow::Continue
-            }
-            Some(Frame::Losses(lost)) => {
-                engine.set_process_losses(lost.into_iter().collect())?;
-                Flow::Continue
-            }
-            Some(Frame::Tick { t_ns, counters }) => {
-                last = (t_ns, counters);
-                engine.tick(t_ns, &counters)?
-            }
-            Some(Frame::Mark { t_ns, counters }) => {
-                last = (t_ns, counters);
-                engine.mark(t_ns, &counters)?
-            }
-            Some(Frame::End {
-                t_ns,
-                counters,
-                exit_code,
-            }) => {
-                engine.finish(t_ns, &counters, exit_code)?;
-                return Ok(0);
-            }
-        };
-        if flow == Flow::Quit {
-            return Ok(0);
         }
     }
-    eprintln!(
-        "tracer: warning: the recording {shown} ends without its final frame (was the tracer killed?); \
-         the final report stands at its last drain, {:.1}s in",
-        last.0 as f64 / 1e9
-    );
-    engine.finish(last.0, &last.1, None)?;
-    Ok(0)
 }
 
 /// Files named by recorded maps, checked once each against their recorded build id.

@@ -1,5 +1,5 @@
-//! The live run: attach, then the live loop: drain the ring buffer's batches into the
-//! pipeline ([`Engine`]), make a report when one is due or asked for, stop at the end.
+//! The live run: attach, then the live feed of the one loop (`engine::drive`): drain the ring
+//! buffer's batches into the pipeline ([`Engine`]), say each drain point, mark and the end.
 //!
 //! Setting up (what to probe, attaching, the banner) is `setup`; probing the allocators of
 //! processes met on the way is `probe`; what is read of processes is `procs::live`.
@@ -14,7 +14,10 @@ use crate::{
         stream::{Batch, Stream},
     },
     config::{Config, Mode},
-    engine::{ns, Engine, Flow},
+    engine::{
+        drive::{drive, Feed, Moment},
+        ns, Engine,
+    },
     procs::live::{alive, Live},
     procs::watch::MapWatch,
     replay, signals,
@@ -44,7 +47,6 @@ struct Session {
     stream: Stream,
     live: Live,
     prober: Prober,
-    engine: Engine,
     /// The launched command, if any.
     launched: Option<u32>,
     /// The launched command's exit, while followed children still run.
@@ -54,37 +56,41 @@ struct Session {
     /// The processes asked for (none: every process).
     targets: Vec<u32>,
     start: Instant,
-    duration: Option<Duration>,
+    deadline: Option<Instant>,
     marks_handled: u32,
+    /// The drain point that follows a mark taken at the same moment.
+    pending: Option<Moment>,
+    /// How it ended: the launched command's status.
+    exit: Option<ExitStatus>,
 }
 
-enum End {
-    Exited(Option<ExitStatus>),
-    Stopped,
-}
-
-impl Session {
-    async fn run(&mut self, launched: Option<u32>) -> Result<i32> {
-        let deadline = self.duration.map(|d| self.start + d);
-        let end = loop {
-            let next_report = self.start + Duration::from_nanos(self.engine.next_report_ns());
+impl Feed for Session {
+    /// One drain: the batches go in, processes that exited are told, and the moment is this
+    /// drain point (after a mark when one was asked for), or the end.
+    async fn next(&mut self, engine: &mut Engine) -> Result<Option<Moment>> {
+        if let Some(m) = self.pending.take() {
+            return Ok(Some(m));
+        }
+        let launched = self.launched;
+        let ended = 'end: {
+            let next_report = self.start + Duration::from_nanos(engine.next_report_ns());
             let mut wake = next_report;
-            if let Some(d) = deadline {
+            if let Some(d) = self.deadline {
                 wake = wake.min(d);
             }
             let wait = wake
                 .saturating_duration_since(Instant::now())
                 .min(DRAIN_PERIOD);
             if let Some(b) = self.stream.next(wait).await {
-                self.ingest(b)?;
+                self.ingest(engine, b)?;
                 while let Some(b) = self.stream.try_next() {
-                    self.ingest(b)?;
+                    self.ingest(engine, b)?;
                 }
             }
             let stops = signals::stop_requests();
             // A launched command gets the signal too; wait for it unless asked twice.
             if stops > 1 || (stops == 1 && launched.is_none()) {
-                break End::Stopped;
+                break 'end None;
             }
             self.forget_gone();
             if let Some(child) = launched {
@@ -92,83 +98,83 @@ impl Session {
                     self.launched_status = launch::try_wait(child);
                 }
                 if self.launched_status.is_some() && self.followed.is_empty() {
-                    break End::Exited(self.launched_status);
+                    break 'end self.launched_status;
                 }
             } else if !self.targets.is_empty()
                 && !self.targets.iter().any(|&p| alive(p))
                 && self.followed.is_empty()
             {
-                break End::Exited(None);
+                break 'end None;
             }
-            if self.engine.multi() {
-                for pid in self.engine.live_processes() {
+            if engine.multi() {
+                for pid in engine.live_processes() {
                     if !alive(pid) {
-                        self.engine.process_exited(pid)?;
+                        engine.process_exited(pid)?;
                     }
                 }
-                self.engine.recheck_names(&mut self.live)?;
+                engine.recheck_names(&mut self.live)?;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break End::Stopped;
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                break 'end None;
             }
             let marks = signals::mark_requests();
-            let due = marks != self.marks_handled
-                || ns(self.start.elapsed()) >= self.engine.next_report_ns();
+            let due =
+                marks != self.marks_handled || ns(self.start.elapsed()) >= engine.next_report_ns();
             if due {
                 // A report holds every event the kernel sent before it.
-                self.flush().await?;
+                self.flush(engine).await?;
+                // Read per process only when a report will use them (a table of up to 8,192).
+                engine.set_process_losses(self.collector.lost_by_pid())?;
             }
             let t_ns = ns(self.start.elapsed());
-            let c = self.collector.counters();
-            // Read per process only when a report will use them (a table of up to 8,192).
-            if due {
-                self.engine
-                    .set_process_losses(self.collector.lost_by_pid())?;
-            }
-            let mut flow = Flow::Continue;
+            let counters = self.collector.counters();
+            let tick = Moment::Tick { t_ns, counters };
             if marks != self.marks_handled {
                 self.marks_handled = marks;
-                flow = self.engine.mark(t_ns, &c)?;
+                self.pending = Some(tick);
+                return Ok(Some(Moment::Mark { t_ns, counters }));
             }
-            if flow == Flow::Continue {
-                let reports = t_ns >= self.engine.next_report_ns();
-                flow = self.engine.tick(t_ns, &c)?;
-                if reports {
-                    // Libraries loaded since: their frames are named while the process lives.
-                    self.engine.refresh_live(&mut self.live)?;
-                }
-            }
-            // Nobody reads the reports any more (`tracer -- cmd | head`). A launched command
-            // is never left running without tracer: tracing goes on without reports until it
-            // ends, the other outputs (--record, --flame) are still written, and tracer exits
-            // with its status. Otherwise there is nothing to wait for.
-            if flow == Flow::Quit && launched.is_none() {
-                return Ok(0);
-            }
+            return Ok(Some(tick));
         };
         // Whatever the kernel still holds belongs in the final report, and so does which
         // processes have exited.
-        self.flush().await?;
-        if self.engine.multi() {
-            for pid in self.engine.live_processes() {
+        self.flush(engine).await?;
+        if engine.multi() {
+            for pid in engine.live_processes() {
                 if !alive(pid) {
-                    self.engine.process_exited(pid)?;
+                    engine.process_exited(pid)?;
                 }
             }
         }
-        let exit = match end {
-            End::Exited(status) => status,
-            End::Stopped => None,
-        };
-        let c = self.collector.counters();
-        self.engine
-            .set_process_losses(self.collector.lost_by_pid())?;
-        self.engine
-            .finish(ns(self.start.elapsed()), &c, exit.map(ExitStatus::code))?;
-        Ok(match exit {
-            Some(s) => s.code(),
-            None => 0,
-        })
+        self.exit = ended;
+        engine.set_process_losses(self.collector.lost_by_pid())?;
+        Ok(Some(Moment::End {
+            t_ns: ns(self.start.elapsed()),
+            counters: self.collector.counters(),
+            exit_code: ended.map(ExitStatus::code),
+        }))
+    }
+
+    /// Libraries loaded since the last report: their frames are named while the process
+    /// lives.
+    fn reported(&mut self, engine: &mut Engine) -> Result<()> {
+        engine.refresh_live(&mut self.live)
+    }
+
+    /// Nobody reads the reports any more (`tracer -- cmd | head`). A launched command is never
+    /// left running without tracer: tracing goes on without reports until it ends, the other
+    /// outputs (--record, --flame) are still written, and tracer exits with its status.
+    /// Otherwise there is nothing to wait for.
+    fn stop_unread(&self) -> bool {
+        self.launched.is_none()
+    }
+}
+
+impl Session {
+    /// Runs the live feed through the engine; tracer's exit code.
+    async fn run(&mut self, engine: &mut Engine) -> Result<i32> {
+        drive(self, engine).await?;
+        Ok(self.exit.map_or(0, ExitStatus::code))
     }
 
     /// Followed children that exited leave the kernel's table (their pids may be reused), and
@@ -186,27 +192,27 @@ impl Session {
     }
 
     /// Ingests everything the kernel holds now.
-    async fn flush(&mut self) -> Result<()> {
+    async fn flush(&mut self, engine: &mut Engine) -> Result<()> {
         for b in self.stream.flush().await {
-            self.ingest(b)?;
+            self.ingest(engine, b)?;
         }
         Ok(())
     }
 
-    fn ingest(&mut self, mut batch: Batch) -> Result<()> {
+    fn ingest(&mut self, engine: &mut Engine, mut batch: Batch) -> Result<()> {
         for ev in &batch.events {
             if let crate::collector::Event::Fork { pid, .. } = *ev {
                 self.followed.push(pid);
             }
         }
         self.live.take(&mut batch);
-        let r = self.engine.ingest(&mut self.live, &batch.events);
+        let r = engine.ingest(&mut self.live, &batch.events);
         self.live.taken();
         r?;
         let mut cx = Ctx {
             collector: &mut self.collector,
             live: &mut self.live,
-            engine: &mut self.engine,
+            engine,
         };
         self.prober.retry(&mut cx)?;
         for pid in cx.engine.take_execs() {

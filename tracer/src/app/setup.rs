@@ -279,30 +279,32 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             stream,
             live: Live::new(allocator_of, default_allocator, early),
             prober: Prober::new(launched, scope_all, noted, attached),
-            engine,
             launched,
             launched_status: None,
             followed: Vec::new(),
             targets,
             start,
-            duration: t.duration,
+            deadline: t.duration.map(|d| start + d),
             marks_handled: 0,
+            pending: None,
+            exit: None,
         };
         for pid in session.targets.clone() {
-            session.engine.refresh_maps(&mut session.live, pid)?;
+            engine.refresh_maps(&mut session.live, pid)?;
         }
         if matches!(t.target, Target::All) {
             let mut cx = Ctx {
                 collector: &mut session.collector,
                 live: &mut session.live,
-                engine: &mut session.engine,
+                engine: &mut engine,
             };
             for pid in user_processes() {
                 session.prober.running(&mut cx, pid)?;
             }
         }
-        let result = session.run(launched).await;
+        let result = session.run(&mut engine).await;
         drop(session);
+        drop(engine);
         writer.finish();
         result
     })

@@ -26,6 +26,7 @@ use crate::{
     },
 };
 
+pub mod drive;
 mod intake;
 mod known;
 #[cfg(test)]
