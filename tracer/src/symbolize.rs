@@ -43,23 +43,36 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Frame {
-    /// `function (file:line)`, or `module+0xoffset` when there is no symbol.
-    pub fn short(&self) -> String {
-        let base = |p: &str| {
-            Path::new(p)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.to_string())
-        };
-        match (&self.function, &self.file, self.line) {
-            (Some(f), Some(file), Some(line)) => format!("{f} ({}:{line})", base(file)),
-            (Some(f), _, _) => f.clone(),
-            (None, _, _) => match &self.module {
-                Some(m) => format!("{}+{:#x}", base(m), self.offset),
-                None => format!("[unknown] {:#x}", self.addr),
-            },
+    /// The function, or `module+0xoffset` when there is no symbol (`[unknown] 0xaddr` when
+    /// no module holds the address).
+    pub fn name(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => format!("{}+{:#x}", base_name(m), self.offset),
+            (None, None) => format!("[unknown] {:#x}", self.addr),
         }
     }
+
+    /// `file:line` (the file's base name), when both are known.
+    pub fn location(&self) -> Option<String> {
+        Some(format!("{}:{}", base_name(self.file.as_ref()?), self.line?))
+    }
+
+    /// `function (file:line)`, or [`Frame::name`] when there is no line to add.
+    pub fn short(&self) -> String {
+        match (&self.function, self.location()) {
+            (Some(f), Some(at)) => format!("{f} ({at})"),
+            _ => self.name(),
+        }
+    }
+}
+
+/// The last component of a path (the whole of it when it has none).
+fn base_name(p: &str) -> String {
+    Path::new(p)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -136,20 +136,8 @@ impl Profile {
 
 /// A frame as flame graphs name it: the function (demangled), or `module+0xoffset`.
 pub fn frame_name(f: &Frame) -> String {
-    let name = match (&f.function, &f.module) {
-        (Some(func), _) => func.clone(),
-        (None, Some(m)) => format!(
-            "{}+{:#x}",
-            Path::new(m)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| m.clone()),
-            f.offset
-        ),
-        (None, None) => format!("[unknown] {:#x}", f.addr),
-    };
     // `;` separates frames and a newline ends the line in the folded format.
-    name.replace([';', '\n'], ":")
+    f.name().replace([';', '\n'], ":")
 }
 
 /// The folded stack of one row, outermost frame first.

@@ -79,30 +79,10 @@ pub fn site_label(s: &SiteReport) -> String {
 
 /// The leaf of a site's stack (the function that called the allocator) and where.
 fn leaf(s: &SiteReport) -> (String, String) {
-    let Some(f) = s.frames.first() else {
-        return ("[stack unavailable]".into(), String::new());
-    };
-    let function = match (&f.function, &f.module) {
-        (Some(func), _) => func.clone(),
-        (None, Some(m)) => format!(
-            "{}+{:#x}",
-            std::path::Path::new(m)
-                .file_name()
-                .map_or_else(|| m.clone(), |n| n.to_string_lossy().into_owned()),
-            f.offset
-        ),
-        (None, None) => format!("{:#x}", f.addr),
-    };
-    let location = match (&f.file, f.line) {
-        (Some(file), Some(line)) => format!(
-            "{}:{line}",
-            std::path::Path::new(file)
-                .file_name()
-                .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())
-        ),
-        _ => String::new(),
-    };
-    (function, location)
+    match s.frames.first() {
+        Some(f) => (f.name(), f.location().unwrap_or_default()),
+        None => ("[stack unavailable]".into(), String::new()),
+    }
 }
 
 /// A label value as the text format wants it. prometheus-client writes label values as they
