@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use super::{Report, SiteReport};
@@ -101,92 +101,81 @@ fn esc(v: &str) -> String {
     out
 }
 
-fn gauge(reg: &mut Registry, name: &str, help: &str) -> IntGauges {
-    let g = IntGauges::default();
-    reg.register(name, help, g.clone());
-    g
-}
-
-fn float_gauge(reg: &mut Registry, name: &str, help: &str) -> FloatGauges {
-    let g = FloatGauges::default();
-    reg.register(name, help, g.clone());
-    g
+/// A new metric of type `M`, registered under `name`.
+fn metric<M: Metric + Clone + Default>(reg: &mut Registry, name: &str, help: &str) -> M {
+    let m = M::default();
+    reg.register(name, help, m.clone());
+    m
 }
 
 /// The OpenMetrics text of a report.
 pub fn encode_report(r: &Report, own: Own) -> String {
     let mut reg = Registry::default();
-    let proc_bytes = gauge(
+    let proc_bytes: IntGauges = metric(
         &mut reg,
         "tracer_process_live_bytes",
         "Bytes the process holds in live heap blocks and mappings it made, as traced",
     );
-    let proc_objects = gauge(
+    let proc_objects: IntGauges = metric(
         &mut reg,
         "tracer_process_live_objects",
         "Live heap blocks and mappings of the process, as traced",
     );
-    let site_bytes = gauge(
+    let site_bytes: IntGauges = metric(
         &mut reg,
         "tracer_site_live_bytes",
         "Bytes live at a call site (the top sites of the last report)",
     );
-    let site_objects = gauge(
+    let site_objects: IntGauges = metric(
         &mut reg,
         "tracer_site_live_objects",
         "Live blocks of a call site (the top sites of the last report)",
     );
-    let site_rate = float_gauge(
+    let site_rate: FloatGauges = metric(
         &mut reg,
         "tracer_site_growth_rate_bytes_per_second",
         "Growth of a call site's live bytes over the verdict window (slope), in bytes per second",
     );
-    let site_verdict = gauge(
+    let site_verdict: IntGauges = metric(
         &mut reg,
         "tracer_site_verdict",
         "A call site's verdict as a state set: 1 for its current verdict, 0 for the others",
     );
-    let leak_sites: Gauge = Gauge::default();
-    reg.register(
+    let leak_sites: Gauge = metric(
+        &mut reg,
         "tracer_leak_sites",
         "Call sites judged leaking in the last report",
-        leak_sites.clone(),
     );
-    let leak_rate = Gauge::<f64, AtomicU64>::default();
-    reg.register(
+    let leak_rate: Gauge<f64, AtomicU64> = metric(
+        &mut reg,
         "tracer_leak_rate_bytes_per_second",
         "Summed growth rate of the leaking call sites, in bytes per second",
-        leak_rate.clone(),
     );
-    let live_bytes: Gauge = Gauge::default();
-    reg.register(
+    let live_bytes: Gauge = metric(
+        &mut reg,
         "tracer_live_bytes",
         "Bytes live over every traced process",
-        live_bytes.clone(),
     );
-    let events = Family::<Labels, Counter>::default();
-    reg.register(
+    let events: Family<Labels, Counter> = metric(
+        &mut reg,
         "tracer_events",
         "Allocator calls the kernel recorded, by kind",
-        events.clone(),
     );
-    let lost = Family::<Labels, Counter>::default();
-    reg.register(
+    let lost: Family<Labels, Counter> = metric(
+        &mut reg,
         "tracer_lost_events",
-        "Events the kernel could not record, by cause (see the README for the flag that fixes each)",
-        lost.clone(),
+        "Events the kernel could not record, by cause (see the README for the flag that fixes \
+         each)",
     );
-    let cpu = Counter::<f64, AtomicU64>::default();
-    reg.register(
+    let cpu: Counter<f64, AtomicU64> = metric(
+        &mut reg,
         "tracer_cpu_seconds",
         "CPU time tracer itself used, user and system, in seconds",
-        cpu.clone(),
     );
-    let rss: Gauge = Gauge::default();
-    reg.register(
+    let rss: Gauge = metric(
+        &mut reg,
         "tracer_resident_memory_bytes",
         "Resident memory of tracer itself, in bytes",
-        rss.clone(),
     );
 
     let procs: Vec<(u32, &str, u64, u64)> = if r.processes.is_empty() {
