@@ -107,11 +107,7 @@ impl Feed for Session {
                 break 'end None;
             }
             if engine.multi() {
-                for pid in engine.live_processes() {
-                    if !alive(pid) {
-                        engine.process_exited(pid)?;
-                    }
-                }
+                tell_exits(engine)?;
                 engine.recheck_names(&mut self.live)?;
             }
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -140,11 +136,7 @@ impl Feed for Session {
         // processes have exited.
         self.flush(engine).await?;
         if engine.multi() {
-            for pid in engine.live_processes() {
-                if !alive(pid) {
-                    engine.process_exited(pid)?;
-                }
-            }
+            tell_exits(engine)?;
         }
         self.exit = ended;
         engine.set_process_losses(self.collector.lost_by_pid())?;
@@ -231,4 +223,14 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Tells the engine which of the processes it holds live have exited.
+fn tell_exits(engine: &mut Engine) -> Result<()> {
+    for pid in engine.live_processes() {
+        if !alive(pid) {
+            engine.process_exited(pid)?;
+        }
+    }
+    Ok(())
 }
