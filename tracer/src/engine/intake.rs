@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use tracer_common::AllocFn;
 
-use super::known::{child_of, unknown, Fact, Known};
+use super::known::{unknown, Fact, Known};
 use crate::{
     aggregate::{Ledger, SiteKey},
     collector::Event,
@@ -104,26 +104,19 @@ impl Intake {
         pid: u32,
         parent: u32,
     ) -> Result<()> {
-        let sym = &self.known.symbolizer;
-        if sym.maps_of(parent).is_none() {
+        if self.known.symbolizer.maps_of(parent).is_none() {
             self.refresh_maps(src, ledger, parent)?;
         }
-        let sym = &self.known.symbolizer;
-        if sym.maps_of(pid).is_none() {
-            if let Some(maps) = sym.maps_of(parent) {
-                let maps = maps.to_vec();
-                self.tell(ledger, Fact::Maps { pid, maps })?;
-            }
-        }
         let procs = &self.known.procs;
-        if procs.multi() && procs.get(pid).is_none() {
-            if procs.get(parent).is_none() {
-                self.learn(src, ledger, parent)?;
-            }
-            if let Some(info) = self.known.procs.get(parent).cloned() {
-                let info = child_of(info);
-                self.tell(ledger, Fact::Process { pid, info })?;
-            }
+        if procs.multi() && procs.get(pid).is_none() && procs.get(parent).is_none() {
+            self.learn(src, ledger, parent)?;
+        }
+        let (maps, info) = self.known.inherited(pid, parent);
+        if let Some(maps) = maps {
+            self.tell(ledger, Fact::Maps { pid, maps })?;
+        }
+        if let Some(info) = info {
+            self.tell(ledger, Fact::Process { pid, info })?;
         }
         Ok(())
     }

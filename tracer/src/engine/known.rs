@@ -99,17 +99,26 @@ impl Known {
     /// parent's until it execs. (The live intake tells these as facts of their own; this is
     /// for recordings that did not.)
     fn fork(&mut self, pid: u32, parent: u32) {
-        if self.symbolizer.maps_of(pid).is_none() {
-            if let Some(maps) = self.symbolizer.maps_of(parent) {
-                let maps = maps.to_vec();
-                self.symbolizer.set_maps(pid, maps);
-            }
+        let (maps, info) = self.inherited(pid, parent);
+        if let Some(maps) = maps {
+            self.symbolizer.set_maps(pid, maps);
         }
-        if self.procs.multi() && self.procs.get(pid).is_none() {
-            if let Some(info) = self.procs.get(parent).cloned() {
-                self.procs.install(pid, child_of(info));
-            }
+        if let Some(info) = info {
+            self.procs.install(pid, info);
         }
+    }
+
+    /// What a forked child inherits of its parent that is not known of it yet: the parent's
+    /// map, and (tracing several processes) its name and allocator.
+    pub fn inherited(&self, pid: u32, parent: u32) -> (Option<Vec<Mapping>>, Option<ProcInfo>) {
+        let maps = match self.symbolizer.maps_of(pid) {
+            Some(_) => None,
+            None => self.symbolizer.maps_of(parent).map(<[Mapping]>::to_vec),
+        };
+        let info = (self.procs.multi() && self.procs.get(pid).is_none())
+            .then(|| self.procs.get(parent).cloned().map(child_of))
+            .flatten();
+        (maps, info)
     }
 
     /// A process exec'd: the old program's blocks are gone with its address space, so its
@@ -142,7 +151,7 @@ pub fn unknown() -> ProcInfo {
 }
 
 /// A forked child, as known until it execs: its parent's name and allocator.
-pub fn child_of(parent: ProcInfo) -> ProcInfo {
+fn child_of(parent: ProcInfo) -> ProcInfo {
     ProcInfo {
         exited: false,
         ..parent
