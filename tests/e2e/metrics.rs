@@ -70,11 +70,21 @@ impl Prometheus {
         let dir = std::env::temp_dir().join(format!("tracer-prom-{}-{target}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
+        // The README's alerting rule, with a `for` short enough for a test.
+        let rules = dir.join("rules.yml");
+        std::fs::write(
+            &rules,
+            "groups:\n  - name: tracer\n    rules:\n      - alert: MemoryLeak\n        \
+             expr: tracer_site_verdict{verdict=\"leak\"} == 1\n        for: 2s\n",
+        )
+        .unwrap();
         std::fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: tracer\n    static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n"
+                 rule_files: ['{}']\n\
+                 scrape_configs:\n  - job_name: tracer\n    static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n",
+                rules.display()
             ),
         )
         .unwrap();
@@ -151,6 +161,31 @@ fn prometheus_reads_leak_rates_and_verdicts_while_tracing() {
         "tracer_site_verdict{function=\"cache_insert\",verdict=\"plateau\"}",
     );
     let leaking = query(prom.port, "tracer_site_verdict{verdict=\"leak\"} == 1");
+    // The rule fires 2 s after a site turns `leak` (the last one turned a moment ago): the
+    // alerts are read until they cover the leaking sites, while tracer still runs.
+    let functions = |v: &[(serde_json::Value, f64)]| {
+        let mut f: Vec<String> = v
+            .iter()
+            .map(|(m, _)| m["function"].as_str().unwrap_or("").to_string())
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    let firing_now = || {
+        query(
+            prom.port,
+            "ALERTS{alertname=\"MemoryLeak\",alertstate=\"firing\"}",
+        )
+    };
+    let mut firing = firing_now();
+    for _ in 0..10 {
+        if functions(&firing) == functions(&leaking) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        firing = firing_now();
+    }
     let out = t.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -183,6 +218,9 @@ fn prometheus_reads_leak_rates_and_verdicts_while_tracing() {
         ],
         "{leaking:?}"
     );
+
+    // The alerting rule fires for the leaking sites, and for no other.
+    assert_eq!(functions(&firing), leaks, "firing: {firing:?}");
 
     // The exposition itself, as served.
     let rate = sample(
