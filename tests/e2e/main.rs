@@ -6,6 +6,7 @@ mod cli;
 mod flame;
 mod follow;
 mod launch;
+mod live;
 mod lost;
 mod maps;
 mod metrics;

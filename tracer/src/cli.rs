@@ -195,6 +195,14 @@ pub struct ReportArgs {
     #[arg(long)]
     pub flame_every: bool,
 
+    /// Show the reports in a full-screen view on the terminal instead of printing them: the
+    /// sites update each interval, sortable and filterable, with their verdicts and trends;
+    /// Enter opens a site's stack. `q` ends tracing and prints the final report on the normal
+    /// screen (on stdout, which may be a file). `tracer replay FILE --live` steps through a
+    /// recording. Without a terminal, the reports are printed as usual.
+    #[arg(long)]
+    pub live: bool,
+
     /// Share of the window's intervals that must grow for a steady leak (0..1).
     #[arg(long, value_name = "F", default_value = "0.6", value_parser = parse_fraction)]
     pub leak_fraction: f64,

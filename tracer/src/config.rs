@@ -53,6 +53,9 @@ pub struct TraceOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// Sites an interval report holds for the live view, which sorts and filters them itself.
+const LIVE_TOP: usize = 100;
+
 /// Settings of the reports (the pipeline above the collector), the same live and in replay.
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
@@ -72,6 +75,8 @@ pub struct ReportOptions {
     pub keep_exited: usize,
     /// Live processes a several-process report lists.
     pub processes: usize,
+    /// Interval and mark reports go to the live view (--live), the final one to the output.
+    pub live: bool,
 }
 
 impl ReportOptions {
@@ -79,6 +84,11 @@ impl ReportOptions {
     pub fn selection(&self) -> Selection {
         Selection {
             top: self.top,
+            interval_top: if self.live {
+                self.top.max(LIVE_TOP)
+            } else {
+                self.top
+            },
             sort: self.sort,
             site: self.site.clone(),
             older_than: self.older_than,
@@ -233,6 +243,7 @@ impl ReportOptions {
             flame,
             interval: Duration::from_secs_f64(a.interval),
             top: a.top,
+            live: a.live,
             format: a.format.into(),
             sort: a.sort.into(),
             site,

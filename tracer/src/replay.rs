@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,7 +20,9 @@ use crate::{
     },
     procs::ProcInfo,
     record::{Frame, Reader, RecordedMapping},
+    report::LimitSettings,
     symbolize::{self, Mapping},
+    tui::{self, Gate},
 };
 
 pub fn run(file: &Path, opts: ReportOptions) -> Result<i32> {
@@ -39,12 +42,27 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
             "the recording {shown} is empty (the tracer that wrote it stopped before it began)"
         ),
     };
+    let limits = LimitSettings {
+        ring_size: head.ring_size,
+        stack_slots: head.stack_slots,
+    };
+    let gate = Arc::new(Gate::default());
+    let view = tui::start_if_asked(&opts, tui::Source::Replay, limits, {
+        let gate = gate.clone();
+        Box::new(move |a| gate.act(a))
+    });
     let mut engine = Engine::new(opts, head, None, out);
+    let gate = view.is_some().then_some(gate);
+    if let Some(mut v) = view {
+        engine.show_only_final();
+        engine.publish_to(Box::new(move |r| v.show(r)));
+    }
     let mut feed = Recording {
         reader,
         shown,
         files: Files::default(),
         last_ns: 0,
+        gate,
     };
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -65,6 +83,8 @@ struct Recording {
     files: Files,
     /// The last moment read, in ns since the start.
     last_ns: u64,
+    /// Shown live: each report waits for the view's step or play.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Feed for Recording {
@@ -125,10 +145,20 @@ impl Feed for Recording {
                 }
                 Some(Frame::Tick { t_ns, counters }) => {
                     self.last_ns = t_ns;
+                    if let Some(g) = self
+                        .gate
+                        .as_ref()
+                        .filter(|_| t_ns >= engine.next_report_ns())
+                    {
+                        g.wait(t_ns);
+                    }
                     return Ok(Some(Moment::Tick { t_ns, counters }));
                 }
                 Some(Frame::Mark { t_ns, counters }) => {
                     self.last_ns = t_ns;
+                    if let Some(g) = &self.gate {
+                        g.wait(t_ns);
+                    }
                     return Ok(Some(Moment::Mark { t_ns, counters }));
                 }
                 Some(Frame::End {

@@ -50,6 +50,22 @@ pub fn install(child: Option<u32>) {
     }
 }
 
+/// A mark asked for from inside tracer (the live view's `m`).
+pub fn request_mark() {
+    MARKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The end asked for from inside tracer (the live view's `q`), as Ctrl-C would: a launched
+/// command is interrupted (SIGINT) and its end waited for, unless asked twice.
+pub fn request_stop() {
+    let child = CHILD.load(Ordering::Relaxed);
+    if child > 0 {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(child, libc::SIGINT) };
+    }
+    STOPS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// How many stop signals (INT, TERM, HUP, QUIT) arrived so far.
 pub fn stop_requests() -> u32 {
     STOPS.load(Ordering::Relaxed)

@@ -22,8 +22,9 @@ use crate::{
     procs::live::{comm, user_processes, Allocator, Live},
     procs::watch::{EarlyBook, MapWatch},
     record::{RecordHeader, Recorder},
+    report::LimitSettings,
     serve::Exporter,
-    signals,
+    signals, tui,
 };
 
 pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
@@ -177,8 +178,9 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             _ => None,
         };
         signals::install(launched);
-        // A launched command owns the terminal's input; marks then come by SIGUSR1 only.
-        let enter_marks = launched.is_none() && signals::marks_from_terminal();
+        // A launched command owns the terminal's input; marks then come by SIGUSR1 only (or
+        // the live view's `m`, which reads the terminal itself).
+        let enter_marks = launched.is_none() && !opts.live && signals::marks_from_terminal();
         let mut allocators: Vec<String> = plan
             .iter()
             .map(|(_, l)| l.path.display().to_string())
@@ -252,9 +254,27 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             Some(path) => Some(Recorder::create(path, &head)?),
             None => None,
         };
+        let limits = LimitSettings {
+            ring_size: t.ring_size,
+            stack_slots: t.stack_slots,
+        };
+        let view = tui::start_if_asked(
+            &opts,
+            tui::Source::Live,
+            limits,
+            Box::new(|a| match a {
+                tui::Action::Mark => signals::request_mark(),
+                tui::Action::Quit => signals::request_stop(),
+                _ => {}
+            }),
+        );
         // Reports go through a writer thread: a slow reader of stdout never stalls the draining.
         let (out, writer) = output::spawn(std::io::stdout());
         let mut engine = Engine::new(opts, head, recorder, Box::new(out));
+        if let Some(mut v) = view {
+            engine.show_only_final();
+            engine.publish_to(Box::new(move |r| v.show(r)));
+        }
         if let Some(x) = exporter {
             engine.publish_to(Box::new(move |r| x.publish(r)));
         }

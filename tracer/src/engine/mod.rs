@@ -319,6 +319,12 @@ impl Engine {
         self.writer.write(r)
     }
 
+    /// The interval and mark reports go to the sinks only (the live view); the output gets
+    /// the final one.
+    pub fn show_only_final(&mut self) {
+        self.writer.final_only();
+    }
+
     /// Each report goes to `sink` too, as it is written.
     pub fn publish_to(&mut self, sink: Sink) {
         self.sinks.push(sink);

@@ -22,6 +22,8 @@ use crate::{
 pub struct Selection {
     /// At most this many sites a report (and a process of one).
     pub top: usize,
+    /// At most this many sites an interval or mark report (more for the live view).
+    pub interval_top: usize,
     pub sort: SortKey,
     /// Only sites with a frame that matches.
     pub site: Option<regex_lite::Regex>,
@@ -196,8 +198,12 @@ impl Builder<'_> {
             Some((l, omitted)) => (self.processes(kind, &sites, &picked, l), *omitted),
             None => (Vec::new(), 0),
         };
-        let omitted = sites.len().saturating_sub(self.opts.top);
-        sites.truncate(self.opts.top);
+        let top = match kind {
+            ReportKind::Final => self.opts.top,
+            _ => self.opts.interval_top,
+        };
+        let omitted = sites.len().saturating_sub(top);
+        sites.truncate(top);
         let (lost, events) = self.counters(c);
         let (subject_pid, subject) = self.procs.subject();
         Report {

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use super::{json, lost_hints, table, Format, LimitSettings, Report};
+use super::{json, lost_hints, table, Format, LimitSettings, Report, ReportKind};
 
 /// Whether to go on: a reader that closed the output ends the run quietly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct Writer {
     limits: LimitSettings,
     /// Losses already announced on stderr.
     lost_told: u64,
+    /// Only the final report (the others go to the live view).
+    final_only: bool,
 }
 
 impl Writer {
@@ -28,11 +30,20 @@ impl Writer {
             format,
             limits,
             lost_told: 0,
+            final_only: false,
         }
+    }
+
+    /// From now on only the final report is written (the live view shows the others).
+    pub fn final_only(&mut self) {
+        self.final_only = true;
     }
 
     /// Writes a report; Quit when the output is gone.
     pub fn write(&mut self, r: &Report) -> Result<Flow> {
+        if self.final_only && r.kind != ReportKind::Final {
+            return Ok(Flow::Continue);
+        }
         let lost_now: u64 = r.lost.values().sum();
         if lost_now > self.lost_told {
             for h in lost_hints(&r.lost, self.limits) {
