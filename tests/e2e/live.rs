@@ -36,6 +36,15 @@ impl Pane {
         Pane { name, dir }
     }
 
+    fn resize(&self, w: u32, h: u32) {
+        let st = Command::new("tmux")
+            .args(["resize-window", "-t", &self.name])
+            .args(["-x", &w.to_string(), "-y", &h.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     fn screen(&self) -> String {
         let out = Command::new("tmux")
             .args(["capture-pane", "-p", "-t", &self.name])
@@ -159,6 +168,16 @@ fn the_live_view_shows_leaks_sorts_opens_a_stack_marks_and_quits_to_the_final_re
     });
     assert!(s.contains("LEAK: "), "{s}");
     assert!(s.contains("lost events: none"), "{s}");
+
+    // A smaller terminal: the view is drawn again to its size, then back.
+    pane.resize(100, 30);
+    pane.wait_for("the view at 100x30", 10, |s| {
+        s.lines().count() <= 30
+            && s.lines().all(|l| l.chars().count() <= 100)
+            && !rows(s, "leak_fixed").is_empty()
+            && s.lines().any(|l| l.starts_with("q quit"))
+    });
+    pane.resize(200, 50);
 
     // s: the order goes from live bytes to live objects.
     assert!(s.contains("sites by live bytes"), "{s}");

@@ -190,10 +190,15 @@ fn sort_name(s: SortKey) -> &'static str {
 fn sites(f: &mut Frame, area: Rect, v: &View) {
     let rows = v.rows();
     let matching = v
-        .filter
-        .as_ref()
-        .map(|re| format!(", matching /{}/", re.as_str()))
-        .unwrap_or_default();
+        .pid
+        .map(|p| format!(" of pid {p} (Esc: all)"))
+        .into_iter()
+        .chain(
+            v.filter
+                .as_ref()
+                .map(|re| format!(", matching /{}/", re.as_str())),
+        )
+        .collect::<String>();
     let title = match (v.pane, v.shown()) {
         (Pane::Mark, None) => " what changed between marks: no mark yet (m takes one) ".to_string(),
         (Pane::Mark, Some(r)) => format!(
@@ -304,7 +309,7 @@ fn processes(f: &mut Frame, area: Rect, v: &View) {
     )
     .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
     .block(Block::bordered().title(format!(
-        " processes ({} more not listed) ",
+        " processes ({} more not listed; Enter: its sites) ",
         r.processes_omitted
     )));
     let mut state = TableState::default().with_selected(Some(v.selected));
@@ -473,7 +478,7 @@ fn help(f: &mut Frame, area: Rect) {
         "p           pause the display (tracing goes on); replay: play / hold",
         "n, space    replay: the next report",
         "Enter, Esc  open / close the selected site: stack, sizes, ages, trend",
-        "Tab         sites · since the last mark · processes (several processes)",
+        "Tab         sites · since the last mark · processes (Enter: a process's sites)",
         "↑ ↓ PgUp PgDn Home End   select",
         "",
         "Verdicts: leak grows steadily; plateau grew, then held; churn comes and goes;",

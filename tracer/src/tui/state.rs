@@ -62,6 +62,8 @@ pub struct View {
     pub pane: Pane,
     pub sort: SortKey,
     pub filter: Option<regex_lite::Regex>,
+    /// Only this process's sites (Enter on a process).
+    pub pid: Option<u32>,
     /// The filter being typed after `/`.
     pub typing: Option<String>,
     /// The selected row of the table shown.
@@ -91,6 +93,7 @@ impl View {
             pane: Pane::Sites,
             sort,
             filter: None,
+            pid: None,
             typing: None,
             selected: 0,
             detail: false,
@@ -163,6 +166,7 @@ impl View {
         let mut rows: Vec<&SiteReport> = r
             .sites
             .iter()
+            .filter(|s| self.pid.is_none_or(|p| s.pid == p))
             .filter(|s| {
                 self.filter.as_ref().is_none_or(|re| {
                     s.frames.iter().any(|f| {
@@ -239,10 +243,21 @@ impl View {
         match k.code {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Char('?') => self.help = true,
-            KeyCode::Esc => self.detail = false,
-            KeyCode::Enter => {
-                self.detail = !self.detail && self.pane != Pane::Processes && self.len() > 0
+            KeyCode::Esc if self.detail => self.detail = false,
+            KeyCode::Esc => self.pid = None,
+            // A process: its sites.
+            KeyCode::Enter if self.pane == Pane::Processes => {
+                if let Some(p) = self
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.processes.get(self.selected))
+                {
+                    self.pid = Some(p.pid);
+                    self.pane = Pane::Sites;
+                    self.selected = 0;
+                }
             }
+            KeyCode::Enter => self.detail = !self.detail && self.len() > 0,
             KeyCode::Char('m') => match self.source {
                 Source::Live => {
                     self.marks_pending += 1;
@@ -455,6 +470,38 @@ pub(crate) mod tests {
         assert_eq!(press(&mut v, KeyCode::Char('p')), Action::Play(true));
         assert_eq!(press(&mut v, KeyCode::Char('p')), Action::Play(false));
         assert_eq!(press(&mut v, KeyCode::Char('m')), Action::None);
+    }
+
+    #[test]
+    fn enter_on_a_process_shows_its_sites_and_esc_all_of_them() {
+        let mut r = three_sites();
+        r.pid = 0;
+        r.sites[1].pid = 7;
+        let mut p = crate::report::ProcessReport {
+            pid: 7,
+            lost: 0,
+            command: "other".into(),
+            allocator: String::new(),
+            allocator_kind: String::new(),
+            exited: false,
+            totals: Default::default(),
+            summary: Default::default(),
+            sites: Vec::new(),
+            sites_omitted: 0,
+        };
+        r.processes.push(p.clone());
+        p.pid = 42;
+        r.processes.push(p);
+        let mut v = View::new(Source::Live, SortKey::Rate, LIMITS);
+        v.take(r);
+        press(&mut v, KeyCode::Tab);
+        press(&mut v, KeyCode::Tab);
+        assert_eq!(v.pane, Pane::Processes);
+        press(&mut v, KeyCode::Enter);
+        assert_eq!((v.pane, v.pid), (Pane::Sites, Some(7)));
+        assert_eq!(names(&v), ["cache_insert"]);
+        press(&mut v, KeyCode::Esc);
+        assert_eq!(v.rows().len(), 3);
     }
 
     #[test]
