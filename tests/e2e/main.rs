@@ -10,6 +10,7 @@ mod live;
 mod lost;
 mod maps;
 mod metrics;
+mod reach;
 mod safety;
 mod system;
 mod workflow;

@@ -354,6 +354,13 @@ pub struct Running {
     out: std::thread::JoinHandle<String>,
 }
 
+impl Running {
+    /// tracer's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Starts the tracer and waits until its probes are attached. The caller waits for it
 /// ([`finish`]); a test that panics first leaves it to its -d deadline.
 #[allow(clippy::zombie_processes)]

@@ -9,6 +9,7 @@ mod engine;
 mod flame;
 mod output;
 mod procs;
+mod reach;
 mod record;
 mod replay;
 mod report;

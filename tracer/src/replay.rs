@@ -140,6 +140,7 @@ impl Feed for Recording {
                     addrs,
                 }),
                 Some(Frame::Events(evs)) => engine.apply(Fact::Events(&evs)),
+                Some(Frame::Reach { pid, sites }) => engine.apply(Fact::Reach { pid, sites }),
                 Some(Frame::Losses(lost)) => {
                     engine.set_process_losses(lost.into_iter().collect())?
                 }

@@ -128,6 +128,8 @@ impl Feed for Session {
             if marks != self.marks_handled {
                 self.marks_handled = marks;
                 self.pending = Some(tick);
+                // Who holds what, as the mark finds it.
+                engine.scan_reach(&mut self.live, self.launched.is_some())?;
                 return Ok(Some(Moment::Mark { t_ns, counters }));
             }
             return Ok(Some(tick));
@@ -140,6 +142,9 @@ impl Feed for Session {
         }
         self.exit = ended;
         engine.set_process_losses(self.collector.lost_by_pid())?;
+        // A process still alive (attached to, or at --duration) is scanned for who holds
+        // what it still has.
+        engine.scan_reach(&mut self.live, self.launched.is_some())?;
         Ok(Some(Moment::End {
             t_ns: ns(self.start.elapsed()),
             counters: self.collector.counters(),

@@ -33,7 +33,7 @@ impl Intake {
     }
 
     /// Records a fact and applies it.
-    fn tell(&mut self, ledger: &mut Ledger, fact: Fact) -> Result<()> {
+    pub fn tell(&mut self, ledger: &mut Ledger, fact: Fact) -> Result<()> {
         match &fact {
             Fact::Maps { pid, maps } => {
                 let sym = &mut self.known.symbolizer;
@@ -46,6 +46,7 @@ impl Intake {
                 addrs,
             } => self.tap.stack(*pid, *stack_id, addrs)?,
             Fact::Events(evs) => self.tap.events(evs)?,
+            Fact::Reach { pid, sites } => self.tap.reach(*pid, sites)?,
         }
         self.known.apply(ledger, fact);
         Ok(())

@@ -2,6 +2,7 @@
 //! their memory maps (held by the symbolizer), and the stacks told for the events that come
 //! next. It changes only by [`Fact`]s, told by the live intake (and recorded there) or read
 //! back from a recording, so a replay knows exactly what the live run knew when it reported.
+use crate::reach::summary::SiteScan;
 use std::collections::HashMap;
 
 use crate::{
@@ -25,6 +26,11 @@ pub enum Fact<'a> {
     },
     /// Events for the books (those the filters keep). An exec ends the old program's books.
     Events(&'a [Event]),
+    /// What a reachability scan of a process found, per site: it replaces the last one.
+    Reach {
+        pid: u32,
+        sites: Vec<(usize, SiteScan)>,
+    },
 }
 
 pub struct Known {
@@ -32,6 +38,8 @@ pub struct Known {
     pub symbolizer: Symbolizer,
     /// Stacks told and not yet named by an event.
     stacks: HashMap<SiteKey, Vec<u64>>,
+    /// Each process's last reachability scan, per site.
+    pub scans: HashMap<u32, HashMap<usize, SiteScan>>,
 }
 
 impl Known {
@@ -40,6 +48,7 @@ impl Known {
             procs,
             symbolizer: Symbolizer::new(),
             stacks: HashMap::new(),
+            scans: HashMap::new(),
         }
     }
 
@@ -56,6 +65,9 @@ impl Known {
                 addrs,
             } => {
                 self.stacks.insert(SiteKey { pid, stack_id }, addrs);
+            }
+            Fact::Reach { pid, sites } => {
+                self.scans.insert(pid, sites.into_iter().collect());
             }
             Fact::Events(events) => {
                 for seg in events.split_inclusive(|e| matches!(e, Event::Exec { .. })) {
@@ -127,6 +139,7 @@ impl Known {
     fn exec(&mut self, ledger: &mut Ledger, pid: u32) {
         ledger.retire(pid);
         self.symbolizer.forget(pid);
+        self.scans.remove(&pid);
         self.stacks.retain(|k, _| k.pid != pid);
         if self.procs.multi() {
             self.procs.forget(pid);

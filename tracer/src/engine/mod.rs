@@ -18,6 +18,7 @@ use crate::{
     config::ReportOptions,
     flame::{self, What},
     procs::{ProcInfo, Procs},
+    reach::summary::Owned,
     record::{RecordHeader, Recorder, Tap},
     report::{
         build::{self, Builder, Selection},
@@ -36,6 +37,9 @@ pub use crate::procs::live::Source;
 pub use crate::report::writer::Flow;
 use intake::Intake;
 pub use known::Fact;
+
+/// Processes a reachability scan covers at most (tracing every process, none is scanned).
+const SCAN_PROCESSES: usize = 16;
 
 /// Somewhere else a report goes as it is written.
 pub type Sink = Box<dyn FnMut(&Report)>;
@@ -176,6 +180,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Scans the memory of the traced processes (at most [`SCAN_PROCESSES`] of them) for who
+    /// holds their live blocks; what is found is recorded, so a replay shows the same.
+    /// `exact`: tracer saw every block they hold (traced from their start).
+    pub fn scan_reach(&mut self, src: &mut dyn Source, exact: bool) -> Result<()> {
+        let pids = if self.multi() {
+            self.intake.known.procs.live()
+        } else {
+            vec![self.head.pid]
+        };
+        if pids.len() > SCAN_PROCESSES {
+            return Ok(());
+        }
+        for pid in pids {
+            let ledger = &self.books.ledger;
+            let blocks: Vec<(u64, Owned)> = ledger
+                .live_blocks(pid)
+                .filter(|(_, b)| !ledger.site(b.site).mapping)
+                .map(|(addr, b)| {
+                    (
+                        addr,
+                        Owned {
+                            site: b.site,
+                            size: b.size,
+                            weight: b.weight.max(1),
+                        },
+                    )
+                })
+                .collect();
+            if blocks.is_empty() {
+                continue;
+            }
+            if let Some(sites) = src.scan(pid, &blocks, exact) {
+                self.intake
+                    .tell(&mut self.books.ledger, Fact::Reach { pid, sites })?;
+            }
+        }
+        Ok(())
+    }
+
     /// A drain point, `t_ns` after the start: makes the interval report when one is due.
     pub fn tick(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
         self.intake.tap.tick(t_ns, c)?;
@@ -272,6 +315,7 @@ impl Engine {
             opts: &self.selection,
             start_mono_ns: self.head.start_mono_ns,
             symbols: &mut self.intake.known.symbolizer,
+            scans: &self.intake.known.scans,
         }
     }
 

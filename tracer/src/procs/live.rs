@@ -24,6 +24,16 @@ pub trait Source {
     /// A process's command name (empty when it cannot be read: the process is gone) and
     /// allocator as they are now.
     fn process(&mut self, pid: u32) -> ProcInfo;
+    /// Scans the process's memory for who holds its `blocks` (see `reach`); None when it
+    /// cannot (it is gone).
+    fn scan(
+        &mut self,
+        _pid: u32,
+        _blocks: &[(u64, crate::reach::summary::Owned)],
+        _exact: bool,
+    ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
+        None
+    }
 }
 
 /// What the reports say of a process's allocator: the file probed and which allocator it is.
@@ -112,6 +122,15 @@ impl Live {
 }
 
 impl Source for Live {
+    fn scan(
+        &mut self,
+        pid: u32,
+        blocks: &[(u64, crate::reach::summary::Owned)],
+        exact: bool,
+    ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
+        crate::reach::process(pid, blocks, exact)
+    }
+
     fn stack(&mut self, _pid: u32, stack_id: i32) -> Vec<u64> {
         self.stacks
             .get(&stack_id)

@@ -1,4 +1,5 @@
 //! The frames' payloads: encoding and decoding (see the format in the module above).
+use crate::reach::summary::{Held, SiteScan, TypeCount};
 use std::path::PathBuf;
 
 use tracer_common::AllocFn;
@@ -181,6 +182,39 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             b.push(exit_code.is_some() as u8);
             b.extend_from_slice(&exit_code.unwrap_or(0).to_le_bytes());
             tag::END
+        }
+        Frame::Reach { pid, sites } => {
+            put_u32(b, *pid);
+            put_u32(b, sites.len() as u32);
+            for (site, s) in sites {
+                put_u64(b, *site as u64);
+                let r = &s.reach;
+                for v in [
+                    r.unreachable_objects,
+                    r.unreachable_bytes,
+                    r.indirect_objects,
+                    r.indirect_bytes,
+                    r.possible_objects,
+                    r.possible_bytes,
+                    r.reachable_objects,
+                    r.reachable_bytes,
+                ] {
+                    put_var(b, v);
+                }
+                put_u32(b, r.held_by.len() as u32);
+                for h in &r.held_by {
+                    put_bytes(b, h.root.as_bytes());
+                    put_var(b, h.objects);
+                    put_var(b, h.bytes);
+                }
+                put_u32(b, s.types.len() as u32);
+                for t in &s.types {
+                    put_bytes(b, t.name.as_bytes());
+                    put_var(b, t.objects);
+                    put_var(b, t.bytes);
+                }
+            }
+            tag::REACH
         }
         Frame::Process {
             pid,
@@ -469,6 +503,60 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                 counters,
                 exit_code: (has != 0).then_some(code),
             }
+        }
+        tag::REACH => {
+            let pid = c.u32("pid")?;
+            let n = c.u32("count")? as usize;
+            // At least 18 bytes each: a count above what the frame holds is corruption.
+            if n > c.b.len() / 18 {
+                return Err(c.err(format!("{n} sites cannot fit in the frame")));
+            }
+            let mut sites = Vec::with_capacity(n);
+            for _ in 0..n {
+                let site = c.u64("site")? as usize;
+                let mut v = [0u64; 8];
+                for x in &mut v {
+                    *x = c.var("count")?;
+                }
+                let mut s = SiteScan::default();
+                let r = &mut s.reach;
+                [
+                    r.unreachable_objects,
+                    r.unreachable_bytes,
+                    r.indirect_objects,
+                    r.indirect_bytes,
+                    r.possible_objects,
+                    r.possible_bytes,
+                    r.reachable_objects,
+                    r.reachable_bytes,
+                ] = v;
+                let held = c.u32("holders")? as usize;
+                if held > c.b.len() {
+                    return Err(c.err(format!("{held} holders cannot fit in the frame")));
+                }
+                for _ in 0..held {
+                    let root = String::from_utf8_lossy(c.bytes("holder")?).into_owned();
+                    r.held_by.push(Held {
+                        root,
+                        objects: c.var("objects")?,
+                        bytes: c.var("bytes")?,
+                    });
+                }
+                let types = c.u32("types")? as usize;
+                if types > c.b.len() {
+                    return Err(c.err(format!("{types} classes cannot fit in the frame")));
+                }
+                for _ in 0..types {
+                    let name = String::from_utf8_lossy(c.bytes("class")?).into_owned();
+                    s.types.push(TypeCount {
+                        name,
+                        objects: c.var("objects")?,
+                        bytes: c.var("bytes")?,
+                    });
+                }
+                sites.push((site, s));
+            }
+            Frame::Reach { pid, sites }
         }
         tag::PROCESS => {
             let pid = c.u32("pid")?;

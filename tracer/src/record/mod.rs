@@ -30,6 +30,7 @@
 //! Readers reject what they cannot trust with an error naming the byte offset; they never
 //! panic and never allocate more than a frame's stated length, itself capped. A frame whose
 //! checksum fails is such an error: a damaged recording never replays to other numbers.
+use crate::reach::summary::SiteScan;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,9 @@ pub use write::{Recorder, Tap};
 pub(super) const MAGIC: &[u8; 8] = b"TRACEREC";
 /// Written; readers accept every version from 1 (which has no process frames) to this one (3
 /// added events in named heaps and heap releases, 4 a checksum per frame).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+/// Recordings hold reachability scans from this version on.
+pub(super) const REACH_VERSION: u16 = 5;
 /// The first version whose frames end with a CRC-32.
 pub(super) const CRC_VERSION: u16 = 4;
 
@@ -73,6 +76,7 @@ mod tag {
     pub const END: u8 = 7;
     pub const PROCESS: u8 = 8;
     pub const LOSSES: u8 = 9;
+    pub const REACH: u8 = 10;
 }
 
 /// What a replay needs to know about the run before its first event.
@@ -125,6 +129,11 @@ pub enum Frame {
     /// Events lost so far per process, as the kernel counted them (version 4; written when
     /// they change, before the drain point that reports them).
     Losses(Vec<(u32, u64)>),
+    /// What a reachability scan found, per site (version 5).
+    Reach {
+        pid: u32,
+        sites: Vec<(usize, SiteScan)>,
+    },
     /// A process first seen, renamed, or exited.
     Process {
         pid: u32,
@@ -266,6 +275,31 @@ mod tests {
                 exited: true,
             },
             Frame::Losses(vec![(42, 7), (43, 1 << 40)]),
+            Frame::Reach {
+                pid: 42,
+                sites: vec![(
+                    3,
+                    SiteScan {
+                        reach: crate::reach::summary::SiteReach {
+                            unreachable_objects: 1,
+                            unreachable_bytes: 48,
+                            reachable_objects: 1 << 33,
+                            reachable_bytes: 1 << 40,
+                            held_by: vec![crate::reach::summary::Held {
+                                root: "g_list in holders".into(),
+                                objects: 2,
+                                bytes: 128,
+                            }],
+                            ..Default::default()
+                        },
+                        types: vec![crate::reach::summary::TypeCount {
+                            name: "ns::Widget".into(),
+                            objects: 5,
+                            bytes: 120,
+                        }],
+                    },
+                )],
+            },
             Frame::End {
                 t_ns: 200_000_000,
                 counters,
@@ -365,7 +399,8 @@ mod tests {
 
     #[test]
     fn recordings_of_earlier_versions_still_read() {
-        let frames = sample_frames();
+        let mut frames = sample_frames();
+        frames.retain(|f| !matches!(f, Frame::Reach { .. }));
         assert_eq!(read_all(&to_bytes_version(&frames, 3)).unwrap(), frames);
     }
 

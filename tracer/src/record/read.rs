@@ -6,7 +6,9 @@ use std::{
     path::Path,
 };
 
-use super::{codec::decode, frame_crc, Frame, CRC_VERSION, MAGIC, MAX_FRAME, VERSION};
+use super::{
+    codec::decode, frame_crc, tag, Frame, CRC_VERSION, MAGIC, MAX_FRAME, REACH_VERSION, VERSION,
+};
 
 /// Why a recording cannot be read on.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +26,7 @@ pub struct Reader<R> {
     buf: Vec<u8>,
     /// The frames end with a checksum (version 4 on).
     crc: bool,
+    version: u16,
 }
 
 impl Reader<BufReader<File>> {
@@ -62,6 +65,7 @@ impl<R: Read> Reader<R> {
             offset: 12,
             buf: Vec::new(),
             crc: version >= CRC_VERSION,
+            version,
         })
     }
 
@@ -127,6 +131,16 @@ impl<R: Read> Reader<R> {
             self.offset += 4;
         }
         self.offset += 5 + len as u64;
+        if head[0] == tag::REACH && self.version < REACH_VERSION {
+            return Err(FormatError {
+                offset: at,
+                what: format!(
+                    "a scan's frame in a recording of version {} (they came with version \
+                     {REACH_VERSION})",
+                    self.version
+                ),
+            });
+        }
         decode(head[0], &self.buf, at + 5).map(Some)
     }
 }

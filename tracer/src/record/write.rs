@@ -1,5 +1,6 @@
 //! Writing a recording: the [`Recorder`] (frames to a file, safely created; a failed write
 //! stops the recording, not the tracing) and the [`Tap`] the pipeline writes through.
+use crate::reach::summary::SiteScan;
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -82,6 +83,17 @@ impl Tap {
     pub fn losses(&mut self, lost: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         match &mut self.0 {
             Some(rec) => rec.write(&Frame::Losses(lost.iter().map(|(&p, &n)| (p, n)).collect())),
+            None => Ok(()),
+        }
+    }
+
+    /// What a reachability scan found.
+    pub fn reach(&mut self, pid: u32, sites: &[(usize, SiteScan)]) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Reach {
+                pid,
+                sites: sites.to_vec(),
+            }),
             None => Ok(()),
         }
     }

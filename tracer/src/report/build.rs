@@ -14,6 +14,7 @@ use crate::{
     aggregate::{books::Books, verdict::Verdict, SiteDelta, SiteId, Snapshot},
     collector::Counters,
     procs::Procs,
+    reach::summary::{Held, SiteReach, SiteScan, TypeCount},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -42,6 +43,8 @@ pub struct Builder<'a> {
     pub start_mono_ns: u64,
     /// Symbolizes the sites listed (its caches fill as it goes).
     pub symbols: &'a mut Symbolizer,
+    /// Each process's last reachability scan, per site.
+    pub scans: &'a HashMap<u32, HashMap<SiteId, SiteScan>>,
 }
 
 impl Builder<'_> {
@@ -170,7 +173,10 @@ impl Builder<'_> {
                 _ => (g.delta_objects, g.delta_bytes),
             };
             let assessment = judge.of(&g.members);
+            let (types, reachability) = scanned(self.scans.get(&g.pid), &g.members);
             sites.push(SiteReport {
+                types,
+                reachability,
                 pid: g.pid,
                 category: if g.mapping {
                     Category::Mmap
@@ -459,4 +465,61 @@ pub fn keep_exited(exited: &mut Vec<ProcessReport>, keep: usize) -> u64 {
     let dropped = (exited.len() - keep) as u64;
     exited.truncate(keep);
     dropped
+}
+
+/// What the last scan found of a row's sites, together.
+fn scanned(
+    scans: Option<&HashMap<SiteId, SiteScan>>,
+    members: &[SiteId],
+) -> (Vec<TypeCount>, Option<SiteReach>) {
+    let Some(scans) = scans else {
+        return (Vec::new(), None);
+    };
+    let found: Vec<&SiteScan> = members.iter().filter_map(|m| scans.get(m)).collect();
+    if found.is_empty() {
+        return (Vec::new(), None);
+    }
+    let mut r = SiteReach::default();
+    let mut held: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut types: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in found {
+        let x = &s.reach;
+        r.unreachable_objects += x.unreachable_objects;
+        r.unreachable_bytes += x.unreachable_bytes;
+        r.indirect_objects += x.indirect_objects;
+        r.indirect_bytes += x.indirect_bytes;
+        r.possible_objects += x.possible_objects;
+        r.possible_bytes += x.possible_bytes;
+        r.reachable_objects += x.reachable_objects;
+        r.reachable_bytes += x.reachable_bytes;
+        for h in &x.held_by {
+            let e = held.entry(h.root.clone()).or_default();
+            e.0 += h.objects;
+            e.1 += h.bytes;
+        }
+        for t in &s.types {
+            let e = types.entry(t.name.clone()).or_default();
+            e.0 += t.objects;
+            e.1 += t.bytes;
+        }
+    }
+    r.held_by = held
+        .into_iter()
+        .map(|(root, (objects, bytes))| Held {
+            root,
+            objects,
+            bytes,
+        })
+        .collect();
+    r.held_by.sort_by_key(|h| std::cmp::Reverse(h.bytes));
+    let mut t: Vec<TypeCount> = types
+        .into_iter()
+        .map(|(name, (objects, bytes))| TypeCount {
+            name,
+            objects,
+            bytes,
+        })
+        .collect();
+    t.sort_by_key(|t| std::cmp::Reverse(t.objects));
+    (t, Some(r))
 }

@@ -12,7 +12,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tracer_common::losses::{Fix, LOSSES};
 
-use crate::{aggregate::verdict::Assessment, symbolize::Frame};
+use crate::{
+    aggregate::verdict::Assessment,
+    reach::summary::{SiteReach, TypeCount},
+    symbolize::Frame,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +77,14 @@ pub struct SiteReport {
     /// What its live blocks are.
     #[serde(flatten)]
     pub objects: LiveObjects,
+    /// The classes of its C++ objects at the last scan (none when no block's first word is a
+    /// vtable's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<TypeCount>,
+    /// Its blocks by reachability, and who holds them, at the last scan (a mark, or the final
+    /// report of a process still alive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<SiteReach>,
 }
 
 /// The live blocks of a site: sizes and age.
@@ -371,6 +383,8 @@ pub(crate) fn sample_report() -> Report {
                 size_histogram: vec![(64, 10)],
                 oldest_age_s: Some(3.5),
             },
+            types: Vec::new(),
+            reachability: None,
         }],
         sites_omitted: 0,
         summary: Summary {

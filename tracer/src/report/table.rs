@@ -250,6 +250,60 @@ pub fn age(secs: f64) -> String {
     }
 }
 
+/// What the memory scan found of the sites listed (reports made when the target could be
+/// read): how much of each is lost or still held, by whom, and the classes of its objects.
+fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let listed: Vec<&SiteReport> = report
+        .sites
+        .iter()
+        .filter(|s| s.reachability.is_some() || !s.types.is_empty())
+        .collect();
+    if listed.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "who holds it (a scan of the process's memory while it ran; see README):"
+    )?;
+    for s in listed {
+        let mut parts = Vec::new();
+        if let Some(r) = &s.reachability {
+            for (what, objects, bytes) in [
+                ("unreachable", r.unreachable_objects, r.unreachable_bytes),
+                ("indirectly lost", r.indirect_objects, r.indirect_bytes),
+                ("possibly reachable", r.possible_objects, r.possible_bytes),
+                ("reachable", r.reachable_objects, r.reachable_bytes),
+            ] {
+                if objects > 0 {
+                    parts.push(format!("{} B in {} {what}", group(bytes), group(objects)));
+                }
+            }
+            if let Some(h) = r.held_by.first() {
+                parts.push(format!(
+                    "held by {}{}",
+                    h.root,
+                    if r.held_by.len() > 1 {
+                        format!(" (+{} more)", r.held_by.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        if !s.types.is_empty() {
+            parts.push(
+                s.types
+                    .iter()
+                    .map(|t| format!("{} × {}", t.name, group(t.objects)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        writeln!(out, "  {}: {}", site_label(&s.frames), parts.join("; "))?;
+    }
+    Ok(())
+}
+
 /// `pid 42 (leaky)`, or `3 processes` when tracing several.
 fn who(r: &Report) -> String {
     if r.pid == 0 {
@@ -438,6 +492,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     } else {
         table.print(out)?;
     }
+    scanned(report, out)?;
     let hints = lost_hints(&report.lost, limits);
     if hints.is_empty() {
         writeln!(out, "lost events: none")?;

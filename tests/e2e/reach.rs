@@ -1,0 +1,185 @@
+//! Who holds the live blocks, and what they are: a scan of a running process's memory at a
+//! mark and at the final report, checked against programs whose every block's fate is known
+//! (holders.c: one block of each reachability class per tick; classes.cpp: objects of three
+//! classes and a plain struct from one factory).
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+/// A victim running in the background, killed on drop.
+struct Victim(std::process::Child);
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(program: &std::path::Path) -> Victim {
+    let v = Command::new(program)
+        .arg("60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past its start-up: its first blocks are older than tracing.
+    std::thread::sleep(Duration::from_millis(500));
+    Victim(v)
+}
+
+/// The sites of a report by leaf function (the allocator's caller), rows of one leaf summed
+/// by the caller's closure.
+fn leaf(site: &Value) -> String {
+    functions(site).first().cloned().unwrap_or_default()
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+fn check_holders(r: &Value) {
+    let mut seen = Vec::new();
+    for s in r["sites"].as_array().unwrap() {
+        let f = leaf(s);
+        let class = match f.as_str() {
+            "drop_leak" | "bag_leak" => "unreachable",
+            "child_alloc" => "indirect",
+            "interior_keep" => "possible",
+            "list_push" => "reachable",
+            _ => continue,
+        };
+        let reach = &s["reachability"];
+        assert!(reach.is_object(), "{f} was not scanned: {s}");
+        // Every live block the books hold of the site is in its class: tracing began after
+        // the program started, and what it allocated before is held as conservatively as
+        // valgrind would, but the blocks seen are each exactly where the program put them.
+        assert_eq!(
+            (
+                n(reach, &format!("{class}_objects")),
+                n(reach, &format!("{class}_bytes"))
+            ),
+            (n(s, "live_objects"), n(s, "live_bytes")),
+            "{f} should be all {class}: {reach}"
+        );
+        let held: Vec<&str> = reach["held_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h["root"].as_str())
+            .collect();
+        match f.as_str() {
+            "list_push" => assert_eq!(held, ["g_list in holders-fp"], "{reach}"),
+            "interior_keep" => assert_eq!(held, ["g_interior in holders-fp"], "{reach}"),
+            _ => assert!(held.is_empty(), "{f}: {reach}"),
+        }
+        seen.push(f);
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [
+            "bag_leak",
+            "child_alloc",
+            "drop_leak",
+            "interior_keep",
+            "list_push"
+        ],
+        "{r}"
+    );
+}
+
+#[test]
+fn marks_and_the_final_report_tell_who_holds_each_block() {
+    if !privileged("marks_and_the_final_report_tell_who_holds_each_block") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    let v = start(&holders);
+    let dir = std::env::temp_dir().join(format!("tracer-reach-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("holders.rec");
+    let pid = v.0.id().to_string();
+    let t = start_tracer(&[
+        "--pid",
+        &pid,
+        "-d",
+        "4",
+        "-i",
+        "10",
+        "-n",
+        "50",
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    let (reps, _) = finish(t);
+    let mark = reps.iter().find(|r| r["kind"] == "mark").expect("a mark");
+    let fin = reps
+        .iter()
+        .find(|r| r["kind"] == "final")
+        .expect("the final report");
+    check_holders(mark);
+    check_holders(fin);
+
+    // A replay shows the same scans (they are in the recording).
+    let replayed = run_ok(
+        Command::new(tracer())
+            .arg("replay")
+            .arg(&rec)
+            .args(["-i", "10", "-n", "50", "--format", "json"]),
+    );
+    let again = reports(&replayed);
+    assert_eq!(again.iter().find(|r| r["kind"] == "final"), Some(fin));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cpp_objects_are_counted_by_class_and_a_plain_struct_gets_no_name() {
+    if !privileged("cpp_objects_are_counted_by_class_and_a_plain_struct_gets_no_name") {
+        return;
+    }
+    let classes = victim("workloads/classes.cpp", FP);
+    let v = start(&classes);
+    let pid = v.0.id().to_string();
+    let t = start_tracer(&["--pid", &pid, "-d", "3", "-i", "10", "-n", "50"]);
+    let (reps, _) = finish(t);
+    let fin = reps.iter().find(|r| r["kind"] == "final").unwrap();
+    let mut named = std::collections::BTreeMap::new();
+    let mut plain = 0;
+    for s in fin["sites"].as_array().unwrap() {
+        if !leaf(s).starts_with("make") {
+            continue;
+        }
+        let types = s["types"].as_array().cloned().unwrap_or_default();
+        match types.as_slice() {
+            [] => plain += n(s, "live_objects"),
+            [t] => {
+                // One class per `new` in make(): every live object of the row is of it.
+                assert_eq!(n(t, "objects"), n(s, "live_objects"), "{s}");
+                assert_eq!(n(t, "bytes"), n(s, "live_bytes"), "{s}");
+                named.insert(t["name"].as_str().unwrap().to_string(), n(t, "objects"));
+            }
+            _ => panic!("one new, several classes: {s}"),
+        }
+    }
+    assert_eq!(
+        named.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["Circle", "Square", "Triangle"],
+        "{fin}"
+    );
+    assert!(plain > 0, "the Plain structs are there, unnamed: {fin}");
+    // Tracing began at one tick: one of each per tick, give or take the tick in progress.
+    let counts: Vec<u64> = named.values().copied().collect();
+    assert!(
+        counts.iter().all(|&c| c.abs_diff(plain) <= 1),
+        "{named:?} plain {plain}"
+    );
+}

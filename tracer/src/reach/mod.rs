@@ -1,0 +1,518 @@
+//! Who still holds the live blocks: valgrind's leak check, done from outside on a running
+//! process, with the books' live blocks as the heap.
+//!
+//! From the roots (the writable data of mapped files, the threads' stacks, memory no known
+//! block covers), every aligned word that points into a live block marks it: at its start,
+//! `Reachable`; only inside it, `Possible` (valgrind's "possibly lost"). Marked blocks are
+//! scanned in turn, breadth first, so each block's holder is on a shortest chain from a root.
+//! What no root reaches is lost: `Indirect` when another lost block points to it (valgrind's
+//! "indirectly lost"), `Unreachable` otherwise ("definitely lost"; in a cycle of lost blocks,
+//! the one met first, as valgrind's clique leader). The first word of each block is kept: it
+//! names the class of a C++ object (`classes`).
+//!
+//! This module is the algorithm over any [`Memory`]; reading a live process is `proc`.
+use std::collections::VecDeque;
+
+pub mod classes;
+pub mod proc;
+pub mod summary;
+
+/// Bytes of a process, read by address.
+pub trait Memory {
+    /// Fills `buf` from `addr`; false when (part of) it cannot be read.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+/// How a block stands after the scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reach {
+    /// No root reaches it, and no other lost block points to it: definitely lost.
+    Unreachable,
+    /// Only other lost blocks point to it.
+    Indirect,
+    /// Reached only through pointers into its middle.
+    Possible,
+    /// Reached through a chain of pointers to block starts.
+    Reachable,
+}
+
+/// Who reached a block first (on a shortest chain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Nobody,
+    /// The word at `at`, in root region `region`.
+    Root {
+        region: usize,
+        at: u64,
+    },
+    /// Another block (its index).
+    Block(usize),
+}
+
+/// Memory scanned for pointers into the heap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A live block of the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapBlock {
+    pub addr: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Per block, in the order given.
+    pub reach: Vec<Reach>,
+    pub holder: Vec<Holder>,
+    /// The block's first word, when it was read.
+    pub first_word: Vec<Option<u64>>,
+    /// Blocks that could not be read (freed and unmapped meanwhile, in a running target):
+    /// their pointers were not followed.
+    pub unreadable_blocks: u64,
+    /// Root bytes that could not be read (skipped).
+    pub unreadable_root_bytes: u64,
+}
+
+/// Bytes read at a time: the scan's memory stays bounded whatever the blocks' sizes.
+const CHUNK: usize = 1 << 20;
+
+struct Heap<'a> {
+    blocks: &'a [HeapBlock],
+    lo: u64,
+    hi: u64,
+}
+
+impl Heap<'_> {
+    /// The block `p` points into, and whether at its start.
+    fn find(&self, p: u64) -> Option<(usize, bool)> {
+        if p < self.lo || p >= self.hi {
+            return None;
+        }
+        let i = self
+            .blocks
+            .partition_point(|b| b.addr <= p)
+            .checked_sub(1)?;
+        let b = self.blocks[i];
+        if p == b.addr {
+            Some((i, true))
+        } else if p < b.addr + b.size {
+            Some((i, false))
+        } else {
+            None
+        }
+    }
+}
+
+/// Calls `f(address, word)` for every aligned word of `[start, end)`; false when part of it
+/// could not be read (the rest still is). `first` gets the first word when it was read.
+fn words(
+    mem: &mut dyn Memory,
+    start: u64,
+    end: u64,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(u64, u64),
+) -> (bool, u64) {
+    let mut all = true;
+    let mut unread = 0;
+    let mut at = start.next_multiple_of(8);
+    while at + 8 <= end {
+        let n = ((end - at) as usize).min(CHUNK) & !7;
+        buf.resize(n, 0);
+        if mem.read(at, buf) {
+            for (k, w) in buf.chunks_exact(8).enumerate() {
+                f(at + 8 * k as u64, u64::from_le_bytes(w.try_into().unwrap()));
+            }
+        } else {
+            all = false;
+            unread += n as u64;
+        }
+        at += n as u64;
+    }
+    (all, unread)
+}
+
+/// Scans `roots` and the heap `blocks` (sorted by address, not overlapping).
+pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Outcome {
+    debug_assert!(blocks.windows(2).all(|w| w[0].addr < w[1].addr));
+    let n = blocks.len();
+    let heap = Heap {
+        blocks,
+        lo: blocks.first().map_or(0, |b| b.addr),
+        hi: blocks
+            .iter()
+            .map(|b| b.addr + b.size.max(1))
+            .max()
+            .unwrap_or(0),
+    };
+    // 0: not reached, 1: possible, 2: reachable.
+    let mut state = vec![0u8; n];
+    let mut out = Outcome {
+        reach: Vec::new(),
+        holder: vec![Holder::Nobody; n],
+        first_word: vec![None; n],
+        ..Outcome::default()
+    };
+    let mut queue = VecDeque::new();
+    let mut buf = Vec::new();
+    let visit = |p: u64,
+                 from: Holder,
+                 strong: bool,
+                 state: &mut [u8],
+                 holder: &mut [Holder],
+                 queue: &mut VecDeque<usize>| {
+        if let Some((i, start)) = heap.find(p) {
+            let new = if start && strong { 2 } else { 1 };
+            if new > state[i] {
+                state[i] = new;
+                holder[i] = from;
+                queue.push_back(i);
+            }
+        }
+    };
+    for (r, region) in roots.iter().enumerate() {
+        let (_, unread) = words(mem, region.start, region.end, &mut buf, |at, w| {
+            visit(
+                w,
+                Holder::Root { region: r, at },
+                true,
+                &mut state,
+                &mut out.holder,
+                &mut queue,
+            )
+        });
+        out.unreadable_root_bytes += unread;
+    }
+    let mut scanned = vec![false; n];
+    while let Some(i) = queue.pop_front() {
+        // Upgraded from possible to reachable: its children may be upgraded too.
+        let strong = state[i] == 2;
+        let b = blocks[i];
+        let first = &mut out.first_word[i];
+        let mut found = Vec::new();
+        let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
+            if at == b.addr {
+                *first = Some(w);
+            }
+            found.push(w);
+        });
+        if !ok && !scanned[i] {
+            out.unreadable_blocks += 1;
+        }
+        scanned[i] = true;
+        for w in found {
+            visit(
+                w,
+                Holder::Block(i),
+                strong,
+                &mut state,
+                &mut out.holder,
+                &mut queue,
+            );
+        }
+    }
+    // What no root reached: the lost blocks, led by the first of each group met.
+    let mut lost_seen = vec![false; n];
+    let mut indirect = vec![false; n];
+    let mut leader_of = vec![usize::MAX; n];
+    for i in 0..n {
+        if state[i] != 0 || lost_seen[i] {
+            continue;
+        }
+        lost_seen[i] = true;
+        leader_of[i] = i;
+        let mut stack = vec![i];
+        while let Some(k) = stack.pop() {
+            let b = blocks[k];
+            let mut found = Vec::new();
+            let first = &mut out.first_word[k];
+            let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
+                if at == b.addr {
+                    *first = Some(w);
+                }
+                found.push(w);
+            });
+            if !ok {
+                out.unreadable_blocks += 1;
+            }
+            for w in found {
+                let Some((j, _)) = heap.find(w) else { continue };
+                if state[j] != 0 || j == i || j == k {
+                    continue;
+                }
+                if !lost_seen[j] {
+                    lost_seen[j] = true;
+                    indirect[j] = true;
+                    leader_of[j] = i;
+                    out.holder[j] = Holder::Block(k);
+                    stack.push(j);
+                } else if leader_of[j] == j {
+                    // An earlier group's leader is pointed to from this group: it is
+                    // indirectly lost too.
+                    indirect[j] = true;
+                    leader_of[j] = i;
+                    out.holder[j] = Holder::Block(k);
+                }
+            }
+        }
+    }
+    out.reach = (0..n)
+        .map(|i| match state[i] {
+            2 => Reach::Reachable,
+            1 => Reach::Possible,
+            _ if indirect[i] => Reach::Indirect,
+            _ => Reach::Unreachable,
+        })
+        .collect();
+    out
+}
+
+/// Scans a live process whose heap is `blocks` (address, and the site it belongs to, sorted
+/// by address): per site, what the scan found. None when its memory map cannot be read (it
+/// is gone). `exact`: every block it holds is known (traced since its start).
+pub fn process(
+    pid: u32,
+    blocks: &[(u64, summary::Owned)],
+    exact: bool,
+) -> Option<Vec<(usize, summary::SiteScan)>> {
+    let heap: Vec<HeapBlock> = blocks
+        .iter()
+        .map(|(addr, o)| HeapBlock {
+            addr: *addr,
+            size: o.size,
+        })
+        .collect();
+    let roots = proc::roots(pid, &heap, exact)?;
+    let mut mem = proc::ProcMemory::new(pid);
+    let outcome = scan(&mut mem, &heap, &roots.regions);
+    let owned: Vec<summary::Owned> = blocks.iter().map(|(_, o)| *o).collect();
+    let mut names = classes::Names::new(roots.files.clone());
+    Some(
+        summary::by_site(pid, &owned, &outcome, &roots, &mut names)
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// The root region each block's chain of holders starts at (None: lost, or reached only
+/// from lost blocks).
+pub fn root_of(holder: &[Holder]) -> Vec<Option<(usize, u64)>> {
+    const UNKNOWN: Option<Option<(usize, u64)>> = None;
+    let mut memo = vec![UNKNOWN; holder.len()];
+    let mut path = Vec::new();
+    for i in 0..holder.len() {
+        let mut k = i;
+        let found = loop {
+            if let Some(m) = memo[k] {
+                break m;
+            }
+            match holder[k] {
+                Holder::Nobody => break None,
+                Holder::Root { region, at } => break Some((region, at)),
+                Holder::Block(p) => {
+                    // A holder chain is a tree from the roots; a cycle (lost blocks) holds
+                    // nothing up.
+                    if path.len() > holder.len() {
+                        break None;
+                    }
+                    path.push(k);
+                    k = p;
+                }
+            }
+        };
+        memo[k] = Some(found);
+        for p in path.drain(..) {
+            memo[p] = Some(found);
+        }
+        memo[i] = Some(found);
+    }
+    memo.into_iter().map(|m| m.flatten()).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Memory made of words at addresses; anything else is unreadable.
+    #[derive(Default)]
+    pub struct Words(pub BTreeMap<u64, u64>);
+
+    impl Words {
+        pub fn set(&mut self, at: u64, w: u64) {
+            self.0.insert(at, w);
+        }
+        /// A zeroed region.
+        pub fn zero(&mut self, start: u64, len: u64) {
+            for a in (start..start + len).step_by(8) {
+                self.0.entry(a).or_insert(0);
+            }
+        }
+    }
+
+    impl Memory for Words {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+            for (k, c) in buf.chunks_mut(8).enumerate() {
+                match self.0.get(&(addr + 8 * k as u64)) {
+                    Some(w) => c.copy_from_slice(&w.to_le_bytes()[..c.len()]),
+                    None => return false,
+                }
+            }
+            true
+        }
+    }
+
+    const GLOBALS: u64 = 0x1000;
+    const HEAP: u64 = 0x10_0000;
+
+    /// holders.c in miniature: a global list of two nodes, an interior pointer, a dropped
+    /// block, a bag holding the only pointer to its child, and a cycle of two lost blocks.
+    fn holders() -> (Words, Vec<HeapBlock>, Vec<Region>) {
+        let mut m = Words::default();
+        m.zero(GLOBALS, 64);
+        let b = |i: u64| HEAP + i * 0x100;
+        let blocks: Vec<HeapBlock> = (0..8)
+            .map(|i| HeapBlock {
+                addr: b(i),
+                size: 64,
+            })
+            .collect();
+        for x in &blocks {
+            m.zero(x.addr, x.size);
+        }
+        // 0 ← g_list, 0 → 1 (list nodes)
+        m.set(GLOBALS, b(0));
+        m.set(b(0), b(1));
+        // 2: only an interior pointer from a global
+        m.set(GLOBALS + 8, b(2) + 16);
+        // 3: dropped
+        // 4 → 5: a lost bag and its child
+        m.set(b(4) + 8, b(5));
+        // 6 ↔ 7: a lost cycle
+        m.set(b(6), b(7));
+        m.set(b(7), b(6));
+        // 2 (possible) → 3? no: 2 holds nothing.
+        let roots = vec![Region {
+            start: GLOBALS,
+            end: GLOBALS + 64,
+        }];
+        (m, blocks, roots)
+    }
+
+    #[test]
+    fn each_block_gets_valgrinds_class() {
+        let (mut m, blocks, roots) = holders();
+        let o = scan(&mut m, &blocks, &roots);
+        use Reach::*;
+        assert_eq!(
+            o.reach,
+            [
+                Reachable,
+                Reachable,
+                Possible,
+                Unreachable,
+                Unreachable,
+                Indirect,
+                Unreachable,
+                Indirect
+            ]
+        );
+        assert_eq!(o.unreadable_blocks, 0);
+        assert_eq!(o.unreadable_root_bytes, 0);
+    }
+
+    #[test]
+    fn holders_lead_back_to_the_root_word() {
+        let (mut m, blocks, roots) = holders();
+        let o = scan(&mut m, &blocks, &roots);
+        assert_eq!(
+            o.holder[0],
+            Holder::Root {
+                region: 0,
+                at: GLOBALS
+            }
+        );
+        assert_eq!(o.holder[1], Holder::Block(0));
+        let roots_of = root_of(&o.holder);
+        assert_eq!(roots_of[1], Some((0, GLOBALS)));
+        assert_eq!(roots_of[2], Some((0, GLOBALS + 8)));
+        assert_eq!(roots_of[3], None);
+        assert_eq!(roots_of[5], None, "held by a lost block only");
+    }
+
+    #[test]
+    fn a_possible_block_passes_on_only_possible() {
+        let (mut m, blocks, roots) = holders();
+        // The interior-pointed block 2 points at 3's start: 3 is possible, not reachable.
+        m.set(blocks[2].addr + 8, blocks[3].addr);
+        let o = scan(&mut m, &blocks, &roots);
+        assert_eq!(o.reach[3], Reach::Possible);
+        // And once 2 is also reached at its start, both become reachable.
+        m.set(GLOBALS + 16, blocks[2].addr);
+        let o = scan(&mut m, &blocks, &roots);
+        assert_eq!(
+            (o.reach[2], o.reach[3]),
+            (Reach::Reachable, Reach::Reachable)
+        );
+    }
+
+    #[test]
+    fn a_lost_leader_pointed_to_by_a_later_lost_block_is_indirect() {
+        let (mut m, blocks, roots) = holders();
+        // Block 7 (lost) also points at 3, met first as a leader: 3 becomes indirect.
+        m.set(blocks[7].addr + 8, blocks[3].addr);
+        let o = scan(&mut m, &blocks, &roots);
+        assert_eq!(o.reach[3], Reach::Indirect);
+        assert_eq!(o.reach[6], Reach::Unreachable);
+    }
+
+    #[test]
+    fn unreadable_memory_is_counted_and_skipped() {
+        let (mut m, blocks, mut roots) = holders();
+        roots.push(Region {
+            start: 0x9000,
+            end: 0x9000 + 4096,
+        });
+        m.0.retain(|&a, _| !(blocks[1].addr..blocks[1].addr + 64).contains(&a));
+        let o = scan(&mut m, &blocks, &roots);
+        assert_eq!(o.unreadable_root_bytes, 4096);
+        assert_eq!(o.unreadable_blocks, 1);
+        assert_eq!(o.reach[1], Reach::Reachable, "reached, though not read");
+        assert_eq!(o.first_word[1], None);
+        assert_eq!(o.first_word[0], Some(blocks[1].addr));
+    }
+
+    #[test]
+    fn a_long_list_is_marked_without_recursion() {
+        let mut m = Words::default();
+        let n = 100_000u64;
+        let blocks: Vec<HeapBlock> = (0..n)
+            .map(|i| HeapBlock {
+                addr: HEAP + i * 32,
+                size: 32,
+            })
+            .collect();
+        for (i, b) in blocks.iter().enumerate() {
+            m.zero(b.addr, 32);
+            if i + 1 < blocks.len() {
+                m.set(b.addr, blocks[i + 1].addr);
+            }
+        }
+        m.zero(GLOBALS, 8);
+        m.set(GLOBALS, HEAP);
+        let o = scan(
+            &mut m,
+            &blocks,
+            &[Region {
+                start: GLOBALS,
+                end: GLOBALS + 8,
+            }],
+        );
+        assert!(o.reach.iter().all(|&r| r == Reach::Reachable));
+        assert!(root_of(&o.holder).iter().all(|r| *r == Some((0, GLOBALS))));
+    }
+}

@@ -1,0 +1,329 @@
+//! A live process for the scan: its memory read with `process_vm_readv` (nothing is written,
+//! nothing stops it), its roots from `/proc/PID/maps` and its threads' stack pointers.
+//!
+//! Roots: the writable mappings of files (`.data`, `.bss`) and the read-only one just before
+//! each (relro); each thread's stack from its stack pointer up (`/proc/PID/task/TID/syscall`
+//! gives it for a thread blocked in a system call; the whole stack otherwise); anonymous
+//! memory that holds no known block (other threads' stacks, the program's own mappings).
+//! Registers are not read (that needs ptrace): a pointer held only in a register counts as
+//! lost. Memory holding known blocks is heap; when tracing began after the process started
+//! (`exact` false), the parts of it no known block covers may hold blocks tracer never saw,
+//! and what those point to is taken as held (conservatively, as roots).
+use std::path::PathBuf;
+
+use super::{classes::FileMap, HeapBlock, Memory, Region};
+
+/// The process's memory.
+pub struct ProcMemory {
+    pid: libc::pid_t,
+}
+
+impl ProcMemory {
+    pub fn new(pid: u32) -> ProcMemory {
+        ProcMemory {
+            pid: pid as libc::pid_t,
+        }
+    }
+}
+
+impl Memory for ProcMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes `buf`, writable for its length; the remote side is only
+        // read, by the kernel, with the permission checks of ptrace read access.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        n == buf.len() as isize
+    }
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub inode: u64,
+    pub path: String,
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (s, e) = f.next()?.split_once('-')?;
+            let perms = f.next()?.to_string();
+            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+            let _dev = f.next()?;
+            let inode = f.next()?.parse().ok()?;
+            let path = f.next().unwrap_or("").trim().to_string();
+            Some(MapLine {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                perms,
+                offset,
+                inode,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// What a root region is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootKind {
+    /// A file's data (its globals).
+    File,
+    /// A thread's stack.
+    Stack,
+    /// Anonymous memory no known block lies in.
+    Anonymous,
+    /// Heap memory no known block covers (tracing began late).
+    Unknown,
+}
+
+/// Where the scan starts.
+pub struct Roots {
+    pub regions: Vec<Region>,
+    pub kinds: Vec<RootKind>,
+    /// The files the process maps (for names).
+    pub files: Vec<FileMap>,
+}
+
+/// The stack pointers of the threads blocked in a system call (or waiting otherwise).
+fn stack_pointers(pid: u32) -> Vec<u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let text = std::fs::read_to_string(t.path().join("syscall")).ok()?;
+            let f: Vec<&str> = text.split_whitespace().collect();
+            let sp = match f.len() {
+                9 => f[7],
+                3 => f[1],
+                _ => return None,
+            };
+            u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
+        })
+        .collect()
+}
+
+/// The roots of `pid` for the heap `blocks` (sorted).
+pub fn roots(pid: u32, blocks: &[HeapBlock], exact: bool) -> Option<Roots> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    Some(roots_from(
+        pid,
+        &parse_maps(&text),
+        blocks,
+        &stack_pointers(pid),
+        exact,
+    ))
+}
+
+/// [`roots`] from what was read.
+pub fn roots_from(
+    pid: u32,
+    maps: &[MapLine],
+    blocks: &[HeapBlock],
+    sps: &[u64],
+    exact: bool,
+) -> Roots {
+    let mut r = Roots {
+        regions: Vec::new(),
+        kinds: Vec::new(),
+        files: Vec::new(),
+    };
+    let push = |r: &mut Roots, start: u64, end: u64, kind: RootKind| {
+        if end > start {
+            r.regions.push(Region { start, end });
+            r.kinds.push(kind);
+        }
+    };
+    for (i, m) in maps.iter().enumerate() {
+        let readable = m.perms.starts_with('r');
+        let writable = m.perms.as_bytes().get(1) == Some(&b'w');
+        let exec = m.perms.as_bytes().get(2) == Some(&b'x');
+        let file = m.inode != 0 && m.path.starts_with('/');
+        if file {
+            r.files.push(FileMap {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                path: m.path.clone(),
+                open: PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
+            });
+        }
+        if !readable || exec || m.path.starts_with("[v") {
+            continue;
+        }
+        if file {
+            // Writable data, and relro: read-only, right before the same file's data.
+            let relro = !writable
+                && m.offset > 0
+                && maps.get(i + 1).is_some_and(|n| {
+                    n.start == m.end && n.inode == m.inode && n.perms.starts_with("rw")
+                });
+            if writable || relro {
+                push(&mut r, m.start, m.end, RootKind::File);
+            }
+            continue;
+        }
+        if !writable {
+            continue;
+        }
+        // A file's .bss beyond its last page: the anonymous mapping right after its data.
+        if let Some(prev) = i.checked_sub(1).map(|p| &maps[p]) {
+            if m.inode == 0
+                && m.path.is_empty()
+                && prev.end == m.start
+                && prev.inode != 0
+                && prev.path.starts_with('/')
+                && prev.perms.starts_with("rw")
+            {
+                r.files.push(FileMap {
+                    start: m.start,
+                    end: m.end,
+                    offset: prev.offset + (prev.end - prev.start),
+                    path: prev.path.clone(),
+                    open: PathBuf::from(format!(
+                        "/proc/{pid}/map_files/{:x}-{:x}",
+                        prev.start, prev.end
+                    )),
+                });
+                push(&mut r, m.start, m.end, RootKind::File);
+                continue;
+            }
+        }
+        let sp = sps.iter().copied().find(|&sp| sp >= m.start && sp < m.end);
+        if m.path == "[stack]" || sp.is_some() {
+            // Below the stack pointer: the 128-byte red zone a leaf function may use.
+            let from = sp.map_or(m.start, |sp| sp.saturating_sub(128).max(m.start));
+            push(&mut r, from, m.end, RootKind::Stack);
+            continue;
+        }
+        // Heap blocks in it?
+        let first = blocks.partition_point(|b| b.addr + b.size.max(1) <= m.start);
+        let inside: Vec<&HeapBlock> = blocks[first..]
+            .iter()
+            .take_while(|b| b.addr < m.end)
+            .collect();
+        if inside.is_empty() {
+            push(&mut r, m.start, m.end, RootKind::Anonymous);
+        } else if !exact {
+            // The gaps between known blocks.
+            let mut at = m.start;
+            for b in inside {
+                push(&mut r, at, b.addr.max(at), RootKind::Unknown);
+                at = at.max(b.addr + b.size);
+            }
+            push(&mut r, at.min(m.end), m.end, RootKind::Unknown);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d4c0000000-55d4c0001000 r--p 00000000 08:01 1234 /usr/bin/holders
+55d4c0001000-55d4c0002000 r-xp 00001000 08:01 1234 /usr/bin/holders
+55d4c0002000-55d4c0003000 r--p 00002000 08:01 1234 /usr/bin/holders
+55d4c0003000-55d4c0004000 r--p 00002000 08:01 1234 /usr/bin/holders
+55d4c0004000-55d4c0005000 rw-p 00003000 08:01 1234 /usr/bin/holders
+55d4c0005000-55d4c0006000 rw-p 00000000 00:00 0
+55d4c1000000-55d4c1100000 rw-p 00000000 00:00 0 [heap]
+7f0000000000-7f0000800000 rw-p 00000000 00:00 0
+7ffd00000000-7ffd00100000 rw-p 00000000 00:00 0 [stack]
+7ffd00200000-7ffd00202000 r-xp 00000000 00:00 0 [vdso]
+";
+
+    fn blocks() -> Vec<HeapBlock> {
+        vec![
+            HeapBlock {
+                addr: 0x55d4c1000100,
+                size: 0x100,
+            },
+            HeapBlock {
+                addr: 0x55d4c1000400,
+                size: 0x100,
+            },
+        ]
+    }
+
+    #[test]
+    fn roots_are_file_data_relro_stacks_and_blockless_memory() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 10);
+        let r = roots_from(7, &maps, &blocks(), &[0x7ffd000ff000, 0x7f00007ff000], true);
+        let got: Vec<(u64, u64, RootKind)> = r
+            .regions
+            .iter()
+            .zip(&r.kinds)
+            .map(|(g, k)| (g.start, g.end, k.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x55d4c0003000, 0x55d4c0004000, RootKind::File),
+                (0x55d4c0004000, 0x55d4c0005000, RootKind::File),
+                (0x55d4c0005000, 0x55d4c0006000, RootKind::File),
+                (0x7f00007ff000 - 128, 0x7f0000800000, RootKind::Stack),
+                (0x7ffd000ff000 - 128, 0x7ffd00100000, RootKind::Stack),
+            ]
+        );
+        assert_eq!(r.files.len(), 6, "five mappings of the file and its .bss");
+        assert!(r.files[0]
+            .open
+            .ends_with("map_files/55d4c0000000-55d4c0001000"));
+    }
+
+    #[test]
+    fn tracing_late_the_heaps_unknown_parts_are_roots() {
+        let maps = parse_maps(MAPS);
+        let r = roots_from(7, &maps, &blocks(), &[], false);
+        let unknown: Vec<(u64, u64)> = r
+            .regions
+            .iter()
+            .zip(&r.kinds)
+            .filter(|(_, k)| **k == RootKind::Unknown)
+            .map(|(g, _)| (g.start, g.end))
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                (0x55d4c1000000, 0x55d4c1000100),
+                (0x55d4c1000200, 0x55d4c1000400),
+                (0x55d4c1000500, 0x55d4c1100000),
+            ]
+        );
+        // No stack pointer known: the whole stack.
+        assert!(r
+            .regions
+            .iter()
+            .any(|g| g.start == 0x7ffd00000000 && g.end == 0x7ffd00100000));
+    }
+
+    #[test]
+    fn our_own_memory_reads_back() {
+        let data = [0x1122334455667788u64, 42];
+        let mut m = ProcMemory::new(std::process::id());
+        let mut buf = [0u8; 16];
+        assert!(m.read(data.as_ptr() as u64, &mut buf));
+        assert_eq!(u64::from_le_bytes(buf[..8].try_into().unwrap()), data[0]);
+        assert!(!m.read(8, &mut buf), "the zero page is not mapped");
+    }
+}
