@@ -169,7 +169,6 @@ mod tests {
             &crate::reach::proc::parse_maps(&maps),
             &[],
             &[],
-            true,
         )
         .files;
         let mut names = Names::new(files);

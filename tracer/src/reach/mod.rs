@@ -47,7 +47,12 @@ pub enum Holder {
     },
     /// Another block (its index).
     Block(usize),
+    /// Memory tracer knows no block of (tracing began late): conservatively held.
+    Unknown,
 }
+
+/// `root_of`'s mark for chains that start in memory no known block covers.
+pub const UNKNOWN_ROOT: usize = usize::MAX;
 
 /// Memory scanned for pointers into the heap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +80,9 @@ pub struct Outcome {
     pub unreadable_blocks: u64,
     /// Root bytes that could not be read (skipped).
     pub unreadable_root_bytes: u64,
+    /// Where each block's chain of holders starts: a root region and the word's address
+    /// (`UNKNOWN_ROOT` for memory tracer knows no block of), None when lost.
+    pub root: Vec<Option<(usize, u64)>>,
 }
 
 /// Bytes read at a time: the scan's memory stays bounded whatever the blocks' sizes.
@@ -136,7 +144,67 @@ fn words(
 }
 
 /// Scans `roots` and the heap `blocks` (sorted by address, not overlapping).
-pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Outcome {
+///
+/// `unknown`: heap memory no known block covers. It may hold blocks tracer has not seen
+/// (allocated before tracing began, or an instant ago, their events not taken in yet): a
+/// pointer into it is followed through it, as if to a block's start. With `unknown_roots`,
+/// what of it nothing reaches is a root too (conservatively: tracing began late).
+pub fn scan(
+    mem: &mut dyn Memory,
+    blocks: &[HeapBlock],
+    roots: &[Region],
+    unknown: &[Region],
+    unknown_roots: bool,
+) -> Outcome {
+    // Known blocks and unknown memory in one address order.
+    let mut all: Vec<(HeapBlock, Option<usize>)> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (*b, Some(i)))
+        .chain(unknown.iter().filter(|r| r.end > r.start).map(|r| {
+            (
+                HeapBlock {
+                    addr: r.start,
+                    size: r.end - r.start,
+                },
+                None,
+            )
+        }))
+        .collect();
+    all.sort_by_key(|(b, _)| b.addr);
+    let heap: Vec<HeapBlock> = all.iter().map(|(b, _)| *b).collect();
+    let weak: Vec<bool> = all.iter().map(|(_, i)| i.is_none()).collect();
+    let o = scan_heap(mem, &heap, &weak, roots, unknown_roots);
+    let root = root_of(&o.holder);
+    let mut out = Outcome {
+        reach: vec![Reach::Unreachable; blocks.len()],
+        holder: vec![Holder::Nobody; blocks.len()],
+        first_word: vec![None; blocks.len()],
+        root: vec![None; blocks.len()],
+        unreadable_blocks: o.unreadable_blocks,
+        unreadable_root_bytes: o.unreadable_root_bytes,
+    };
+    for (p, (_, orig)) in all.iter().enumerate() {
+        let Some(i) = *orig else { continue };
+        out.reach[i] = o.reach[p];
+        out.first_word[i] = o.first_word[p];
+        out.root[i] = root[p];
+        out.holder[i] = match o.holder[p] {
+            Holder::Block(q) => all[q].1.map_or(Holder::Unknown, Holder::Block),
+            h => h,
+        };
+    }
+    out
+}
+
+/// [`scan`] over one address-ordered heap; `weak` marks unknown memory.
+fn scan_heap(
+    mem: &mut dyn Memory,
+    blocks: &[HeapBlock],
+    weak: &[bool],
+    roots: &[Region],
+    weak_roots: bool,
+) -> Outcome {
     debug_assert!(blocks.windows(2).all(|w| w[0].addr < w[1].addr));
     let n = blocks.len();
     let heap = Heap {
@@ -165,7 +233,7 @@ pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Out
                  holder: &mut [Holder],
                  queue: &mut VecDeque<usize>| {
         if let Some((i, start)) = heap.find(p) {
-            let new = if start && strong { 2 } else { 1 };
+            let new = if strong && (start || weak[i]) { 2 } else { 1 };
             if new > state[i] {
                 state[i] = new;
                 holder[i] = from;
@@ -187,31 +255,46 @@ pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Out
         out.unreadable_root_bytes += unread;
     }
     let mut scanned = vec![false; n];
-    while let Some(i) = queue.pop_front() {
-        // Upgraded from possible to reachable: its children may be upgraded too.
-        let strong = state[i] == 2;
-        let b = blocks[i];
-        let first = &mut out.first_word[i];
-        let mut found = Vec::new();
-        let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
-            if at == b.addr {
-                *first = Some(w);
+    let mut phase_two = !weak_roots;
+    loop {
+        while let Some(i) = queue.pop_front() {
+            // Upgraded from possible to reachable: its children may be upgraded too.
+            let strong = state[i] == 2;
+            let b = blocks[i];
+            let first = &mut out.first_word[i];
+            let mut found = Vec::new();
+            let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
+                if at == b.addr {
+                    *first = Some(w);
+                }
+                found.push(w);
+            });
+            if !ok && !scanned[i] {
+                out.unreadable_blocks += 1;
             }
-            found.push(w);
-        });
-        if !ok && !scanned[i] {
-            out.unreadable_blocks += 1;
+            scanned[i] = true;
+            for w in found {
+                visit(
+                    w,
+                    Holder::Block(i),
+                    strong,
+                    &mut state,
+                    &mut out.holder,
+                    &mut queue,
+                );
+            }
         }
-        scanned[i] = true;
-        for w in found {
-            visit(
-                w,
-                Holder::Block(i),
-                strong,
-                &mut state,
-                &mut out.holder,
-                &mut queue,
-            );
+        if phase_two {
+            break;
+        }
+        phase_two = true;
+        // Unknown memory nothing reached: held, conservatively.
+        for i in 0..n {
+            if weak[i] && state[i] == 0 {
+                state[i] = 2;
+                out.holder[i] = Holder::Unknown;
+                queue.push_back(i);
+            }
         }
     }
     // What no root reached: the lost blocks, led by the first of each group met.
@@ -219,7 +302,7 @@ pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Out
     let mut indirect = vec![false; n];
     let mut leader_of = vec![usize::MAX; n];
     for i in 0..n {
-        if state[i] != 0 || lost_seen[i] {
+        if state[i] != 0 || lost_seen[i] || weak[i] {
             continue;
         }
         lost_seen[i] = true;
@@ -240,7 +323,7 @@ pub fn scan(mem: &mut dyn Memory, blocks: &[HeapBlock], roots: &[Region]) -> Out
             }
             for w in found {
                 let Some((j, _)) = heap.find(w) else { continue };
-                if state[j] != 0 || j == i || j == k {
+                if state[j] != 0 || weak[j] || j == i || j == k {
                     continue;
                 }
                 if !lost_seen[j] {
@@ -285,9 +368,9 @@ pub fn process(
             size: o.size,
         })
         .collect();
-    let roots = proc::roots(pid, &heap, exact)?;
+    let roots = proc::roots(pid, &heap)?;
     let mut mem = proc::ProcMemory::new(pid);
-    let outcome = scan(&mut mem, &heap, &roots.regions);
+    let outcome = scan(&mut mem, &heap, &roots.regions, &roots.unknown, !exact);
     let owned: Vec<summary::Owned> = blocks.iter().map(|(_, o)| *o).collect();
     let mut names = classes::Names::new(roots.files.clone());
     Some(
@@ -311,6 +394,7 @@ pub fn root_of(holder: &[Holder]) -> Vec<Option<(usize, u64)>> {
             }
             match holder[k] {
                 Holder::Nobody => break None,
+                Holder::Unknown => break Some((UNKNOWN_ROOT, 0)),
                 Holder::Root { region, at } => break Some((region, at)),
                 Holder::Block(p) => {
                     // A holder chain is a tree from the roots; a cycle (lost blocks) holds
@@ -406,7 +490,7 @@ pub(crate) mod tests {
     #[test]
     fn each_block_gets_valgrinds_class() {
         let (mut m, blocks, roots) = holders();
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         use Reach::*;
         assert_eq!(
             o.reach,
@@ -428,7 +512,7 @@ pub(crate) mod tests {
     #[test]
     fn holders_lead_back_to_the_root_word() {
         let (mut m, blocks, roots) = holders();
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         assert_eq!(
             o.holder[0],
             Holder::Root {
@@ -437,7 +521,7 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(o.holder[1], Holder::Block(0));
-        let roots_of = root_of(&o.holder);
+        let roots_of = &o.root;
         assert_eq!(roots_of[1], Some((0, GLOBALS)));
         assert_eq!(roots_of[2], Some((0, GLOBALS + 8)));
         assert_eq!(roots_of[3], None);
@@ -449,11 +533,11 @@ pub(crate) mod tests {
         let (mut m, blocks, roots) = holders();
         // The interior-pointed block 2 points at 3's start: 3 is possible, not reachable.
         m.set(blocks[2].addr + 8, blocks[3].addr);
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         assert_eq!(o.reach[3], Reach::Possible);
         // And once 2 is also reached at its start, both become reachable.
         m.set(GLOBALS + 16, blocks[2].addr);
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         assert_eq!(
             (o.reach[2], o.reach[3]),
             (Reach::Reachable, Reach::Reachable)
@@ -465,7 +549,7 @@ pub(crate) mod tests {
         let (mut m, blocks, roots) = holders();
         // Block 7 (lost) also points at 3, met first as a leader: 3 becomes indirect.
         m.set(blocks[7].addr + 8, blocks[3].addr);
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         assert_eq!(o.reach[3], Reach::Indirect);
         assert_eq!(o.reach[6], Reach::Unreachable);
     }
@@ -478,12 +562,45 @@ pub(crate) mod tests {
             end: 0x9000 + 4096,
         });
         m.0.retain(|&a, _| !(blocks[1].addr..blocks[1].addr + 64).contains(&a));
-        let o = scan(&mut m, &blocks, &roots);
+        let o = scan(&mut m, &blocks, &roots, &[], false);
         assert_eq!(o.unreadable_root_bytes, 4096);
         assert_eq!(o.unreadable_blocks, 1);
         assert_eq!(o.reach[1], Reach::Reachable, "reached, though not read");
         assert_eq!(o.first_word[1], None);
         assert_eq!(o.first_word[0], Some(blocks[1].addr));
+    }
+
+    #[test]
+    fn chains_pass_through_memory_of_blocks_not_seen() {
+        let (mut m, blocks, roots) = holders();
+        // An unseen block (a list node allocated an instant ago) between the global and the
+        // known node 0: the global points into it, it points to 0.
+        let unseen = HEAP + 0x2000;
+        m.zero(unseen, 64);
+        m.set(GLOBALS, unseen + 16);
+        m.set(unseen + 24, blocks[0].addr);
+        let gap = [Region {
+            start: unseen,
+            end: unseen + 64,
+        }];
+        let o = scan(&mut m, &blocks, &roots, &gap, false);
+        assert_eq!(
+            (o.reach[0], o.reach[1]),
+            (Reach::Reachable, Reach::Reachable)
+        );
+        assert_eq!(
+            o.root[1],
+            Some((0, GLOBALS)),
+            "held by the global, through it"
+        );
+        // Reached from nothing, unknown memory is a root only when tracing began late.
+        m.set(GLOBALS, 0);
+        let o = scan(&mut m, &blocks, &roots, &gap, false);
+        assert_eq!(o.reach[0], Reach::Unreachable);
+        let o = scan(&mut m, &blocks, &roots, &gap, true);
+        assert_eq!(o.reach[0], Reach::Reachable);
+        assert_eq!(o.root[0], Some((UNKNOWN_ROOT, 0)));
+        assert_eq!(o.holder[0], Holder::Unknown);
     }
 
     #[test]
@@ -511,8 +628,10 @@ pub(crate) mod tests {
                 start: GLOBALS,
                 end: GLOBALS + 8,
             }],
+            &[],
+            false,
         );
         assert!(o.reach.iter().all(|&r| r == Reach::Reachable));
-        assert!(root_of(&o.holder).iter().all(|r| *r == Some((0, GLOBALS))));
+        assert!(o.root.iter().all(|r| *r == Some((0, GLOBALS))));
     }
 }

@@ -6,9 +6,8 @@
 //! gives it for a thread blocked in a system call; the whole stack otherwise); anonymous
 //! memory that holds no known block (other threads' stacks, the program's own mappings).
 //! Registers are not read (that needs ptrace): a pointer held only in a register counts as
-//! lost. Memory holding known blocks is heap; when tracing began after the process started
-//! (`exact` false), the parts of it no known block covers may hold blocks tracer never saw,
-//! and what those point to is taken as held (conservatively, as roots).
+//! lost. Memory holding known blocks is heap; the parts of it no known block covers are told
+//! apart (`Roots::unknown`: they may hold blocks tracer has not seen, see `reach::scan`).
 use std::path::PathBuf;
 
 use super::{classes::FileMap, HeapBlock, Memory, Region};
@@ -88,8 +87,6 @@ pub enum RootKind {
     Stack,
     /// Anonymous memory no known block lies in.
     Anonymous,
-    /// Heap memory no known block covers (tracing began late).
-    Unknown,
 }
 
 /// Where the scan starts.
@@ -98,6 +95,8 @@ pub struct Roots {
     pub kinds: Vec<RootKind>,
     /// The files the process maps (for names).
     pub files: Vec<FileMap>,
+    /// Heap memory no known block covers (see `reach::scan`).
+    pub unknown: Vec<Region>,
 }
 
 /// The stack pointers of the threads blocked in a system call (or waiting otherwise).
@@ -121,29 +120,23 @@ fn stack_pointers(pid: u32) -> Vec<u64> {
 }
 
 /// The roots of `pid` for the heap `blocks` (sorted).
-pub fn roots(pid: u32, blocks: &[HeapBlock], exact: bool) -> Option<Roots> {
+pub fn roots(pid: u32, blocks: &[HeapBlock]) -> Option<Roots> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     Some(roots_from(
         pid,
         &parse_maps(&text),
         blocks,
         &stack_pointers(pid),
-        exact,
     ))
 }
 
 /// [`roots`] from what was read.
-pub fn roots_from(
-    pid: u32,
-    maps: &[MapLine],
-    blocks: &[HeapBlock],
-    sps: &[u64],
-    exact: bool,
-) -> Roots {
+pub fn roots_from(pid: u32, maps: &[MapLine], blocks: &[HeapBlock], sps: &[u64]) -> Roots {
     let mut r = Roots {
         regions: Vec::new(),
         kinds: Vec::new(),
         files: Vec::new(),
+        unknown: Vec::new(),
     };
     let push = |r: &mut Roots, start: u64, end: u64, kind: RootKind| {
         if end > start {
@@ -221,14 +214,24 @@ pub fn roots_from(
             .collect();
         if inside.is_empty() {
             push(&mut r, m.start, m.end, RootKind::Anonymous);
-        } else if !exact {
+        } else {
             // The gaps between known blocks.
             let mut at = m.start;
             for b in inside {
-                push(&mut r, at, b.addr.max(at), RootKind::Unknown);
+                if b.addr > at {
+                    r.unknown.push(Region {
+                        start: at,
+                        end: b.addr,
+                    });
+                }
                 at = at.max(b.addr + b.size);
             }
-            push(&mut r, at.min(m.end), m.end, RootKind::Unknown);
+            if m.end > at {
+                r.unknown.push(Region {
+                    start: at,
+                    end: m.end,
+                });
+            }
         }
     }
     r
@@ -268,7 +271,7 @@ mod tests {
     fn roots_are_file_data_relro_stacks_and_blockless_memory() {
         let maps = parse_maps(MAPS);
         assert_eq!(maps.len(), 10);
-        let r = roots_from(7, &maps, &blocks(), &[0x7ffd000ff000, 0x7f00007ff000], true);
+        let r = roots_from(7, &maps, &blocks(), &[0x7ffd000ff000, 0x7f00007ff000]);
         let got: Vec<(u64, u64, RootKind)> = r
             .regions
             .iter()
@@ -292,16 +295,10 @@ mod tests {
     }
 
     #[test]
-    fn tracing_late_the_heaps_unknown_parts_are_roots() {
+    fn the_heaps_parts_no_known_block_covers_are_unknown() {
         let maps = parse_maps(MAPS);
-        let r = roots_from(7, &maps, &blocks(), &[], false);
-        let unknown: Vec<(u64, u64)> = r
-            .regions
-            .iter()
-            .zip(&r.kinds)
-            .filter(|(_, k)| **k == RootKind::Unknown)
-            .map(|(g, _)| (g.start, g.end))
-            .collect();
+        let r = roots_from(7, &maps, &blocks(), &[]);
+        let unknown: Vec<(u64, u64)> = r.unknown.iter().map(|g| (g.start, g.end)).collect();
         assert_eq!(
             unknown,
             [

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     classes::Names,
     proc::{RootKind, Roots},
-    root_of, Outcome, Reach,
+    Outcome, Reach, UNKNOWN_ROOT,
 };
 
 /// Holders and classes listed per site.
@@ -46,6 +46,50 @@ pub struct TypeCount {
     pub bytes: u64,
 }
 
+/// Objects and bytes by name (a root, a class).
+pub type Tally = HashMap<String, (u64, u64)>;
+
+/// Adds `objects` and `bytes` under `name`.
+pub fn add(t: &mut Tally, name: &str, objects: u64, bytes: u64) {
+    let e = t.entry(name.to_string()).or_default();
+    e.0 += objects;
+    e.1 += bytes;
+}
+
+/// The top `TOP` of a tally, by `key` (descending), then by name.
+fn top<T>(t: Tally, key: fn(&(u64, u64)) -> u64, make: fn(String, u64, u64) -> T) -> Vec<T> {
+    let mut v: Vec<(String, (u64, u64))> = t.into_iter().collect();
+    v.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(TOP);
+    v.into_iter().map(|(n, (o, b))| make(n, o, b)).collect()
+}
+
+/// The roots holding most bytes.
+pub fn holders(t: Tally) -> Vec<Held> {
+    top(
+        t,
+        |c| c.1,
+        |root, objects, bytes| Held {
+            root,
+            objects,
+            bytes,
+        },
+    )
+}
+
+/// The classes with most objects.
+pub fn classes(t: Tally) -> Vec<TypeCount> {
+    top(
+        t,
+        |c| c.0,
+        |name, objects, bytes| TypeCount {
+            name,
+            objects,
+            bytes,
+        },
+    )
+}
+
 /// What a scan says of one site.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteScan {
@@ -69,9 +113,8 @@ pub fn by_site(
     roots: &Roots,
     names: &mut Names,
 ) -> BTreeMap<usize, SiteScan> {
-    let root = root_of(&o.holder);
-    let mut held: HashMap<usize, HashMap<String, (u64, u64)>> = HashMap::new();
-    let mut types: HashMap<usize, HashMap<String, (u64, u64)>> = HashMap::new();
+    let mut held: HashMap<usize, Tally> = HashMap::new();
+    let mut types: HashMap<usize, Tally> = HashMap::new();
     let mut root_names: HashMap<(usize, u64), String> = HashMap::new();
     let mut out: BTreeMap<usize, SiteScan> = BTreeMap::new();
     for (i, b) in owned.iter().enumerate() {
@@ -86,55 +129,30 @@ pub fn by_site(
         };
         *objs += b.weight;
         *total += bytes;
-        if let Some((region, at)) = root[i] {
+        if let Some((region, at)) = o.root[i] {
             let name = root_names
                 .entry((region, at))
-                .or_insert_with(|| match roots.kinds[region] {
-                    RootKind::File => names
-                        .global(at)
-                        .unwrap_or_else(|| format!("data at {at:#x}")),
-                    RootKind::Stack => format!("a thread's stack in pid {pid}"),
-                    RootKind::Anonymous => "anonymous memory (no known block)".into(),
-                    RootKind::Unknown => "heap allocated before tracing began".into(),
+                .or_insert_with(|| match roots.kinds.get(region) {
+                    None if region == UNKNOWN_ROOT => "heap allocated before tracing began".into(),
+                    None => format!("root {region}"),
+                    Some(kind) => match kind {
+                        RootKind::File => names
+                            .global(at)
+                            .unwrap_or_else(|| format!("data at {at:#x}")),
+                        RootKind::Stack => format!("a thread's stack in pid {pid}"),
+                        RootKind::Anonymous => "anonymous memory (no known block)".into(),
+                    },
                 })
                 .clone();
-            let e = held.entry(b.site).or_default().entry(name).or_default();
-            e.0 += b.weight;
-            e.1 += bytes;
+            add(held.entry(b.site).or_default(), &name, b.weight, bytes);
         }
         if let Some(class) = o.first_word[i].and_then(|w| names.class(w)) {
-            let e = types.entry(b.site).or_default().entry(class).or_default();
-            e.0 += b.weight;
-            e.1 += bytes;
+            add(types.entry(b.site).or_default(), &class, b.weight, bytes);
         }
     }
     for (site, s) in out.iter_mut() {
-        let mut h: Vec<Held> = held
-            .remove(site)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(root, (objects, bytes))| Held {
-                root,
-                objects,
-                bytes,
-            })
-            .collect();
-        h.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.root.cmp(&b.root)));
-        h.truncate(TOP);
-        s.reach.held_by = h;
-        let mut t: Vec<TypeCount> = types
-            .remove(site)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, (objects, bytes))| TypeCount {
-                name,
-                objects,
-                bytes,
-            })
-            .collect();
-        t.sort_by(|a, b| b.objects.cmp(&a.objects).then_with(|| a.name.cmp(&b.name)));
-        t.truncate(TOP);
-        s.types = t;
+        s.reach.held_by = holders(held.remove(site).unwrap_or_default());
+        s.types = classes(types.remove(site).unwrap_or_default());
     }
     out
 }

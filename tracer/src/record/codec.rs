@@ -34,6 +34,16 @@ pub(super) fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     put_u16(b, n as u16);
     b.extend_from_slice(&v[..n]);
 }
+/// Names with two counts each (a scan's holders, its classes).
+fn put_named<'a>(b: &mut Vec<u8>, items: impl ExactSizeIterator<Item = (&'a String, u64, u64)>) {
+    put_u32(b, items.len() as u32);
+    for (name, objects, bytes) in items {
+        put_bytes(b, name.as_bytes());
+        put_var(b, objects);
+        put_var(b, bytes);
+    }
+}
+
 pub(super) fn put_counters(b: &mut Vec<u8>, c: &Counters) {
     put_u64(b, c.bad_records);
     b.push(c.kernel.len() as u8);
@@ -201,18 +211,8 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
                 ] {
                     put_var(b, v);
                 }
-                put_u32(b, r.held_by.len() as u32);
-                for h in &r.held_by {
-                    put_bytes(b, h.root.as_bytes());
-                    put_var(b, h.objects);
-                    put_var(b, h.bytes);
-                }
-                put_u32(b, s.types.len() as u32);
-                for t in &s.types {
-                    put_bytes(b, t.name.as_bytes());
-                    put_var(b, t.objects);
-                    put_var(b, t.bytes);
-                }
+                put_named(b, r.held_by.iter().map(|h| (&h.root, h.objects, h.bytes)));
+                put_named(b, s.types.iter().map(|t| (&t.name, t.objects, t.bytes)));
             }
             tag::REACH
         }
@@ -260,6 +260,21 @@ impl<'a> Cursor<'a> {
         self.pos += n;
         Ok(s)
     }
+    /// What [`put_named`] wrote.
+    fn named(&mut self, what: &str) -> Result<Vec<(String, u64, u64)>, FormatError> {
+        let n = self.u32(what)? as usize;
+        // At least 3 bytes each.
+        if n > self.b.len() / 3 {
+            return Err(self.err(format!("{n} of {what} cannot fit in the frame")));
+        }
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = String::from_utf8_lossy(self.bytes(what)?).into_owned();
+            v.push((name, self.var("objects")?, self.var("bytes")?));
+        }
+        Ok(v)
+    }
+
     pub(super) fn u8(&mut self, what: &str) -> Result<u8, FormatError> {
         Ok(self.take(1, what)?[0])
     }
@@ -530,30 +545,24 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                     r.reachable_objects,
                     r.reachable_bytes,
                 ] = v;
-                let held = c.u32("holders")? as usize;
-                if held > c.b.len() {
-                    return Err(c.err(format!("{held} holders cannot fit in the frame")));
-                }
-                for _ in 0..held {
-                    let root = String::from_utf8_lossy(c.bytes("holder")?).into_owned();
-                    r.held_by.push(Held {
+                r.held_by = c
+                    .named("holder")?
+                    .into_iter()
+                    .map(|(root, objects, bytes)| Held {
                         root,
-                        objects: c.var("objects")?,
-                        bytes: c.var("bytes")?,
-                    });
-                }
-                let types = c.u32("types")? as usize;
-                if types > c.b.len() {
-                    return Err(c.err(format!("{types} classes cannot fit in the frame")));
-                }
-                for _ in 0..types {
-                    let name = String::from_utf8_lossy(c.bytes("class")?).into_owned();
-                    s.types.push(TypeCount {
+                        objects,
+                        bytes,
+                    })
+                    .collect();
+                s.types = c
+                    .named("class")?
+                    .into_iter()
+                    .map(|(name, objects, bytes)| TypeCount {
                         name,
-                        objects: c.var("objects")?,
-                        bytes: c.var("bytes")?,
-                    });
-                }
+                        objects,
+                        bytes,
+                    })
+                    .collect();
                 sites.push((site, s));
             }
             Frame::Reach { pid, sites }

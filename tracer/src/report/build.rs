@@ -14,7 +14,7 @@ use crate::{
     aggregate::{books::Books, verdict::Verdict, SiteDelta, SiteId, Snapshot},
     collector::Counters,
     procs::Procs,
-    reach::summary::{Held, SiteReach, SiteScan, TypeCount},
+    reach::summary::{add, classes, holders, SiteReach, SiteScan, Tally, TypeCount},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -480,8 +480,7 @@ fn scanned(
         return (Vec::new(), None);
     }
     let mut r = SiteReach::default();
-    let mut held: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut types: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let (mut held, mut types) = (Tally::new(), Tally::new());
     for s in found {
         let x = &s.reach;
         r.unreachable_objects += x.unreachable_objects;
@@ -493,33 +492,12 @@ fn scanned(
         r.reachable_objects += x.reachable_objects;
         r.reachable_bytes += x.reachable_bytes;
         for h in &x.held_by {
-            let e = held.entry(h.root.clone()).or_default();
-            e.0 += h.objects;
-            e.1 += h.bytes;
+            add(&mut held, &h.root, h.objects, h.bytes);
         }
         for t in &s.types {
-            let e = types.entry(t.name.clone()).or_default();
-            e.0 += t.objects;
-            e.1 += t.bytes;
+            add(&mut types, &t.name, t.objects, t.bytes);
         }
     }
-    r.held_by = held
-        .into_iter()
-        .map(|(root, (objects, bytes))| Held {
-            root,
-            objects,
-            bytes,
-        })
-        .collect();
-    r.held_by.sort_by_key(|h| std::cmp::Reverse(h.bytes));
-    let mut t: Vec<TypeCount> = types
-        .into_iter()
-        .map(|(name, (objects, bytes))| TypeCount {
-            name,
-            objects,
-            bytes,
-        })
-        .collect();
-    t.sort_by_key(|t| std::cmp::Reverse(t.objects));
-    (t, Some(r))
+    r.held_by = holders(held);
+    (classes(types), Some(r))
 }

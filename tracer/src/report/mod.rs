@@ -102,6 +102,18 @@ pub struct LiveObjects {
     pub oldest_age_s: Option<f64>,
 }
 
+impl LiveObjects {
+    /// The most blocks any size class holds (at least 1).
+    pub fn largest_class(&self) -> u64 {
+        self.size_histogram
+            .iter()
+            .map(|h| h.1)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SizeCount {
     pub size: u64,

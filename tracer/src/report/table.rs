@@ -177,13 +177,7 @@ pub fn blocks(o: &LiveObjects) -> String {
                 .join(", ")
         }
         n => {
-            let max = o
-                .size_histogram
-                .iter()
-                .map(|h| h.1)
-                .max()
-                .unwrap_or(1)
-                .max(1);
+            let max = o.largest_class();
             let first = o.size_histogram.first().map_or(0, |h| h.0);
             let last = o.size_histogram.last().map_or(0, |h| h.0);
             let mut spark = String::new();

@@ -401,13 +401,7 @@ fn detail(f: &mut Frame, area: Rect, v: &View, s: &SiteReport) {
             Style::new().add_modifier(Modifier::BOLD),
         )),
     ];
-    let most = o
-        .size_histogram
-        .iter()
-        .map(|h| h.1)
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let most = o.largest_class();
     for &(class, n) in &o.size_histogram {
         let w = ((n * 20).div_ceil(most)) as usize;
         facts.push(Line::from(format!(
