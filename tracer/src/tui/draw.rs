@@ -395,12 +395,46 @@ fn detail(f: &mut Frame, area: Rect, v: &View, s: &SiteReport) {
             "oldest live block: {}",
             o.oldest_age_s.map(age).unwrap_or_else(|| "none".into())
         )),
-        Line::from(""),
-        Line::from(Span::styled(
-            "size class   blocks",
-            Style::new().add_modifier(Modifier::BOLD),
-        )),
     ];
+    // What the last scan found (the mark pane's sites, where it ran).
+    if !s.types.is_empty() {
+        facts.push(Line::from(format!(
+            "objects: {}",
+            s.types
+                .iter()
+                .map(|t| format!("{} × {}", t.name, group(t.objects)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(r) = &s.reachability {
+        for (what, n, objects) in [
+            ("unreachable", r.unreachable_bytes, r.unreachable_objects),
+            ("indirectly lost", r.indirect_bytes, r.indirect_objects),
+            ("possibly reachable", r.possible_bytes, r.possible_objects),
+            ("reachable", r.reachable_bytes, r.reachable_objects),
+        ] {
+            if objects > 0 {
+                facts.push(Line::from(format!(
+                    "{what}: {} in {} blocks",
+                    bytes(n),
+                    group(objects)
+                )));
+            }
+        }
+        for h in &r.held_by {
+            facts.push(Line::from(format!(
+                "held by {}: {}",
+                h.root,
+                bytes(h.bytes)
+            )));
+        }
+    }
+    facts.push(Line::from(""));
+    facts.push(Line::from(Span::styled(
+        "size class   blocks",
+        Style::new().add_modifier(Modifier::BOLD),
+    )));
     let most = o.largest_class();
     for &(class, n) in &o.size_histogram {
         let w = ((n * 20).div_ceil(most)) as usize;
@@ -558,6 +592,35 @@ mod tests {
         assert!(s.contains("#0  leak_fixed  leaky.c:42"), "{s}");
         assert!(s.contains("#1  main  leaky.c:150"), "{s}");
         assert!(s.contains("oldest live block: 3.5s"), "{s}");
+        assert!(!s.contains("held by"), "no scan, no holders: {s}");
+    }
+
+    #[test]
+    fn a_scanned_sites_page_shows_its_classes_and_holders() {
+        use crate::reach::summary::{Held, SiteReach, TypeCount};
+        let mut r = three_sites();
+        r.sites[0].types = vec![TypeCount {
+            name: "Circle".into(),
+            objects: 10,
+            bytes: 640,
+        }];
+        r.sites[0].reachability = Some(SiteReach {
+            reachable_objects: 10,
+            reachable_bytes: 640,
+            held_by: vec![Held {
+                root: "g_list in holders".into(),
+                objects: 10,
+                bytes: 640,
+            }],
+            ..SiteReach::default()
+        });
+        let mut v = View::new(Source::Live, SortKey::Rate, LIMITS);
+        v.take(r);
+        press(&mut v, KeyCode::Enter);
+        let s = screen(&v, 160, 30);
+        assert!(s.contains("objects: Circle × 10"), "{s}");
+        assert!(s.contains("reachable: 640 B in 10 blocks"), "{s}");
+        assert!(s.contains("held by g_list in holders: 640 B"), "{s}");
     }
 
     #[test]
