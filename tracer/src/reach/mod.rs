@@ -262,27 +262,19 @@ fn scan_heap(
             let strong = state[i] == 2;
             let b = blocks[i];
             let first = &mut out.first_word[i];
-            let mut found = Vec::new();
+            let holder = &mut out.holder;
+            // Each word is followed as it is read: the memory used stays one chunk, whatever
+            // the block's size.
             let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
                 if at == b.addr {
                     *first = Some(w);
                 }
-                found.push(w);
+                visit(w, Holder::Block(i), strong, &mut state, holder, &mut queue);
             });
             if !ok && !scanned[i] {
                 out.unreadable_blocks += 1;
             }
             scanned[i] = true;
-            for w in found {
-                visit(
-                    w,
-                    Holder::Block(i),
-                    strong,
-                    &mut state,
-                    &mut out.holder,
-                    &mut queue,
-                );
-            }
         }
         if phase_two {
             break;
