@@ -277,6 +277,9 @@ pub struct MapCall {
     pub addr: u64,
     /// mmap's and munmap's length, mremap's new length.
     pub len: u64,
+    /// Kept by the C library's wrapper, whose return sends it (see [`COOKIE_MAP_CALL`]); the
+    /// syscall tracepoints, when attached too, leave it alone.
+    pub by_wrapper: u64,
 }
 
 /// The caller of a C-library mapping wrapper (`mmap`, `munmap`, `mremap`), taken at its
@@ -582,6 +585,11 @@ pub const COOKIE_NESTING_FREES: u64 = 1 << 8;
 /// Its stack is taken at its entry. No return probe means no kernel trampoline in its frame,
 /// so an exception it throws unwinds as without tracer.
 pub const COOKIE_ENTRY_ONLY: u64 = 1 << 9;
+/// Uprobe cookie of a C-library mapping wrapper: its call is the record (no fexit on the
+/// system calls here), its return probe sends it. The system call's number is in the bits
+/// from [`COOKIE_MAP_NR_SHIFT`]; 0 for `syscall()`, whose first argument it is.
+pub const COOKIE_MAP_CALL: u64 = 1 << 10;
+pub const COOKIE_MAP_NR_SHIFT: u32 = 16;
 
 /// Entry state kept between an allocator call's entry and its return, per thread.
 #[repr(C)]

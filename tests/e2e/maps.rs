@@ -15,8 +15,11 @@ fn the_programs_own_mappings_are_their_own_category() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let fin = &run.final_report;
     let truth = truth_leaks(&run.stdout);
-    assert_eq!(truth.len(), 4, "{}", run.stdout);
+    assert_eq!(truth.len(), 5, "{}", run.stdout);
     assert_outstanding_is_truth(fin, &truth);
+    // Seen by fexit or, without it, the C library's wrappers: no other process pays, and no
+    // note of the costly tracepoints.
+    assert!(!run.stderr.contains("sys_enter"), "{}", run.stderr);
     let sites = fin["sites"].as_array().unwrap();
     for s in sites {
         let name = site_name(s);
@@ -33,7 +36,7 @@ fn the_programs_own_mappings_are_their_own_category() {
     for gone in ["map_churn", "map_reserve"] {
         assert!(!live.contains_key(gone), "{gone}: {live:?}");
     }
-    let mapped: u64 = ["map_leak", "map_grow", "map_cut"]
+    let mapped: u64 = ["map_leak", "map_grow", "map_cut", "map_raw"]
         .iter()
         .map(|s| truth[*s].1)
         .sum();
@@ -57,6 +60,24 @@ fn the_programs_own_mappings_are_their_own_category() {
         .rfind(|r| r["kind"] == "final")
         .unwrap();
     assert_eq!(&replayed, fin);
+
+    // Each way of seeing the mapping system calls gives the same books: the wrappers alone
+    // (kernels without BPF trampolines), and the sys_enter/sys_exit tracepoints (which says
+    // what it costs).
+    for hook in ["wrappers", "tracepoints"] {
+        let run = launch_json_env(&[], &[("TRACER_MAP_HOOK", hook)], &maps, &["20"]);
+        assert_eq!(run.code, Some(0), "{hook}: {}", run.stderr);
+        assert_outstanding_is_truth(&run.final_report, &truth_leaks(&run.stdout));
+        let t = &run.final_report["totals"];
+        assert_eq!(t["mmap_live_bytes"], mapped, "{hook}: {t}");
+        assert_eq!(
+            run.stderr
+                .contains("sys_enter/sys_exit tracepoints, which every system call"),
+            hook == "tracepoints",
+            "{hook}: {}",
+            run.stderr
+        );
+    }
 
     // --no-mmap: the heap alone, as before.
     let run = launch_json(&["--no-mmap"], &maps, &["20"]);

@@ -9,20 +9,21 @@
 //! outer call's state. (A signal handler cannot re-enter glibc's malloc: it would deadlock on the
 //! arena lock, so "nested means implementation" holds.)
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext, ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{tracing::StackIdContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
     counter, kind, stack_ref, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord,
     FreeRecord, Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
-    COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES, MAX_STACK_DEPTH, STACK_AT_ENTRY_INLINE,
+    COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    STACK_AT_ENTRY_INLINE,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -710,17 +711,19 @@ pub fn fork(child_task: u64) {
 
 // ---- memory mappings -------------------------------------------------------------------
 //
-// The syscalls themselves are traced (sys_enter/sys_exit raw tracepoints, attached only when
-// mappings are traced: --no-mmap leaves them and the wrapper probes off), so a mapping made
+// The syscalls themselves are traced (fexit of the kernel's mmap, munmap and mremap functions,
+// so no other system call runs a program; on kernels without BPF trampolines, the sys_enter and
+// sys_exit raw tracepoints, which every system call of every process pays for; --no-mmap leaves
+// them and the wrapper probes off), so a mapping made
 // without the C library (Go's runtime, a raw syscall) is seen too. A mapping made inside an
 // allocator call on the same thread (an arena, a large malloc block) is the allocator's: not
 // recorded, so it is never counted twice. The C library's wrappers are probed at entry only
 // to learn the caller: a syscall's user stack starts inside the wrapper, whose frame (or lack
 // of one) hides its caller from a frame-pointer walk.
 
-const NR_MMAP: u64 = 9;
-const NR_MUNMAP: u64 = 11;
-const NR_MREMAP: u64 = 25;
+pub const NR_MMAP: u64 = 9;
+pub const NR_MUNMAP: u64 = 11;
+pub const NR_MREMAP: u64 = 25;
 const MAP_ANONYMOUS: u64 = 0x20;
 /// Offsets in x86_64's `struct pt_regs` (a kernel ABI): the syscall's arguments and the user
 /// stack pointer.
@@ -742,62 +745,152 @@ fn reg(regs: u64, off: u64) -> u64 {
     unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
 }
 
+/// Entry of a C-library mapping wrapper (`mmap`, `munmap`, `mremap`, `syscall`). Its caller
+/// is remembered for the system call's own probe; or, where nothing probes the system calls
+/// themselves ([`COOKIE_MAP_CALL`]), the call is kept for the wrapper's return.
 #[inline(always)]
 pub fn map_caller(ctx: &ProbeContext) {
     let Some(pid_tgid) = traced() else { return };
     let sp = unsafe { (*ctx.regs).rsp };
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let arg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+    let nr = (cookie >> COOKIE_MAP_NR_SHIFT) & 0xffff;
+    if nr == 0 && !is_map_syscall(arg(0)) {
+        // syscall() of another system call.
+        return;
+    }
+    if cookie & COOKIE_MAP_CALL != 0 {
+        // Function arguments: mmap(addr, len, prot, flags), syscall(nr, a0, a1, a2, a3).
+        let call = if nr == 0 {
+            map_call(pid_tgid, sp, [arg(0), arg(1), arg(2), arg(3), arg(4)])
+        } else {
+            map_call(pid_tgid, sp, [nr, arg(0), arg(1), arg(2), arg(3)])
+        };
+        if let Some(mut call) = call {
+            call.by_wrapper = 1;
+            if MAP_CALLS.insert(&pid_tgid, &call, 0).is_err() {
+                lose(counter::INFLIGHT_FULL);
+            }
+        }
+        return;
+    }
     let Ok(ret) = (unsafe { bpf_probe_read_user(sp as *const u64) }) else {
         return;
     };
     let _ = MAP_CALLERS.insert(&pid_tgid, &MapCaller { sp, ret }, 0);
 }
 
+/// Return of a C-library mapping wrapper whose call was kept ([`COOKIE_MAP_CALL`]): the stack,
+/// taken here, starts at the caller.
 #[inline(always)]
-pub fn map_enter(regs: u64, nr: u64) {
-    let Some(pid_tgid) = traced() else { return };
-    let sp = reg(regs, REGS_SP);
-    if nested_in_outer_call(pid_tgid, sp) {
-        // The allocator's own mapping (an arena, a large block): its blocks are the record.
-        bump(counter::NESTED);
-        let _ = MAP_CALLERS.remove(&pid_tgid);
-        return;
-    }
-    let call = match nr {
-        NR_MMAP => {
-            // Anonymous and accessible: a reservation (PROT_NONE) is address space, not memory.
-            let (prot, flags) = (reg(regs, REGS_DX), reg(regs, REGS_R10));
-            if flags & MAP_ANONYMOUS == 0 || prot == 0 {
-                return;
-            }
-            MapCall {
-                nr,
-                addr: 0,
-                len: reg(regs, REGS_SI),
-            }
-        }
-        NR_MUNMAP => MapCall {
-            nr,
-            addr: reg(regs, REGS_DI),
-            len: reg(regs, REGS_SI),
-        },
-        _ => MapCall {
-            nr,
-            addr: reg(regs, REGS_DI),
-            len: reg(regs, REGS_DX),
-        },
-    };
-    if MAP_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        lose(counter::INFLIGHT_FULL);
-    }
-}
-
-#[inline(always)]
-pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
+pub fn map_return(ctx: &RetProbeContext) {
     let Some(pid_tgid) = traced() else { return };
     let Some(call) = (unsafe { MAP_CALLS.get(&pid_tgid) }).copied() else {
         return;
     };
+    if call.by_wrapper == 0 {
+        return;
+    }
     let _ = MAP_CALLS.remove(&pid_tgid);
+    let ret: u64 = ctx.ret();
+    map_done(ctx, pid_tgid, &call, 0, ret);
+}
+
+/// The mapping a system call `[nr, a0, a1, a2, a3]` made at stack pointer `sp` makes, if it
+/// is one tracer records: anonymous accessible mmaps, munmaps, mremaps, outside any allocator
+/// call.
+#[inline(always)]
+fn map_call(pid_tgid: u64, sp: u64, call: [u64; 5]) -> Option<MapCall> {
+    let [nr, a0, a1, a2, a3] = call;
+    if !is_map_syscall(nr) {
+        return None;
+    }
+    if nested_in_outer_call(pid_tgid, sp) {
+        // The allocator's own mapping (an arena, a large block): its blocks are the record.
+        bump(counter::NESTED);
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        return None;
+    }
+    let (addr, len) = match nr {
+        NR_MMAP => {
+            // Anonymous and accessible: a reservation (PROT_NONE) is address space, not memory.
+            let (prot, flags) = (a2, a3);
+            if flags & MAP_ANONYMOUS == 0 || prot == 0 {
+                return None;
+            }
+            (0, a1)
+        }
+        NR_MUNMAP => (a0, a1),
+        _ => (a0, a2),
+    };
+    Some(MapCall {
+        nr,
+        addr,
+        len,
+        by_wrapper: 0,
+    })
+}
+
+/// A system call's mapping, from the user registers it saved.
+#[inline(always)]
+fn syscall_call(pid_tgid: u64, regs: u64, nr: u64) -> Option<MapCall> {
+    let r = |off| reg(regs, off);
+    let sp = r(REGS_SP);
+    map_call(
+        pid_tgid,
+        sp,
+        [nr, r(REGS_DI), r(REGS_SI), r(REGS_DX), r(REGS_R10)],
+    )
+}
+
+/// `sys_enter` (the fallback without BPF trampolines): a traced mapping call is kept until its
+/// exit.
+#[inline(always)]
+pub fn map_enter(regs: u64, nr: u64) {
+    let Some(pid_tgid) = traced() else { return };
+    let Some(call) = syscall_call(pid_tgid, regs, nr) else {
+        return;
+    };
+    // A wrapper that keeps its own call (see `map_caller`) is left to its return.
+    if MAP_CALLS
+        .insert(&pid_tgid, &call, BPF_NOEXIST as u64)
+        .is_err()
+        && unsafe { MAP_CALLS.get(&pid_tgid) }.is_none()
+    {
+        lose(counter::INFLIGHT_FULL);
+    }
+}
+
+/// `sys_exit` (the fallback): a kept mapping call's result.
+#[inline(always)]
+pub fn map_exit<C: EbpfContext>(ctx: &C, regs: u64, ret: u64) {
+    let Some(pid_tgid) = traced() else { return };
+    let Some(call) = (unsafe { MAP_CALLS.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    if call.by_wrapper != 0 {
+        return;
+    }
+    let _ = MAP_CALLS.remove(&pid_tgid);
+    map_done(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret);
+}
+
+/// fexit of the mapping system call `nr` itself: its arguments and result at once, and only
+/// that system call pays (other processes' system calls run no program).
+#[inline(always)]
+pub fn map_syscall<C: EbpfContext>(ctx: &C, nr: u64, regs: u64, ret: u64) {
+    let Some(pid_tgid) = traced() else { return };
+    let Some(call) = syscall_call(pid_tgid, regs, nr) else {
+        return;
+    };
+    map_done(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret);
+}
+
+/// A recorded mapping call returned `ret`: the mapping (with its stack) or unmapping is sent.
+/// `sp`: the stack pointer of the system call, whose stack starts in the C library's wrapper
+/// when one was called (0: the stack is taken at the wrapper's return, at its caller).
+#[inline(always)]
+fn map_done<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &MapCall, sp: u64, ret: u64) {
     // -4095..-1 are errors: nothing changed.
     if ret > (-4096i64) as u64 {
         let _ = MAP_CALLERS.remove(&pid_tgid);
@@ -827,8 +920,11 @@ pub fn map_exit(ctx: &RawTracePointContext, regs: u64, ret: u64) {
         return;
     };
     bump(counter::MAPS);
-    let sp = reg(regs, REGS_SP);
-    let caller = MAP_CALLERS.get_ptr(&pid_tgid);
+    let caller = if sp == 0 {
+        None
+    } else {
+        MAP_CALLERS.get_ptr(&pid_tgid)
+    };
     let p = entry.as_mut_ptr();
     unsafe {
         (*p).alloc = AllocRecord {

@@ -9,8 +9,8 @@
 mod alloc;
 
 use aya_ebpf::{
-    macros::{raw_tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    macros::{fexit, raw_tracepoint, uprobe, uretprobe},
+    programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 
 /// `sched_process_exec` (a raw tracepoint: attached by name, no tracefs needed): a process
@@ -28,7 +28,29 @@ pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Entry of every system call: mmap, munmap and mremap of traced processes are noted.
+/// Return of the kernel's `mmap(2)`: `(regs, ret)`, the caller's registers and the result.
+#[fexit(function = "__x64_sys_mmap")]
+pub fn mmap_exit(ctx: FExitContext) -> i32 {
+    alloc::map_syscall(&ctx, alloc::NR_MMAP, ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Return of the kernel's `munmap(2)`.
+#[fexit(function = "__x64_sys_munmap")]
+pub fn munmap_exit(ctx: FExitContext) -> i32 {
+    alloc::map_syscall(&ctx, alloc::NR_MUNMAP, ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Return of the kernel's `mremap(2)`.
+#[fexit(function = "__x64_sys_mremap")]
+pub fn mremap_exit(ctx: FExitContext) -> i32 {
+    alloc::map_syscall(&ctx, alloc::NR_MREMAP, ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Without BPF trampolines, entry of every system call: mmap, munmap and mremap of traced
+/// processes are noted.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr = ctx.arg::<u64>(1);
@@ -38,17 +60,25 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Exit of every system call: a noted mapping call's result is sent.
+/// Without BPF trampolines, exit of every system call: a noted mapping call's result is sent.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     alloc::map_exit(&ctx, ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
 
-/// Entry of the C library's `mmap`, `munmap`, `mremap`: remembers the caller.
+/// Entry of the C library's `mmap`, `munmap`, `mremap`, `syscall`: remembers the caller, or
+/// keeps the call for its return.
 #[uprobe]
 pub fn map_caller(ctx: ProbeContext) -> u32 {
     alloc::map_caller(&ctx);
+    0
+}
+
+/// Return of a C-library mapping wrapper whose call is the record.
+#[uretprobe]
+pub fn map_return(ctx: RetProbeContext) -> u32 {
+    alloc::map_return(&ctx);
     0
 }
 

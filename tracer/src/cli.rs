@@ -46,8 +46,11 @@ pub struct Cli {
     pub follow_children: bool,
 
     /// Do not trace anonymous memory mappings (mmap, munmap, mremap made by the program
-    /// itself rather than by its allocator). Tracing them costs every process on the host a
-    /// few instructions per system call.
+    /// itself rather than by its allocator). They are traced by fexit on the kernel's mmap,
+    /// munmap and mremap functions, which no other system call pays for; where the kernel
+    /// refuses those, by uprobes on the C library's wrappers in the traced processes; for a Go
+    /// program or every process, by the sys_enter/sys_exit tracepoints, which cost every system
+    /// call of every process on the host a BPF program (a note at start says so).
     #[arg(long)]
     pub no_mmap: bool,
 

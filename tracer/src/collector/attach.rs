@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
 
 use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::RawTracePoint;
 use aya::{
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -12,11 +13,13 @@ use aya::{
     },
     Ebpf,
 };
-use tracer_common::{AllocFn, COOKIE_ENTRY_ONLY, COOKIE_NESTING_FREES};
+use tracer_common::{
+    AllocFn, COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES,
+};
 
 use super::{
     multi::MultiPrograms,
-    probes::{Group, ProbeSpec, FREE_PROGRAM, PROBES, RETURN_PROGRAM},
+    probes::{Group, ProbeSpec, FREE_PROGRAM, MAP_RETURN_PROGRAM, PROBES, RETURN_PROGRAM},
     target::{file_id, AllocatorLib},
 };
 
@@ -32,8 +35,29 @@ pub const EXIT_SPEC: ProbeSpec = ProbeSpec {
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
 
+/// How the memory-mapping system calls (mmap, munmap, mremap) are seen.
+pub enum MapHook {
+    /// Not traced (--no-mmap).
+    Off,
+    /// fexit programs on the system calls: every call is seen and no other system call pays;
+    /// the C library's wrappers are probed at entry only, to name the caller.
+    Fexit,
+    /// No fexit here (`why`): the C library's wrappers are the record (entry and return) for
+    /// the processes whose mappings they all make, and the sys_enter/sys_exit tracepoints,
+    /// which every system call on the host pays for, are attached at the first process that
+    /// needs them (a Go runtime's own system calls, every process traced).
+    /// `wrappers` false: the tracepoints for every process (a test's choice).
+    NoFexit {
+        why: String,
+        wrappers: bool,
+        tracepoints: bool,
+    },
+}
+
 pub struct Attached {
-    trace_maps: bool,
+    maps: MapHook,
+    /// Every process is traced (no pid filter): the tracepoints see all of them.
+    system_wide: bool,
     /// Every uprobe attached through aya (one perf event each), by program: detached
     /// together when the collector goes.
     links: Vec<(&'static str, UProbeLinkId)>,
@@ -47,9 +71,10 @@ pub struct Attached {
 }
 
 impl Attached {
-    pub fn new(trace_maps: bool, multi: Option<MultiPrograms>) -> Attached {
+    pub fn new(maps: MapHook, system_wide: bool, multi: Option<MultiPrograms>) -> Attached {
         Attached {
-            trace_maps,
+            maps,
+            system_wide,
             links: Vec::new(),
             multi,
             multi_links: Vec::new(),
@@ -76,9 +101,38 @@ impl Attached {
             None => UProbeScope::AllProcesses,
         };
         let mut warnings = Vec::new();
+        let system_wide = self.system_wide;
+        let mut by_wrappers = !system_wide && lib.maps_by_wrappers();
+        if let MapHook::NoFexit {
+            why,
+            wrappers,
+            tracepoints,
+        } = &mut self.maps
+        {
+            by_wrappers &= *wrappers;
+            if !by_wrappers && !*tracepoints {
+                attach_syscall_tracepoints(ebpf)?;
+                *tracepoints = true;
+                warnings.push(format!(
+                    "memory mappings are traced by the sys_enter/sys_exit tracepoints, which \
+                     every system call of every process on the host pays for ({}), because \
+                     fexit on the mapping system calls is not available here ({why}); \
+                     --no-mmap does without",
+                    if lib.raw_map_syscalls {
+                        format!("{} makes them without the C library", lib.path.display())
+                    } else if system_wide {
+                        "every process is traced".to_string()
+                    } else {
+                        "the C library's wrappers are not probed".to_string()
+                    }
+                ));
+            }
+        } else {
+            by_wrappers = false;
+        }
         if lib.mappings_only() {
             // A pure Go program: its runtime's mappings are all there is to trace.
-            if !self.trace_maps {
+            if matches!(self.maps, MapHook::Off) {
                 bail!(
                     "{} is a Go program without the C library: with --no-mmap there is nothing \
                      of it to trace (its heap grows by memory mappings)",
@@ -104,24 +158,27 @@ impl Attached {
             }
         }
         for file in std::iter::once(lib).chain(&lib.also) {
-            self.attach_file(ebpf, file, scope)?;
+            self.attach_file(ebpf, file, scope, by_wrappers)?;
         }
         Ok(warnings)
     }
 
     /// One file's probes: one per address (aliases share one), returns before entries so
-    /// that every entry the programs record has its return probed too.
+    /// that every entry the programs record has its return probed too. `by_wrappers`: the C
+    /// library's mapping wrappers are the record of the process's mappings (see [`MapHook`]).
     fn attach_file(
         &mut self,
         ebpf: &mut Ebpf,
         lib: &AllocatorLib,
         scope: UProbeScope,
+        by_wrappers: bool,
     ) -> Result<()> {
         let mut seen = HashSet::new();
+        let trace_maps = !matches!(self.maps, MapHook::Off);
         let plan: Vec<_> = lib
             .functions
             .iter()
-            .filter(|(p, _)| self.trace_maps || p.group != Group::Syscall)
+            .filter(|(p, _)| trace_maps || p.group != Group::Syscall)
             .filter(|(_, off)| seen.insert(*off))
             .copied()
             .collect();
@@ -129,6 +186,11 @@ impl Attached {
         // checked for nesting (glibc's lone free is not).
         let nesting = plan.iter().filter(|(p, _)| p.entry == FREE_PROGRAM).count() > 1;
         let flags = if nesting { COOKIE_NESTING_FREES } else { 0 };
+        let cookies = Cookies {
+            lib,
+            flags,
+            by_wrappers,
+        };
         // What this scope already has probed in this file stays as it is.
         let pid = match scope {
             UProbeScope::OneProcess(p) => Some(p.get()),
@@ -146,26 +208,19 @@ impl Attached {
             return Ok(());
         }
         if self.multi.is_some() {
-            return self.attach_file_multi(lib, &plan, exit, pid, flags);
-        }
-        let entry_flag = |p: &ProbeSpec| {
-            if lib.entry_only(p) {
-                COOKIE_ENTRY_ONLY
-            } else {
-                0
-            }
-        };
-        for (p, off) in plan
-            .iter()
-            .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
-        {
-            self.attach_one(ebpf, (RETURN_PROGRAM, p, *off), lib, scope, flags)?;
+            return self.attach_file_multi(&cookies, &plan, exit, pid);
         }
         for (p, off) in &plan {
-            self.attach_one(ebpf, (p.entry, p, *off), lib, scope, flags | entry_flag(p))?;
+            if let Some(ret) = cookies.return_program(p) {
+                self.attach_one(ebpf, (ret, *off, cookies.of(p)), p.symbol, lib, scope)?;
+            }
+        }
+        for (p, off) in &plan {
+            self.attach_one(ebpf, (p.entry, *off, cookies.of(p)), p.symbol, lib, scope)?;
         }
         if let Some(off) = exit {
-            self.attach_one(ebpf, (EXIT_PROGRAM, &EXIT_SPEC, off), lib, scope, 0)?;
+            let cookie = EXIT_SPEC.func as u64;
+            self.attach_one(ebpf, (EXIT_PROGRAM, off, cookie), "exit", lib, scope)?;
         }
         Ok(())
     }
@@ -173,33 +228,27 @@ impl Attached {
     /// [`attach_file`]'s plan as uprobe-multi links: one per program, returns first.
     fn attach_file_multi(
         &mut self,
-        lib: &AllocatorLib,
+        cookies: &Cookies,
         plan: &[(&'static ProbeSpec, u64)],
         exit: Option<u64>,
         pid: Option<u32>,
-        flags: u64,
     ) -> Result<()> {
-        let cookie = |p: &ProbeSpec| {
-            p.func as u64
-                | flags
-                | if lib.entry_only(p) {
-                    COOKIE_ENTRY_ONLY
-                } else {
-                    0
-                }
-        };
-        let mut groups: Vec<LinkPlan> = vec![(
-            RETURN_PROGRAM,
-            true,
-            plan.iter()
-                .filter(|(p, _)| p.has_return() && !lib.entry_only(p))
-                .map(|(p, off)| (*off, cookie(p)))
-                .collect(),
-        )];
+        let lib = cookies.lib;
+        let mut returns: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         let mut entries: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         for (p, off) in plan {
-            entries.entry(p.entry).or_default().push((*off, cookie(p)));
+            if let Some(ret) = cookies.return_program(p) {
+                returns.entry(ret).or_default().push((*off, cookies.of(p)));
+            }
+            entries
+                .entry(p.entry)
+                .or_default()
+                .push((*off, cookies.of(p)));
         }
+        let mut groups: Vec<LinkPlan> = returns
+            .into_iter()
+            .map(|(prog, probes)| (prog, true, probes))
+            .collect();
         groups.extend(
             entries
                 .into_iter()
@@ -243,14 +292,14 @@ impl Attached {
         Ok(())
     }
 
-    /// One uprobe: `program` on `spec`'s function at `offset` of `lib`.
+    /// One uprobe: `program` on `symbol` at `offset` of `lib`, with `cookie`.
     fn attach_one(
         &mut self,
         ebpf: &mut Ebpf,
-        (program, spec, offset): (&'static str, &ProbeSpec, u64),
+        (program, offset, cookie): (&'static str, u64, u64),
+        symbol: &str,
         lib: &AllocatorLib,
         scope: UProbeScope,
-        cookie_flags: u64,
     ) -> Result<()> {
         let prog: &mut UProbe = ebpf
             .program_mut(program)
@@ -258,11 +307,11 @@ impl Attached {
             .try_into()?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(spec.func as u64 | cookie_flags),
+            cookie: Some(cookie),
         };
         let id = prog
             .attach(point, &lib.open_path, scope)
-            .map_err(|e| explain_attach_error(e, spec.symbol, offset, lib))?;
+            .map_err(|e| explain_attach_error(e, symbol, offset, lib))?;
         self.links.push((program, id));
         Ok(())
     }
@@ -276,6 +325,59 @@ impl Attached {
     pub fn has_multi(&self) -> bool {
         self.multi.is_some()
     }
+}
+
+/// The uprobe cookies of one file's probes, and which have return probes.
+struct Cookies<'a> {
+    lib: &'a AllocatorLib,
+    /// [`COOKIE_NESTING_FREES`] or 0.
+    flags: u64,
+    /// The mapping wrappers are the record (see [`MapHook::NoFexit`]).
+    by_wrappers: bool,
+}
+
+impl Cookies<'_> {
+    fn of(&self, p: &ProbeSpec) -> u64 {
+        let mut c = p.func as u64 | self.flags;
+        if self.lib.entry_only(p) {
+            c |= COOKIE_ENTRY_ONLY;
+        }
+        if p.group == Group::Syscall {
+            c |= p.map_syscall() << COOKIE_MAP_NR_SHIFT;
+            if self.by_wrappers {
+                c |= COOKIE_MAP_CALL;
+            }
+        }
+        c
+    }
+
+    /// The program on `p`'s return, if it has one.
+    fn return_program(&self, p: &ProbeSpec) -> Option<&'static str> {
+        if p.group == Group::Syscall {
+            return self.by_wrappers.then_some(MAP_RETURN_PROGRAM);
+        }
+        (p.has_return() && !self.lib.entry_only(p)).then_some(RETURN_PROGRAM)
+    }
+}
+
+/// The sys_enter/sys_exit raw tracepoints that see the mapping system calls where fexit
+/// cannot: every system call of every process runs them.
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<()> {
+    for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the eBPF object"))?
+            .try_into()?;
+        p.load()
+            .map_err(|e| anyhow!("the kernel's verifier rejected program {prog}: {e}"))?;
+        p.attach(tp).map_err(|e| {
+            anyhow!(
+                "cannot attach to the {tp} raw tracepoint (needs CONFIG_BPF_EVENTS; --no-mmap \
+                 does without): {e}"
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn explain_attach_error(

@@ -11,15 +11,15 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{RawTracePoint, UProbe},
+    programs::{FExit, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{counter, globals, names};
 
 use super::{
-    attach::{Attached, EXIT_PROGRAM},
+    attach::{Attached, MapHook, EXIT_PROGRAM},
     multi::MultiPrograms,
-    probes::{entry_programs, RETURN_PROGRAM},
+    probes::{entry_programs, MAP_RETURN_PROGRAM, RETURN_PROGRAM},
     stacks::Stacks,
     stream::{Reader, ReaderCounts},
     target::AllocatorLib,
@@ -28,6 +28,12 @@ use super::{
 
 /// Follows forks (--follow-children).
 const FORK_PROGRAM: &str = "process_fork";
+/// The mapping system calls' fexit programs and the kernel functions they attach to.
+const MAP_SYSCALL_PROGRAMS: [(&str, &str); 3] = [
+    ("mmap_exit", "__x64_sys_mmap"),
+    ("munmap_exit", "__x64_sys_munmap"),
+    ("mremap_exit", "__x64_sys_mremap"),
+];
 /// Reports execs (and holds a launched process at exec until its new program is probed).
 const EXEC_PROGRAM: &str = "process_exec";
 
@@ -152,6 +158,48 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
     }
 }
 
+/// How the mapping system calls are seen: fexit of the kernel's `__x64_sys_mmap`,
+/// `__x64_sys_munmap` and `__x64_sys_mremap` where the kernel allows it, so no other system call
+/// runs a program; else see [`MapHook::NoFexit`].
+fn hook_map_syscalls(ebpf: &mut Ebpf) -> MapHook {
+    // TRACER_MAP_HOOK=wrappers or =tracepoints does without fexit, as on kernels without BPF
+    // trampolines, and the latter without the wrappers too (tests).
+    let forced = std::env::var("TRACER_MAP_HOOK").ok();
+    let mut fexits = || -> Result<()> {
+        if let Some(f) = forced.as_deref().filter(|f| *f != "fexit") {
+            bail!("TRACER_MAP_HOOK={f}");
+        }
+        let btf = aya::Btf::from_sys_fs().context("no kernel BTF")?;
+        for (prog, func) in MAP_SYSCALL_PROGRAMS {
+            let p: &mut FExit = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load(func, &btf)
+                .with_context(|| format!("cannot load fexit of {func}"))?;
+            p.attach()
+                .with_context(|| format!("cannot attach fexit of {func}"))?;
+        }
+        Ok(())
+    };
+    let why = match fexits() {
+        Ok(()) => return MapHook::Fexit,
+        Err(e) => format!("{e:#}"),
+    };
+    // Drop what did attach: a half set would record some calls twice.
+    for (prog, _) in MAP_SYSCALL_PROGRAMS {
+        let p: Option<&mut FExit> = ebpf.program_mut(prog).and_then(|p| p.try_into().ok());
+        if let Some(p) = p {
+            let _ = p.unload();
+        }
+    }
+    MapHook::NoFexit {
+        why,
+        wrappers: forced.as_deref() != Some("tracepoints"),
+        tracepoints: false,
+    }
+}
+
 impl EbpfCollector {
     /// Loads the programs and maps (nothing is attached yet).
     pub fn load(s: &Settings) -> Result<EbpfCollector> {
@@ -187,7 +235,7 @@ impl EbpfCollector {
             .map_err(explain_load_error)?;
         let uprobes: Vec<&'static str> = entry_programs()
             .into_iter()
-            .chain([RETURN_PROGRAM, EXIT_PROGRAM])
+            .chain([RETURN_PROGRAM, MAP_RETURN_PROGRAM, EXIT_PROGRAM])
             .collect();
         // uprobe-multi links where the kernel has them (TRACER_UPROBE_MULTI=0 forces the
         // perf-event probes, as on older kernels); loaded before any map is taken out of aya.
@@ -215,19 +263,12 @@ impl EbpfCollector {
         exec.attach("sched_process_exec").map_err(|e| {
             anyhow!("cannot attach to the sched_process_exec raw tracepoint (needs CONFIG_BPF_EVENTS): {e}")
         })?;
-        if s.trace_maps {
-            for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
-                let p: &mut RawTracePoint = ebpf
-                    .program_mut(prog)
-                    .with_context(|| format!("program {prog} missing from the eBPF object"))?
-                    .try_into()?;
-                p.load()
-                    .map_err(|e| anyhow!("the kernel's verifier rejected program {prog}: {e}"))?;
-                p.attach(tp).map_err(|e| {
-                    anyhow!("cannot attach to the {tp} raw tracepoint (needs CONFIG_BPF_EVENTS; --no-mmap does without): {e}")
-                })?;
-            }
-        }
+        let maps = if s.trace_maps {
+            hook_map_syscalls(&mut ebpf)
+        } else {
+            MapHook::Off
+        };
+        let system_wide = s.filter_pid == 0 && s.filter_set.is_empty();
         if s.follow_forks {
             let fork: &mut RawTracePoint = ebpf
                 .program_mut(FORK_PROGRAM)
@@ -286,7 +327,7 @@ impl EbpfCollector {
             lost_by_pid,
             followed,
             notices: Some(notices),
-            attached: Attached::new(s.trace_maps, multi),
+            attached: Attached::new(maps, system_wide, multi),
         })
     }
 

@@ -34,8 +34,9 @@ pub enum Group {
     /// any file that defines it, even one whose `malloc` is not the process's (a Rust program
     /// with a jemalloc or mimalloc global allocator linked in).
     Own,
-    /// The C library's memory-mapping wrappers: probed at entry only, to learn the caller of
-    /// the syscall the tracepoints see.
+    /// The C library's memory-mapping wrappers: probed at entry to learn the caller of the
+    /// system call its own probe sees; where the system calls have none (no BPF trampolines),
+    /// at entry and return, as the record itself (see `COOKIE_MAP_CALL`).
     Syscall,
     /// C++'s `__cxa_throw`, probed at entry in the first file that defines it: an `operator
     /// new` that throws never returns, and its uretprobe would stop the exception.
@@ -47,6 +48,8 @@ pub const CXX_NEW: &str = "_Znwm";
 pub const RETURN_PROGRAM: &str = "alloc_return";
 pub const FREE_PROGRAM: &str = "free";
 pub const MAP_CALLER_PROGRAM: &str = "map_caller";
+/// The return of a C-library mapping wrapper whose call is the record.
+pub const MAP_RETURN_PROGRAM: &str = "map_return";
 pub const THROW_PROGRAM: &str = "cxa_throw";
 
 impl ProbeSpec {
@@ -55,6 +58,17 @@ impl ProbeSpec {
         self.entry != FREE_PROGRAM
             && self.entry != MAP_CALLER_PROGRAM
             && self.entry != THROW_PROGRAM
+    }
+
+    /// A mapping wrapper's system call number (x86_64), in its cookie: 0 for `syscall()`, whose
+    /// first argument it is.
+    pub fn map_syscall(&self) -> u64 {
+        match self.symbol {
+            "mmap" | "mmap64" => 9,
+            "munmap" => 11,
+            "mremap" => 25,
+            _ => 0,
+        }
     }
 
     /// Without these a process's books would be wrong.
@@ -240,11 +254,13 @@ pub const PROBES: &[ProbeSpec] = &[
     ),
     p("mi_heap_destroy", HeapDestroy, "heap_release", Own),
     p("mi_heap_delete", HeapDelete, "heap_release", Own),
-    // The C library's mapping wrappers (mmap64 is mmap's other name).
+    // The C library's mapping wrappers (mmap64 is mmap's other name), and `syscall()`, whose
+    // first argument says which.
     p("mmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mmap64", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("munmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mremap", Mremap, MAP_CALLER_PROGRAM, Syscall),
+    p("syscall", Mmap, MAP_CALLER_PROGRAM, Syscall),
     // Its cookie is unused.
     p("__cxa_throw", New, THROW_PROGRAM, Throw),
 ];

@@ -37,6 +37,9 @@ pub struct AllocatorLib {
     pub also: Vec<AllocatorLib>,
     /// What tracer cannot see in this process (a language runtime with a heap of its own).
     pub notes: Vec<String>,
+    /// The program makes memory-mapping system calls without the C library (Go's runtime):
+    /// only probes on the system calls themselves see them.
+    pub raw_map_syscalls: bool,
 }
 
 impl AllocatorLib {
@@ -52,6 +55,15 @@ impl AllocatorLib {
         p.group == Group::CxxNew
             && !matches!(self.kind, "jemalloc" | "tcmalloc" | "mimalloc")
             && (!self.defines("malloc") || matches!(self.kind, "glibc" | "musl"))
+    }
+
+    /// Its memory mappings are all made through the C library's wrappers, which are probed
+    /// (see `probes::Group::Syscall`): no other program needs to see the system calls.
+    pub fn maps_by_wrappers(&self) -> bool {
+        !self.raw_map_syscalls
+            && std::iter::once(self)
+                .chain(&self.also)
+                .any(|f| f.functions.iter().any(|(p, _)| p.group == Group::Syscall))
     }
 
     /// Nothing to probe: a pure Go program, whose runtime's mappings are all there is.
@@ -250,6 +262,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
                 functions: Vec::new(),
                 exit: None,
                 also: Vec::new(),
+                raw_map_syscalls: true,
                 notes: vec![format!(
                     "{} is a Go program without the C library: the Go runtime manages its \
                      heap with no malloc; tracer sees the memory mappings the runtime grows it \
@@ -268,6 +281,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
             exit,
             also: Vec::new(),
             notes: Vec::new(),
+            raw_map_syscalls: false,
         }
     };
     let m = &scanned[main].2;
@@ -313,6 +327,7 @@ pub fn choose(candidates: Vec<(PathBuf, PathBuf)>) -> Result<Option<AllocatorLib
         }
     }
     out.notes = notes;
+    out.raw_map_syscalls = scanned.first().is_some_and(|(_, _, f)| f.go);
     Ok(Some(out))
 }
 
