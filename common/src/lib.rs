@@ -15,8 +15,7 @@ pub mod kind {
     /// An [`ExecRecord`](super::ExecRecord): the process exec'd a new program (its old
     /// address space, and every block in it, is gone).
     pub const EXEC: u8 = 3;
-    /// An [`AllocStackRecord`](super::AllocStackRecord): an allocation whose stack collided
-    /// with another in the stack map, carrying its stack itself.
+    /// An [`AllocStackRecord`](super::AllocStackRecord): an allocation carrying its stack.
     pub const ALLOC_STACK: u8 = 4;
     /// A [`ForkRecord`](super::ForkRecord): a followed process forked a new process (which is
     /// followed too).
@@ -182,7 +181,9 @@ pub struct AllocRecord {
     pub hdr: Header,
     /// Thread id of the allocating thread.
     pub tid: u32,
-    /// Id of the user stack in the `STACKS` map, or a negative errno when it could not be taken.
+    /// A negative errno when the record has no stack (a release, or a stack that could not be
+    /// taken); the records with one are [`AllocStackRecord`]s. (Recordings keep the
+    /// collector's own ids here.)
     pub stack_id: i32,
     pub addr: u64,
     /// realloc's input block. For an `operator new` probed at entry only
@@ -199,8 +200,8 @@ pub struct AllocRecord {
     pub heap: u64,
 }
 
-/// An allocation with its user stack inline (the stack map had another stack in its bucket):
-/// `nr_bytes` of `ips` are valid return addresses, innermost first.
+/// An allocation with its user stack: `nr_bytes` of `ips` are return addresses, innermost
+/// first. Only the record and those bytes travel on the ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocStackRecord {
@@ -300,13 +301,10 @@ pub mod counter {
     pub const RING_FULL_ALLOC: u32 = 0;
     /// Free records dropped because the ring buffer was full.
     pub const RING_FULL_FREE: u32 = 1;
-    /// Allocations whose stack hashed onto a different stack already in the stack map and could
-    /// not be sent inline either.
+    /// Allocations whose stack collided in a stack map (tracers before stacks came inline with
+    /// every record; no longer bumped, kept so that counters keep their positions).
     pub const STACK_COLLISION: u32 = 2;
-    /// Allocations whose stack could not be taken for another reason (map full, fault), or
-    /// whose stack map was emptied before the allocation completed (see [`STACK_EPOCH`]).
-    ///
-    /// [`STACK_EPOCH`]: super::names::STACK_EPOCH
+    /// Allocations whose stack could not be kept (an entry-only call's per-thread slot).
     pub const STACK_FAILED: u32 = 3;
     /// Allocator calls missed because the in-flight map (entry → return) was full.
     pub const INFLIGHT_FULL: u32 = 4;
@@ -329,7 +327,8 @@ pub mod counter {
     pub const EXIT_STOPS: u32 = 11;
     /// Allocations outside the --min-size/--max-size range: not recorded.
     pub const FILTERED: u32 = 12;
-    /// Stack-map collisions recovered by sending the stack inline (not a loss).
+    /// Stack-map collisions recovered by sending the stack inline (tracers before stacks came
+    /// inline with every record; no longer bumped).
     pub const STACK_INLINE: u32 = 15;
     /// Exec records dropped because the ring buffer was full.
     pub const RING_FULL_EXEC: u32 = 13;
@@ -377,7 +376,6 @@ pub mod losses {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Fix {
         RingSize,
-        StackSlots,
         /// No flag: the sentence says why.
         Nothing,
     }
@@ -451,16 +449,18 @@ pub mod losses {
             key: "stack_collisions",
             what: "allocations without their stack",
             touches: Touches::NoStack,
-            fix: Fix::StackSlots,
-            why: "",
+            fix: Fix::Nothing,
+            why: "their stacks collided in the stack map of the tracer that recorded this \
+                  (tracers since then send every stack with its record)",
         },
         Loss {
             count: Count::Kernel(counter::STACK_FAILED),
             key: "stack_failures",
             what: "allocations without their stack",
             touches: Touches::NoStack,
-            fix: Fix::StackSlots,
-            why: "",
+            fix: Fix::Nothing,
+            why: "their stack could not be kept until the call completed, or the stack ids \
+                  ran out (a bug: please report it)",
         },
         Loss {
             count: Count::Kernel(counter::INFLIGHT_FULL),
@@ -505,17 +505,6 @@ pub mod losses {
 /// Names of the map and programs userspace looks up in the object.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
-    /// Two stack maps take turns (see [`STACK_EPOCH`]): `STACKS` in even epochs,
-    /// `STACKS_ODD` in odd ones.
-    pub const STACKS: &str = "STACKS";
-    pub const STACKS_ODD: &str = "STACKS_ODD";
-    /// `u32` array of two, written by userspace: `[0]` the current epoch, whose parity names
-    /// the stack map new stacks go to; `[1]` the oldest epoch whose map still holds its stacks.
-    /// A stack map is never emptied while a record naming one of its ids may still come:
-    /// userspace moves to the next epoch, drains what the old one's stacks named, then
-    /// empties it (after raising `[1]`), and only then may the epoch after next reuse it.
-    /// Stack ids carry their epoch (see [`stack_ref`]).
-    pub const STACK_EPOCH: &str = "STACK_EPOCH";
     pub const INFLIGHT: &str = "INFLIGHT";
     pub const COUNTERS: &str = "COUNTERS";
     /// `u32 tgid → u32 parent tgid`: the processes traced besides `FILTER_PID`: followed
@@ -551,29 +540,7 @@ pub mod globals {
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 }
 
-/// Bits of a stack id that are the stack map's own id (at most 2^20 slots are allowed); the
-/// bits above hold the low bits of the map's epoch (see [`names::STACK_EPOCH`]).
-pub const STACK_ID_BITS: u32 = 24;
-/// Epoch bits a stack id carries (bits 24..30: the id stays positive and below 2^30).
-pub const STACK_EPOCH_MASK: u32 = 0x3f;
-
-/// A stack id as records carry it: the map's id and the epoch it was taken in.
-#[inline(always)]
-pub fn stack_ref(id: u32, epoch: u32) -> i32 {
-    ((id & ((1 << STACK_ID_BITS) - 1)) | ((epoch & STACK_EPOCH_MASK) << STACK_ID_BITS)) as i32
-}
-
-/// The (epoch's low bits, map id) of a non-negative [`stack_ref`].
-#[inline(always)]
-pub fn stack_ref_parts(r: i32) -> (u32, u32) {
-    let r = r as u32;
-    (
-        (r >> STACK_ID_BITS) & STACK_EPOCH_MASK,
-        r & ((1 << STACK_ID_BITS) - 1),
-    )
-}
-
-/// Deepest user stack the kernel stores per stack id (`PERF_MAX_STACK_DEPTH`).
+/// Deepest user stack a record carries (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
 /// Uprobe cookie: the low byte is the [`AllocFn`]; this bit says the probed file has several
@@ -608,8 +575,8 @@ pub struct InFlight {
     pub nesting_frees: u8,
     /// Probed at entry only ([`COOKIE_ENTRY_ONLY`]): completed by a nested call's return.
     pub entry_only: u8,
-    /// An entry-only call's stack, taken at its entry (a negative errno when it failed;
-    /// [`STACK_AT_ENTRY_INLINE`] when it is kept whole in the per-thread entry stack).
+    /// An entry-only call's stack, taken at its entry: [`STACK_AT_ENTRY_INLINE`] when it is
+    /// kept in the per-thread entry stack, a negative errno when it could not be.
     pub stack_id: i32,
     /// The heap named by the caller (`mi_heap_*`), 0 when none.
     pub heap: u64,
@@ -622,13 +589,11 @@ pub struct InFlight {
     pub inner_sp: u64,
     pub inner_ptr: u64,
     pub inner_func: u8,
-    pub _pad: [u8; 3],
-    /// The epoch `stack_id` was taken in (see `names::STACK_EPOCH`).
-    pub stack_epoch: u32,
+    pub _pad: [u8; 7],
 }
 
-/// [`InFlight::stack_id`] of an entry-only call whose stack collided in the stack map: the
-/// stack itself waits in a per-thread map for the call's completion.
+/// [`InFlight::stack_id`] of an entry-only call whose stack waits in a per-thread map for the
+/// call's completion.
 pub const STACK_AT_ENTRY_INLINE: i32 = i32::MIN;
 
 #[cfg(feature = "user")]

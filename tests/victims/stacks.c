@@ -1,5 +1,5 @@
-// stacks: one leaked block from each of N call depths (N distinct stacks), so a stack map
-// with fewer buckets than N must see collisions. Prints the truth at exit.
+// stacks: one leaked block from each of N call depths (N distinct stacks, each of its own
+// depth). Prints the truth at exit.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

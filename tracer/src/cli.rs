@@ -63,11 +63,6 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
 
-    /// Distinct user stacks the kernel can hold. Raise it when the report counts stack
-    /// collisions or failures.
-    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
-    pub stack_slots: u32,
-
     /// Record only allocations of at least this many bytes (filtered in the kernel: smaller
     /// calls cost less). K/M/G suffixes.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]

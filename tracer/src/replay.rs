@@ -44,7 +44,6 @@ pub fn run_to(file: &Path, opts: ReportOptions, out: Box<dyn std::io::Write>) ->
     };
     let limits = LimitSettings {
         ring_size: head.ring_size,
-        stack_slots: head.stack_slots,
     };
     let gate = Arc::new(Gate::default());
     let view = tui::start_if_asked(&opts, tui::Source::Replay, limits, {

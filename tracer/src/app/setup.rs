@@ -77,7 +77,6 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let settings = Settings {
             filter_pid: head_pid,
             ring_size: t.ring_size,
-            stack_slots: t.stack_slots,
             min_size: t.min_size,
             max_size: t.max_size,
             follow_forks: t.follow_children,
@@ -248,7 +247,6 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64),
             ring_size: t.ring_size,
-            stack_slots: t.stack_slots,
         };
         let recorder = match &t.record {
             Some(path) => Some(Recorder::create(path, &head)?),
@@ -256,7 +254,6 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         };
         let limits = LimitSettings {
             ring_size: t.ring_size,
-            stack_slots: t.stack_slots,
         };
         let view = tui::start_if_asked(
             &opts,

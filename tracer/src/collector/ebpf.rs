@@ -3,14 +3,11 @@
 //!
 //! Needs: root (or CAP_BPF + CAP_PERFMON), a kernel with uprobes, BPF ring buffers (5.8) and
 //! uprobe cookies (5.15).
-use std::{
-    os::fd::RawFd,
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
     programs::{FExit, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
@@ -43,7 +40,6 @@ pub struct Settings {
     /// Only this process is traced (0: every process).
     pub filter_pid: u32,
     pub ring_size: u32,
-    pub stack_slots: u32,
     /// Only allocations of `min_size..=max_size` bytes are recorded.
     pub min_size: u64,
     pub max_size: u64,
@@ -229,8 +225,6 @@ impl EbpfCollector {
                 true,
             )
             .map_max_entries(names::EVENTS, s.ring_size)
-            .map_max_entries(names::STACKS, s.stack_slots)
-            .map_max_entries(names::STACKS_ODD, s.stack_slots)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         let uprobes: Vec<&'static str> = entry_programs()
@@ -290,21 +284,6 @@ impl EbpfCollector {
         }
         let ring_buf = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let notices = RingBuf::try_from(ebpf.take_map(names::NOTICES).context("no NOTICES map")?)?;
-        let stack_map = |ebpf: &mut Ebpf, name: &str| -> Result<(StackTraceMap<MapData>, RawFd)> {
-            let map = ebpf
-                .take_map(name)
-                .with_context(|| format!("no {name} map"))?;
-            let fd = super::multi::map_fd(&map).with_context(|| format!("no fd for {name}"))?;
-            Ok((StackTraceMap::try_from(map)?, fd))
-        };
-        let stack_maps = [
-            stack_map(&mut ebpf, names::STACKS)?,
-            stack_map(&mut ebpf, names::STACKS_ODD)?,
-        ];
-        let stack_epoch = aya::maps::Array::try_from(
-            ebpf.take_map(names::STACK_EPOCH)
-                .context("no STACK_EPOCH map")?,
-        )?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
         let lost_by_pid = AyaHashMap::try_from(
@@ -312,13 +291,7 @@ impl EbpfCollector {
                 .context("no LOST_BY_PID map")?,
         )?;
         let reader_counts = Arc::new(ReaderCounts::default());
-        let reader = Reader::new(
-            ring_buf,
-            stack_maps,
-            stack_epoch,
-            Stacks::new(s.stack_slots, STACKS_KEPT),
-            reader_counts.clone(),
-        );
+        let reader = Reader::new(ring_buf, Stacks::new(STACKS_KEPT), reader_counts.clone());
         Ok(EbpfCollector {
             ebpf: std::mem::ManuallyDrop::new(ebpf),
             reader: Some(reader),

@@ -22,7 +22,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{maps::Map, Ebpf};
 
 /// `BPF_MAP_DELETE_ELEM`, `BPF_PROG_LOAD`, `BPF_LINK_CREATE` (uapi/linux/bpf.h).
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
@@ -67,7 +66,6 @@ struct LinkCreateAttr {
 
 const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
 const _: () = assert!(std::mem::size_of::<LinkCreateAttr>() == 64);
-const _: () = assert!(std::mem::size_of::<MapElemAttr>() == 32);
 
 /// The `bpf` syscall with `attr`: its non-negative result, or the error.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
@@ -92,27 +90,6 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     let fd = bpf(cmd, attr)?;
     // SAFETY: a new file descriptor the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// `union bpf_attr` for `BPF_MAP_*_ELEM`.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// Deletes the entry of u32 `key` from map `fd` (aya has no call for it on stack maps).
-pub(super) fn delete_elem(fd: RawFd, key: u32) -> std::io::Result<()> {
-    let mut attr = MapElemAttr {
-        map_fd: fd as u32,
-        key: (&raw const key) as u64,
-        ..MapElemAttr::default()
-    };
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
 }
 
 /// The programs, loaded for uprobe-multi links, by name.

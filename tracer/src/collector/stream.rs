@@ -7,22 +7,18 @@
 //! counts what its full ring loses, as with no thread at all.
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use aya::maps::{Array, MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, RingBuf};
 
-use super::{
-    parse,
-    stacks::{Stacks, Step},
-    Event, Record,
-};
+use super::{parse, stacks::Stacks, Event, Record};
 
 /// The reader drains at least this often (the kernel wakes it sooner when a quarter of the
 /// ring is full, and for the records it sends at once).
@@ -53,34 +49,20 @@ pub struct ReaderCounts {
 /// Decodes the ring buffer into batches (what the thread runs).
 pub struct Reader {
     ring_buf: RingBuf<MapData>,
-    /// The two stack maps (even and odd epochs), their descriptors (owned by the maps), and
-    /// the epoch setting (see [`Stacks`]).
-    stack_maps: [StackTraceMap<MapData>; 2],
-    stack_fds: [RawFd; 2],
-    stack_epoch: Array<MapData, u32>,
     stacks: Stacks,
     counts: Arc<ReaderCounts>,
-    /// When the epochs were last stepped.
-    stepped: Instant,
 }
 
 impl Reader {
     pub(super) fn new(
         ring_buf: RingBuf<MapData>,
-        stack_maps: [(StackTraceMap<MapData>, RawFd); 2],
-        stack_epoch: Array<MapData, u32>,
         stacks: Stacks,
         counts: Arc<ReaderCounts>,
     ) -> Reader {
-        let [(even, even_fd), (odd, odd_fd)] = stack_maps;
         Reader {
             ring_buf,
-            stack_maps: [even, odd],
-            stack_fds: [even_fd, odd_fd],
-            stack_epoch,
             stacks,
             counts,
-            stepped: Instant::now(),
         }
     }
 
@@ -88,7 +70,6 @@ impl Reader {
     /// (see [`Stacks`]), and its frames come with the batch.
     fn drain(&mut self) -> Batch {
         self.stacks.trim();
-        self.step_epochs();
         let mut batch = Batch::default();
         while let Some(item) = self.ring_buf.next() {
             match parse(&item) {
@@ -100,14 +81,12 @@ impl Reader {
                     // A mapping's stack is a site of its own even where a heap block's stack
                     // has the same frames: the category is part of the key.
                     let mapping = a.func.is_mapping();
-                    if let Some(ips) = stack {
-                        a.stack_id = self.stacks.intern(mapping, ips);
-                    } else {
-                        let maps = &self.stack_maps;
-                        a.stack_id = self
-                            .stacks
-                            .resolve(a.stack_id, mapping, |m, id| read_stack(&maps[m], id));
-                    }
+                    a.stack_id = match stack {
+                        Some(ips) => self.stacks.intern(mapping, ips),
+                        // Without frames (a release, or a stack the kernel could not take):
+                        // a negative errno, never an id.
+                        None => a.stack_id.min(-1),
+                    };
                     batch.events.push(Event::Alloc(a))
                 }
                 Ok(Record::Event { event, .. }) => batch.events.push(event),
@@ -117,7 +96,6 @@ impl Reader {
                 }
             }
         }
-        self.stacks.drained();
         for ev in &mut batch.events {
             let Event::Alloc(a) = ev else { continue };
             // An `operator new` probed at entry only carries its caller's return address apart
@@ -133,54 +111,11 @@ impl Reader {
                 }
             }
         }
-        self.counts.stacks_failed.store(
-            self.stacks.expired + self.stacks.exhausted,
-            Ordering::Relaxed,
-        );
+        self.counts
+            .stacks_failed
+            .store(self.stacks.exhausted, Ordering::Relaxed);
         batch
     }
-
-    /// Moves the kernel's stack maps on to the next epoch, or empties the old one, when due.
-    fn step_epochs(&mut self) {
-        let elapsed = std::mem::replace(&mut self.stepped, Instant::now()).elapsed();
-        match self.stacks.step(elapsed) {
-            Step::Nothing => {}
-            Step::Begin { epoch } => {
-                if let Err(e) = self.stack_epoch.set(0, epoch, 0) {
-                    // The kernel goes on in the old map, whose ids then expire: stacks are
-                    // lost (counted), never mistaken.
-                    eprintln!("tracer: warning: cannot move the stack maps to the next epoch: {e}");
-                }
-            }
-            Step::Empty { map, kept_from } => {
-                // Entry-only calls still open with a stack of that map drop it from now on.
-                if let Err(e) = self.stack_epoch.set(1, kept_from, 0) {
-                    eprintln!("tracer: warning: cannot empty the old stack map: {e}");
-                    return;
-                }
-                let ids: Vec<u32> = self.stack_maps[map]
-                    .stack_ids()
-                    .filter_map(|r| r.ok())
-                    .collect();
-                for id in ids {
-                    let _ = super::multi::delete_elem(self.stack_fds[map], id);
-                }
-                self.stacks.emptied();
-            }
-        }
-    }
-}
-
-/// The frames (innermost first) of stack `id` in `map`.
-fn read_stack(map: &StackTraceMap<MapData>, id: u32) -> Option<Vec<u64>> {
-    let st = map.get(&id, 0).ok()?;
-    Some(
-        st.frames()
-            .iter()
-            .map(|f| f.ip)
-            .filter(|&ip| ip != 0)
-            .collect(),
-    )
 }
 
 /// The reader thread and its queue; the thread stops when this is dropped.

@@ -80,7 +80,6 @@ impl Engine {
         let procs = Procs::new(head.pid, subject, opts.comm.clone());
         let limits = LimitSettings {
             ring_size: head.ring_size,
-            stack_slots: head.stack_slots,
         };
         Engine {
             books: Books::new(Judging {

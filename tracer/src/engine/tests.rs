@@ -86,7 +86,6 @@ fn head() -> RecordHeader {
         start_mono_ns: 0,
         start_unix_ns: 0,
         ring_size: 4096,
-        stack_slots: 1024,
     }
 }
 
@@ -295,14 +294,10 @@ fn every_loss_reaches_the_report_the_hints_and_the_sites_it_touches() {
             .iter()
             .map(|l| (l.key, r["lost"][l.key].as_u64().unwrap()))
             .collect();
-        let limits = report::LimitSettings {
-            ring_size: 1 << 20,
-            stack_slots: 1024,
-        };
+        let limits = report::LimitSettings { ring_size: 1 << 20 };
         let hints = report::lost_hints(&lost, limits).join("\n");
         let named = match loss.fix {
             Fix::RingSize => "--ring-size",
-            Fix::StackSlots => "--stack-slots",
             Fix::Nothing => loss.why,
         };
         assert!(hints.contains(named), "{}: {hints}", loss.key);

@@ -96,7 +96,6 @@ pub struct RecordHeader {
     #[serde(default)]
     pub start_unix_ns: i64,
     pub ring_size: u32,
-    pub stack_slots: u32,
 }
 
 /// One frame of a recording.
@@ -193,7 +192,6 @@ mod tests {
                 start_mono_ns: 1_000_000,
                 start_unix_ns: 1_700_000_000_000_000_000,
                 ring_size: 4096,
-                stack_slots: 1024,
             }),
             Frame::Maps {
                 pid: 42,

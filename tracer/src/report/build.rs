@@ -60,7 +60,6 @@ impl Builder<'_> {
             failed: c.get(counter::FAILED),
             unknown_frees: st.unknown_frees,
             filtered: c.get(counter::FILTERED),
-            inline_stacks: c.get(counter::STACK_INLINE),
             maps: c.get(counter::MAPS),
             received_maps: st.map_events,
             received_unmaps: st.unmap_events,

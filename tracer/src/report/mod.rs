@@ -148,9 +148,6 @@ pub struct EventCounts {
     pub unknown_frees: u64,
     /// Allocations outside the --min-size/--max-size range (not recorded).
     pub filtered: u64,
-    /// Allocations whose stack collided with another in the kernel's stack map and came inline
-    /// instead (nothing lost).
-    pub inline_stacks: u64,
     /// Anonymous mappings the program made itself (kernel count), and the mapping and
     /// munmap records received.
     pub maps: u64,
@@ -253,11 +250,10 @@ pub enum SortKey {
 #[derive(Clone, Copy, Debug)]
 pub struct LimitSettings {
     pub ring_size: u32,
-    pub stack_slots: u32,
 }
 
 /// One sentence per kind of loss (see `losses::LOSSES`), naming the flag that fixes it: those
-/// of a full ring together, those of the stack map together, then each other kind with why.
+/// of a full ring together, then each other kind with why.
 pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> Vec<String> {
     let get = |k: &str| lost.get(k).copied().unwrap_or(0);
     let of = |fix: Fix| {
@@ -277,15 +273,6 @@ pub fn lost_hints(lost: &BTreeMap<&'static str, u64>, limits: LimitSettings) -> 
             parts.join(", "),
             size_name(limits.ring_size as u64),
             size_name((limits.ring_size as u64 * 4).min(1 << 30)),
-        ));
-    }
-    let stacks: u64 = of(Fix::StackSlots).map(|l| get(l.key)).sum();
-    if stacks > 0 {
-        out.push(format!(
-            "{} allocations recorded without their stack (stack map of {} slots full or colliding): raise --stack-slots (e.g. --stack-slots {})",
-            group(stacks),
-            limits.stack_slots,
-            (limits.stack_slots as u64 * 4).min(1_048_576)
         ));
     }
     for l in of(Fix::Nothing) {
@@ -441,10 +428,7 @@ mod tests {
 
     #[test]
     fn every_loss_names_its_flag() {
-        let limits = LimitSettings {
-            ring_size: 4096,
-            stack_slots: 1024,
-        };
+        let limits = LimitSettings { ring_size: 4096 };
         let mut lost = BTreeMap::new();
         assert!(lost_hints(&lost, limits).is_empty());
         lost.insert("ring_full_allocs", 10);
@@ -459,6 +443,6 @@ mod tests {
             "{}",
             h[0]
         );
-        assert!(h[1].contains("--stack-slots 4096"), "{}", h[1]);
+        assert!(h[1].contains("collided in the stack map"), "{}", h[1]);
     }
 }

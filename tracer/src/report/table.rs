@@ -504,10 +504,7 @@ mod tests {
     use super::*;
     use crate::report::{sample_report, SizeCount};
 
-    const LIMITS: LimitSettings = LimitSettings {
-        ring_size: 4096,
-        stack_slots: 16384,
-    };
+    const LIMITS: LimitSettings = LimitSettings { ring_size: 4096 };
 
     fn render(r: &Report) -> String {
         let mut buf = Vec::new();

@@ -332,10 +332,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::report::sample_report;
 
-    pub(crate) const LIMITS: LimitSettings = LimitSettings {
-        ring_size: 8 << 20,
-        stack_slots: 16384,
-    };
+    pub(crate) const LIMITS: LimitSettings = LimitSettings { ring_size: 8 << 20 };
 
     fn press(v: &mut View, c: KeyCode) -> Action {
         v.key(KeyEvent::new(c, KeyModifiers::NONE))
