@@ -347,8 +347,10 @@ pub mod counter {
     /// Allocator calls an exception left (operator new throwing `bad_alloc`): their slot was
     /// cleared and their caller's return address restored.
     pub const THROWN: u32 = 21;
+    /// Sampled blocks the kernel's table of them had no room for: their frees are not seen.
+    pub const SAMPLED_FULL: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 }
 
 /// Every kind of loss, in one table: the kernel counter (or the reader's own count) it is
@@ -463,6 +465,15 @@ pub mod losses {
                   ran out (a bug: please report it)",
         },
         Loss {
+            count: Count::Kernel(counter::SAMPLED_FULL),
+            key: "sampled_full",
+            what: "sampled blocks whose free cannot be seen",
+            touches: Touches::Heap,
+            fix: Fix::Nothing,
+            why: "the kernel's table of live sampled blocks (1,048,576) was full: raise \
+                  --sample-rate so that fewer blocks are sampled",
+        },
+        Loss {
             count: Count::Kernel(counter::INFLIGHT_FULL),
             key: "inflight_full",
             what: "allocator calls missed",
@@ -538,7 +549,16 @@ pub mod globals {
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).
     pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u64`: mean bytes between sampled allocations (--sample-rate); 0 records every call.
+    pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
+    /// `[u32; SAMPLE_GAP_COUNT]`: quantiles of the exponential distribution of mean 1, in
+    /// 1/1024ths, the sampler's gaps are drawn from.
+    pub const SAMPLE_GAPS: &str = "SAMPLE_GAPS";
 }
+
+/// How many quantiles of the exponential distribution the sampler draws its gaps from
+/// (`globals::SAMPLE_GAPS`): a power of two.
+pub const SAMPLE_GAP_COUNT: usize = 1024;
 
 /// Deepest user stack a record carries (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -554,7 +574,7 @@ pub const COOKIE_NESTING_FREES: u64 = 1 << 8;
 pub const COOKIE_ENTRY_ONLY: u64 = 1 << 9;
 /// Uprobe cookie of a C-library mapping wrapper: its call is the record (no fexit on the
 /// system calls here), its return probe sends it. The system call's number is in the bits
-/// from [`COOKIE_MAP_NR_SHIFT`]; 0 for `syscall()`, whose first argument it is.
+/// from [`COOKIE_MAP_NR_SHIFT`].
 pub const COOKIE_MAP_CALL: u64 = 1 << 10;
 pub const COOKIE_MAP_NR_SHIFT: u32 = 16;
 
@@ -590,6 +610,8 @@ pub struct InFlight {
     pub inner_ptr: u64,
     pub inner_func: u8,
     pub _pad: [u8; 7],
+    /// That nested call's return address (sampled mode: its session's return is told by it).
+    pub inner_ret: u64,
 }
 
 /// [`InFlight::stack_id`] of an entry-only call whose stack waits in a per-thread map for the
@@ -609,4 +631,4 @@ const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 72);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 80);

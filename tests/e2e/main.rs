@@ -12,5 +12,6 @@ mod maps;
 mod metrics;
 mod reach;
 mod safety;
+mod sampled;
 mod system;
 mod workflow;

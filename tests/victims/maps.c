@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define PAGE 4096
@@ -45,14 +44,6 @@ __attribute__((noinline)) static void map_reserve(void) {
     sink = mmap(NULL, 16 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 }
 
-// Two pages by the C library's syscall() rather than its mmap wrapper, kept; and a syscall()
-// of another system call on the way, which is nothing.
-__attribute__((noinline)) static void map_raw(void) {
-    sink = (void *)syscall(SYS_mmap, NULL, 2 * PAGE, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    syscall(SYS_getpid);
-}
-
 // 1 MiB from malloc: glibc maps it inside malloc; one heap block, never a mapping too.
 __attribute__((noinline)) static void big_malloc(void) {
     void *p = malloc(1 << 20);
@@ -68,13 +59,11 @@ int main(int argc, char **argv) {
         map_grow();
         map_cut();
         map_reserve();
-        map_raw();
         big_malloc();
     }
     printf("TRUTH map_leak LEAK blocks=%d bytes=%d\n", n, n * PAGE);
     printf("TRUTH map_grow LEAK blocks=%d bytes=%d\n", n, n * 3 * PAGE);
     printf("TRUTH map_cut LEAK blocks=%d bytes=%d\n", 2 * n, n * 3 * PAGE);
-    printf("TRUTH map_raw LEAK blocks=%d bytes=%d\n", n, n * 2 * PAGE);
     printf("TRUTH big_malloc LEAK blocks=%d bytes=%d\n", n, n << 20);
     return 0;
 }

@@ -11,8 +11,9 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32,
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -22,7 +23,7 @@ use aya_ebpf::{
 use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
     Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord, COOKIE_ENTRY_ONLY,
-    COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH, SAMPLE_GAP_COUNT,
     STACK_AT_ENTRY_INLINE,
 };
 
@@ -76,11 +77,45 @@ static FOLLOW_FORKS: u32 = 0;
 static TASK_TGID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static FILTER_SET: u32 = 0;
+/// Mean bytes between sampled allocations (--sample-rate); 0 records every call.
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: u64 = 0;
+/// Quantiles of the exponential distribution of mean 1, in 1/1024ths: the gaps between
+/// samples are drawn from them (no floating point here). Userspace fills them.
+#[unsafe(no_mangle)]
+static SAMPLE_GAPS: [u32; SAMPLE_GAP_COUNT] = [1024; SAMPLE_GAP_COUNT];
+
+/// Per thread, the bytes left until the next sampled allocation, and the unsampled call in
+/// progress (see [`sample`]).
+#[map]
+static SAMPLERS: LruHashMap<u64, Sampler> = LruHashMap::with_max_entries(65536, 0);
+/// The sampled blocks still live (address → 0): a free of any other block sends nothing.
+#[map]
+static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// The program's answer to a uprobe session: 0 runs it again at the function's return, 1
+/// does not (an unsampled call, or one whose return is of no interest). Ignored by the
+/// other uprobe kinds.
+pub const KEEP_RETURN: u32 = 0;
+pub const SKIP_RETURN: u32 = 1;
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// A free-like call of the same block on the same thread, at the same depth or deeper, this
 /// soon after another is that one's implementation (see [`free`]).
 const NESTED_FREE_NS: u64 = 1_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Sampler {
+    /// Bytes until the next sample (at or below 0: this call is sampled).
+    countdown: i64,
+    /// The last unsampled call: its stack pointer at entry, return address and entry address.
+    /// See [`implementation_of_unsampled`].
+    skip_sp: u64,
+    skip_ret: u64,
+    skip_ip: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -188,19 +223,39 @@ fn nested_in_outer_call(pid_tgid: u64, sp: u64) -> bool {
 }
 
 #[inline(always)]
-pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) {
-    enter_heap(ctx, size, ptr, 0);
+pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) -> u32 {
+    enter_heap(ctx, size, ptr, 0)
 }
 
 /// An allocator call's entry; `heap`: the heap the caller named (mimalloc's `mi_heap_*`).
+/// Attached as a uprobe session (sampled mode), the same program runs at the return of the
+/// calls it keeps: that return is handed to [`leave`]. Returns [`KEEP_RETURN`] or
+/// [`SKIP_RETURN`].
 #[inline(always)]
-pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
-    let Some(pid_tgid) = traced() else { return };
-    let sp = unsafe { (*ctx.regs).rsp };
+pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
+    let Some(pid_tgid) = traced() else {
+        return SKIP_RETURN;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let sp = regs.rsp;
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let func = cookie as u8;
     let entry_only = cookie & COOKIE_ENTRY_ONLY != 0;
+    let rate = unsafe { core::ptr::read_volatile(&SAMPLE_RATE) };
     if let Some(outer) = INFLIGHT.get_ptr_mut(pid_tgid) {
+        // A session's return: at the call's return address, one word above its entry's stack
+        // pointer (an entry is at a function's first instruction, never a return address).
+        let returning = unsafe {
+            ((*outer).ret != 0 && (*outer).sp.wrapping_add(8) == sp && (*outer).ret == regs.rip)
+                || ((*outer).entry_only != 0
+                    && (*outer).inner_sp != 0
+                    && (*outer).inner_sp.wrapping_add(8) == sp
+                    && (*outer).inner_ret == regs.rip)
+        };
+        if returning {
+            leave(&RetProbeContext::new(ctx.as_ptr()));
+            return KEEP_RETURN;
+        }
         if unsafe { (*outer).sp } >= sp {
             // An entry-only call is completed by the first call nested in it that has a
             // return probe (libstdc++'s operator new by its malloc).
@@ -209,7 +264,10 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
                     (*outer).inner_sp = sp;
                     (*outer).inner_ptr = ptr;
                     (*outer).inner_func = func;
-                    return;
+                    if rate != 0 {
+                        (*outer).inner_ret = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                    }
+                    return KEEP_RETURN;
                 }
             }
             // mi_heap_destroy of a heap it may not destroy (one that may hold reclaimed pages)
@@ -223,7 +281,17 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
                 }
             }
             bump(counter::NESTED);
-            return;
+            return SKIP_RETURN;
+        }
+    }
+    let mut release_only = false;
+    // A heap's destruction is never sampled: every block of it goes.
+    let heap_release = func == AllocFn::HeapDestroy as u8 || func == AllocFn::HeapDelete as u8;
+    if rate != 0 && !heap_release {
+        match sample(pid_tgid, (sp, regs.rip), size, func, ptr, rate) {
+            Sample::Skip => return SKIP_RETURN,
+            Sample::ReleaseOnly => release_only = true,
+            Sample::Take => {}
         }
     }
     // Out-of-range calls keep their slot so that the calls nested in them are still known
@@ -231,8 +299,10 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
     let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
     // A throwing operator new's return address, read before the kernel points it at its
-    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame.
-    let ret = if entry_only
+    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame; a
+    // sampled call's, which tells its session's return from an entry.
+    let ret = if rate != 0
+        || entry_only
         || (func == AllocFn::New as u8
             || func == AllocFn::NewArray as u8
             || func == AllocFn::NewAligned as u8
@@ -242,7 +312,7 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
     } else {
         0
     };
-    let filtered = size < min || size > max;
+    let filtered = size < min || size > max || release_only;
     let stack_id = if entry_only && !filtered {
         entry_stack(ctx, pid_tgid, ret)
     } else {
@@ -263,10 +333,102 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) {
         inner_ptr: 0,
         inner_func: 0,
         _pad: [0; 7],
+        inner_ret: 0,
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         lose(counter::INFLIGHT_FULL);
+        return SKIP_RETURN;
     }
+    KEEP_RETURN
+}
+
+/// What sampling makes of a call.
+enum Sample {
+    /// Not sampled: no return probe, no record.
+    Skip,
+    /// Not sampled, but it takes a sampled block away (a realloc of one): its return sends
+    /// the release alone.
+    ReleaseOnly,
+    /// Sampled: recorded as in a full trace, standing for 1 / (1 - exp(-size / rate)) calls
+    /// of its size (userspace weighs it so).
+    Take,
+}
+
+/// Sampling by bytes (as heapprofd, tcmalloc and Go do): each thread counts down an
+/// exponentially distributed number of bytes of mean `rate`; the call that reaches zero is
+/// sampled and the count starts again. A call of `size` bytes is then sampled with
+/// probability 1 - exp(-size / rate), whatever came before it. `(sp, ip)`: the call's stack
+/// pointer and address at entry.
+#[inline(always)]
+fn sample(pid_tgid: u64, (sp, ip): (u64, u64), size: u64, func: u8, ptr: u64, rate: u64) -> Sample {
+    let s = match SAMPLERS.get_ptr_mut(pid_tgid) {
+        Some(s) => s,
+        None => {
+            let fresh = Sampler {
+                countdown: sample_gap(rate),
+                skip_sp: 0,
+                skip_ret: 0,
+                skip_ip: 0,
+            };
+            if SAMPLERS.insert(pid_tgid, fresh, 0).is_err() {
+                return Sample::Skip;
+            }
+            match SAMPLERS.get_ptr_mut(pid_tgid) {
+                Some(s) => s,
+                None => return Sample::Skip,
+            }
+        }
+    };
+    let ret = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    unsafe {
+        if implementation_of_unsampled(&*s, sp, ip, ret) {
+            return Sample::Skip;
+        }
+        (*s).countdown -= size as i64;
+        if (*s).countdown > 0 {
+            (*s).skip_sp = sp;
+            (*s).skip_ret = ret;
+            (*s).skip_ip = ip;
+            let moves = func == AllocFn::Realloc as u8 || func == AllocFn::ReallocArray as u8;
+            if moves && ptr != 0 && SAMPLED.get_ptr(ptr).is_some() {
+                return Sample::ReleaseOnly;
+            }
+            return Sample::Skip;
+        }
+        (*s).skip_sp = 0;
+        (*s).countdown = sample_gap(rate);
+    }
+    Sample::Take
+}
+
+/// How far from an allocator function's entry the calls it makes itself come from.
+const IMPLEMENTATION_SPAN: u64 = 64 << 10;
+
+/// Whether a call entered at `sp`, at address `ip`, returning to `ret`, is the implementation
+/// of the thread's last unsampled call (glibc's realloc calling or tail-calling malloc,
+/// operator new calling malloc), whose bytes were counted already. Without a return probe
+/// on the unsampled call, that it is still in progress is told by its return address still
+/// in its slot and, for a call made from inside it, by a return address within its code; a
+/// tail call reuses the slot and goes to another function.
+#[inline(always)]
+fn implementation_of_unsampled(s: &Sampler, sp: u64, ip: u64, ret: u64) -> bool {
+    if s.skip_sp == 0 || s.skip_sp < sp {
+        return false;
+    }
+    if s.skip_sp == sp {
+        return ret == s.skip_ret && ip != s.skip_ip;
+    }
+    ret.wrapping_sub(s.skip_ip) < IMPLEMENTATION_SPAN
+        && unsafe { bpf_probe_read_user(s.skip_sp as *const u64) }.unwrap_or(0) == s.skip_ret
+}
+
+/// An exponentially distributed gap of mean `rate` bytes (at least 1).
+#[inline(always)]
+fn sample_gap(rate: u64) -> i64 {
+    let i = (unsafe { bpf_get_prandom_u32() } as usize) & (SAMPLE_GAP_COUNT - 1);
+    let q = unsafe { core::ptr::read_volatile(&SAMPLE_GAPS[i]) } as u64;
+    // rate <= 2^40 (the command line's bound) and q < 2^13: no overflow.
+    ((rate.wrapping_mul(q) >> 10) as i64).max(1)
 }
 
 /// The stack of an entry-only call, at its entry, kept per thread until the call completes:
@@ -369,6 +531,15 @@ pub fn leave(ctx: &RetProbeContext) {
 
     // No stack: a release, or an entry-only call whose stack could not be kept.
     let stack_id = if entry_only { call.stack_id } else { -1 };
+    if unsafe { core::ptr::read_volatile(&SAMPLE_RATE) } != 0 {
+        // The sampled blocks live: the frees of these alone are sent.
+        if moves && old_addr != 0 {
+            let _ = SAMPLED.remove(&old_addr);
+        }
+        if addr != 0 && SAMPLED.insert(&addr, &0, 0).is_err() {
+            lose(counter::SAMPLED_FULL);
+        }
+    }
     if addr != 0 && call.nesting_frees != 0 {
         // This thread got the block back: a later free of it is a new free, not the
         // implementation of the earlier one.
@@ -573,6 +744,13 @@ pub fn free(ctx: &ProbeContext, ptr: u64) {
         return;
     }
     let Some(pid_tgid) = traced() else { return };
+    if unsafe { core::ptr::read_volatile(&SAMPLE_RATE) } != 0 {
+        // Sampled: only a sampled block's free is of interest (one lookup for the others).
+        if SAMPLED.get_ptr(ptr).is_none() {
+            return;
+        }
+        let _ = SAMPLED.remove(&ptr);
+    }
     let sp = unsafe { (*ctx.regs).rsp };
     if nested_in_outer_call(pid_tgid, sp) {
         // realloc(p, 0) freeing p itself: the realloc record says so.
@@ -693,7 +871,7 @@ fn reg(regs: u64, off: u64) -> u64 {
     unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(0)
 }
 
-/// Entry of a C-library mapping wrapper (`mmap`, `munmap`, `mremap`, `syscall`). Its caller
+/// Entry of a C-library mapping wrapper (`mmap`, `munmap`, `mremap`). Its caller
 /// is remembered for the system call's own probe; or, where nothing probes the system calls
 /// themselves ([`COOKIE_MAP_CALL`]), the call is kept for the wrapper's return.
 #[inline(always)]
@@ -701,20 +879,12 @@ pub fn map_caller(ctx: &ProbeContext) {
     let Some(pid_tgid) = traced() else { return };
     let sp = unsafe { (*ctx.regs).rsp };
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let arg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
-    let nr = (cookie >> COOKIE_MAP_NR_SHIFT) & 0xffff;
-    if nr == 0 && !is_map_syscall(arg(0)) {
-        // syscall() of another system call.
-        return;
-    }
     if cookie & COOKIE_MAP_CALL != 0 {
-        // Function arguments: mmap(addr, len, prot, flags), syscall(nr, a0, a1, a2, a3).
-        let call = if nr == 0 {
-            map_call(pid_tgid, sp, [arg(0), arg(1), arg(2), arg(3), arg(4)])
-        } else {
-            map_call(pid_tgid, sp, [nr, arg(0), arg(1), arg(2), arg(3)])
-        };
-        if let Some(mut call) = call {
+        // Function arguments: mmap(addr, len, prot, flags), munmap(addr, len),
+        // mremap(addr, old_len, new_len).
+        let arg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+        let nr = (cookie >> COOKIE_MAP_NR_SHIFT) & 0xffff;
+        if let Some(mut call) = map_call(pid_tgid, sp, [nr, arg(0), arg(1), arg(2), arg(3)]) {
             call.by_wrapper = 1;
             if MAP_CALLS.insert(&pid_tgid, &call, 0).is_err() {
                 lose(counter::INFLIGHT_FULL);

@@ -2,11 +2,17 @@
 //!
 //! Entry probes are grouped by argument shape; the uprobe cookie says which allocator function
 //! a program is attached to, so one program serves e.g. malloc, valloc and pvalloc.
+//!
+//! The allocating functions' entry programs are written out without aya's `#[uprobe]` macro,
+//! whose programs always return 0: attached as uprobe sessions (sampled mode), their return
+//! value says whether the call's return is wanted (see `alloc::KEEP_RETURN`).
 //! Needs a kernel with uprobes, BPF ring buffers (5.8) and uprobe cookies (5.15).
 #![no_std]
 #![no_main]
 
 mod alloc;
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     macros::{fexit, raw_tracepoint, uprobe, uretprobe},
@@ -83,38 +89,43 @@ pub fn map_return(ctx: RetProbeContext) -> u32 {
 }
 
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
-#[uprobe]
-pub fn size_arg0(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn size_arg0(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let size = ctx.arg::<u64>(0).unwrap_or(0);
-    alloc::enter(&ctx, size, 0);
-    0
+    alloc::enter(&ctx, size, 0)
 }
 
 /// `calloc(nmemb, size)`.
-#[uprobe]
-pub fn calloc(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn calloc(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let n = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     alloc::enter(
         &ctx,
         n.wrapping_mul(size), /* overflow makes the call fail: no record */
         0,
-    );
-    0
+    )
 }
 
 /// `realloc(ptr, size)`.
-#[uprobe]
-pub fn realloc(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn realloc(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter(&ctx, size, ptr);
-    0
+    alloc::enter(&ctx, size, ptr)
 }
 
 /// `reallocarray(ptr, nmemb, size)`.
-#[uprobe]
-pub fn reallocarray(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn reallocarray(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let ptr = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
@@ -122,73 +133,79 @@ pub fn reallocarray(ctx: ProbeContext) -> u32 {
         &ctx,
         n.wrapping_mul(size), /* overflow makes the call fail: no record */
         ptr,
-    );
-    0
+    )
 }
 
 /// `memalign(alignment, size)`, `aligned_alloc(alignment, size)`.
-#[uprobe]
-pub fn size_arg1(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn size_arg1(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter(&ctx, size, 0);
-    0
+    alloc::enter(&ctx, size, 0)
 }
 
 /// `posix_memalign(memptr, alignment, size)`: the block comes back through `*memptr`.
-#[uprobe]
-pub fn posix_memalign(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn posix_memalign(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let memptr = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter(&ctx, size, memptr);
-    0
+    alloc::enter(&ctx, size, memptr)
 }
 
 /// mimalloc's `mi_heap_malloc(heap, size)` and the others whose size follows the heap.
-#[uprobe]
-pub fn heap_size(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn heap_size(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter_heap(&ctx, size, 0, heap);
-    0
+    alloc::enter_heap(&ctx, size, 0, heap)
 }
 
 /// `mi_heap_calloc(heap, count, size)`, `mi_heap_mallocn`.
-#[uprobe]
-pub fn heap_calloc(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn heap_calloc(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter_heap(&ctx, n.wrapping_mul(size), 0, heap);
-    0
+    alloc::enter_heap(&ctx, n.wrapping_mul(size), 0, heap)
 }
 
 /// `mi_heap_realloc(heap, ptr, size)` and its variants.
-#[uprobe]
-pub fn heap_realloc(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn heap_realloc(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let ptr = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter_heap(&ctx, size, ptr, heap);
-    0
+    alloc::enter_heap(&ctx, size, ptr, heap)
 }
 
 /// `mi_heap_reallocn(heap, ptr, count, size)`, `mi_heap_recalloc`.
-#[uprobe]
-pub fn heap_reallocarray(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn heap_reallocarray(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let ptr = ctx.arg::<u64>(1).unwrap_or(0);
     let n = ctx.arg::<u64>(2).unwrap_or(0);
     let size = ctx.arg::<u64>(3).unwrap_or(0);
-    alloc::enter_heap(&ctx, n.wrapping_mul(size), ptr, heap);
-    0
+    alloc::enter_heap(&ctx, n.wrapping_mul(size), ptr, heap)
 }
 
 /// `mi_heap_destroy(heap)`, `mi_heap_delete(heap)`: reported at their return.
-#[uprobe]
-pub fn heap_release(ctx: ProbeContext) -> u32 {
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn heap_release(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
-    alloc::enter(&ctx, 0, heap);
-    0
+    alloc::enter(&ctx, 0, heap)
 }
 
 /// `__cxa_throw(obj, type, dtor)`: see `alloc::thrown`.

@@ -47,6 +47,8 @@ pub struct TraceOptions {
     pub ring_size: u32,
     pub min_size: u64,
     pub max_size: u64,
+    /// Mean bytes between sampled allocations (0: every call).
+    pub sample_rate: u64,
     pub record: Option<PathBuf>,
     /// Where to serve /metrics (--metrics).
     pub metrics: Option<std::net::SocketAddr>,
@@ -187,6 +189,7 @@ impl Config {
                 ring_size: cli.ring_size,
                 min_size,
                 max_size,
+                sample_rate: cli.sample_rate,
                 record: cli.record,
                 metrics: cli.metrics,
             }),
@@ -252,6 +255,8 @@ impl ReportOptions {
                 window: a.verdict_window as usize,
                 min_intervals: a.min_intervals as usize,
                 leak_fraction: a.leak_fraction,
+                // Set from the recording's sampling rate.
+                min_sampled_blocks: 0,
             },
         })
     }

@@ -257,6 +257,8 @@ impl Books {
                     let c = p.sites.get(m).unwrap_or(&zero);
                     s.live_bytes += c.live_bytes;
                     s.live_objects += c.live_objects;
+                    s.live_blocks += c.live_blocks;
+                    s.blocks += c.blocks;
                     s.alloc_bytes += c.alloc_bytes;
                     s.allocs += c.allocs;
                 }

@@ -49,8 +49,13 @@ pub struct Site {
 /// What a site (or the whole process) has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Live objects (weighted: a sampled block stands for the calls it estimates).
     pub live_objects: u64,
     pub live_bytes: u64,
+    /// Live blocks recorded, and blocks recorded in all (unweighted: the samples behind an
+    /// estimate).
+    pub live_blocks: u64,
+    pub blocks: u64,
     /// Allocations made (weighted), and their bytes.
     pub allocs: u64,
     pub alloc_bytes: u64,
@@ -223,6 +228,8 @@ impl Ledger {
         let c = self.sites.counts_mut(site);
         c.live_objects += weight;
         c.live_bytes += size * weight;
+        c.live_blocks += 1;
+        c.blocks += 1;
         c.allocs += weight;
         c.alloc_bytes += size * weight;
         self.insert(
@@ -291,6 +298,7 @@ impl Ledger {
             let c = self.sites.counts_mut(b.site);
             c.live_objects -= b.weight;
             c.live_bytes -= b.size * b.weight;
+            c.live_blocks -= 1;
             let block_end = start + b.size;
             let left = addr.saturating_sub(start).min(b.size);
             let right = block_end.saturating_sub(end).min(b.size);
@@ -302,6 +310,7 @@ impl Ledger {
                     let c = self.sites.counts_mut(b.site);
                     c.live_objects += b.weight;
                     c.live_bytes += size * b.weight;
+                    c.live_blocks += 1;
                     self.insert(pid, at, Block { size, ..b });
                 }
             }
@@ -325,6 +334,7 @@ impl Ledger {
                 let c = self.sites.counts_mut(b.site);
                 c.live_objects -= b.weight;
                 c.live_bytes -= b.size * b.weight;
+                c.live_blocks -= 1;
                 c.frees += b.weight;
                 true
             }
@@ -411,6 +421,8 @@ pub(crate) fn add(a: Counts, b: Counts) -> Counts {
     Counts {
         live_objects: a.live_objects + b.live_objects,
         live_bytes: a.live_bytes + b.live_bytes,
+        live_blocks: a.live_blocks + b.live_blocks,
+        blocks: a.blocks + b.blocks,
         allocs: a.allocs + b.allocs,
         alloc_bytes: a.alloc_bytes + b.alloc_bytes,
         frees: a.frees + b.frees,

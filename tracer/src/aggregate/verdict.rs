@@ -85,6 +85,10 @@ pub struct VerdictParams {
     pub min_intervals: usize,
     /// Share of the window's intervals that must grow for a steady leak.
     pub leak_fraction: f64,
+    /// Sampled mode: a site's growth is an estimate from this many sampled blocks at least
+    /// (live at the end, and more than at the window's start) before it is called a leak;
+    /// fewer make it `uncertain`. 0 in a full trace.
+    pub min_sampled_blocks: u64,
 }
 
 impl Default for VerdictParams {
@@ -93,6 +97,7 @@ impl Default for VerdictParams {
             window: 10,
             min_intervals: 3,
             leak_fraction: 0.6,
+            min_sampled_blocks: 0,
         }
     }
 }
@@ -104,6 +109,10 @@ pub struct Sample {
     pub t: f64,
     pub live_bytes: u64,
     pub live_objects: u64,
+    /// Live blocks recorded, and blocks recorded in all (the samples behind the estimates,
+    /// in sampled mode).
+    pub live_blocks: u64,
+    pub blocks: u64,
     pub alloc_bytes: u64,
     pub allocs: u64,
 }
@@ -120,6 +129,21 @@ pub struct Assessment {
     /// The latest intervals that grew in a row.
     pub growth_streak: usize,
     pub verdict_scope: VerdictScope,
+    /// Sampled mode: the rate's error bound (two standard deviations of the estimate, from
+    /// the number of sampled blocks its growth rests on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_error_bytes_per_s: Option<f64>,
+}
+
+/// Sampled mode: whether the sampled blocks grew by more than chance. A site whose live
+/// blocks turn over (a cache) gains and loses sampled blocks at random: over the window the
+/// net gain has a standard deviation of about the square root of the sampled blocks that came
+/// and went. Growth must be three of those; a leak, whose blocks stay, gets there with nine.
+fn sampled_growth(first: Sample, last: Sample) -> bool {
+    let came = last.blocks.saturating_sub(first.blocks);
+    let grew = last.live_blocks as i64 - first.live_blocks as i64;
+    let went = (came as i64 - grew).max(0);
+    grew > 0 && grew as f64 >= 3.0 * ((came as i64 + went) as f64).sqrt()
 }
 
 /// Judges one site from its samples, oldest first (the window's start and each interval's
@@ -139,7 +163,15 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
         verdict_intervals: k,
         growth_streak: streak,
         verdict_scope: VerdictScope::Stack,
+        rate_error_bytes_per_s: None,
     };
+    if p.min_sampled_blocks > 0 && k > 0 {
+        // Sampled blocks arrive as a Poisson count n, each standing for the same share of
+        // bytes: the estimate's relative standard deviation is 1 / sqrt(n).
+        let (first, last) = (samples[0], samples[k]);
+        let grew = last.live_blocks.saturating_sub(first.live_blocks).max(1) as f64;
+        a.rate_error_bytes_per_s = Some(round3(2.0 * rate_b.abs() / grew.sqrt()));
+    }
     if k < p.min_intervals.max(1) {
         return a;
     }
@@ -179,6 +211,7 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
     } else {
         steady || trend
     };
+    let evidence = evidence && (p.min_sampled_blocks == 0 || sampled_growth(first, last));
     // Growth is measured against the peak only: one block grown by realloc is one big block.
     let small = FLAT_FRACTION * peak;
     a.verdict = if net > small && recent > small / 2.0 && evidence {
@@ -194,6 +227,14 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
             Verdict::Churn
         }
     };
+    // Sampled: a leak on one or two samples is chance as much as growth.
+    let few = |n: u64| n < p.min_sampled_blocks;
+    if a.verdict == Verdict::Leak
+        && p.min_sampled_blocks > 0
+        && (few(last.live_blocks) || few(last.live_blocks.saturating_sub(first.live_blocks) + 1))
+    {
+        a.verdict = Verdict::Uncertain;
+    }
     if lost {
         a.verdict = Verdict::Uncertain;
     }
@@ -241,6 +282,51 @@ fn round3(x: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// A sampled site at 1 s intervals: (sampled blocks live, sampled blocks in all), each
+    /// standing for `weight` blocks of `block` bytes.
+    fn sampled(points: &[(u64, u64)], block: u64, weight: u64) -> Vec<Sample> {
+        points
+            .iter()
+            .enumerate()
+            .map(|(i, &(live, all))| Sample {
+                t: i as f64,
+                live_bytes: live * weight * block,
+                live_objects: live * weight,
+                live_blocks: live,
+                blocks: all,
+                alloc_bytes: all * weight * block,
+                allocs: all * weight,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sampled_growth_must_beat_the_sampling_noise() {
+        let p = VerdictParams {
+            min_sampled_blocks: 3,
+            ..VerdictParams::default()
+        };
+        // A leak: three sampled blocks a second, none freed.
+        let leak: Vec<(u64, u64)> = (0..11).map(|i| (3 * i, 3 * i)).collect();
+        let a = assess(&sampled(&leak, 64, 20), &p, false);
+        assert_eq!(a.verdict, Verdict::Leak, "{a:?}");
+        // Two standard deviations of the estimate: 2 * rate / sqrt(30 sampled blocks).
+        let err = a.rate_error_bytes_per_s.unwrap();
+        assert!((err / (2.0 * a.rate_bytes_per_s / 30f64.sqrt()) - 1.0).abs() < 0.01);
+        // A cache that keeps ~200 sampled blocks and replaces 20 a second: the same net gain of
+        // 30 over the window is chance (20 * 10 came, 170 went).
+        let cache: Vec<(u64, u64)> = (0..11).map(|i| (200 + 3 * i, 200 + 20 * i)).collect();
+        let a = assess(&sampled(&cache, 64, 20), &p, false);
+        assert_ne!(a.verdict, Verdict::Leak, "{a:?}");
+        // Two samples are no leak either, however they grew.
+        let two: Vec<(u64, u64)> = (0..11).map(|i| (u64::from(i >= 5) * 2, 2)).collect();
+        let a = assess(&sampled(&two, 64, 1000), &p, false);
+        assert_ne!(a.verdict, Verdict::Leak, "{a:?}");
+        // A full trace judges the same numbers on the bytes alone.
+        let a = assess(&sampled(&cache, 64, 20), &VerdictParams::default(), false);
+        assert_eq!(a.rate_error_bytes_per_s, None);
+    }
+
     /// A history from live-bytes values at 1 s intervals, blocks of `block` bytes, with
     /// `alloc_per_s` bytes allocated each second.
     fn history(live: &[i64], block: u64, alloc_per_s: u64) -> Vec<Sample> {
@@ -250,6 +336,8 @@ mod tests {
                 t: i as f64,
                 live_bytes: l.max(0) as u64,
                 live_objects: l.max(0) as u64 / block,
+                live_blocks: 0,
+                blocks: 0,
                 alloc_bytes: alloc_per_s * i as u64,
                 allocs: alloc_per_s * i as u64 / block,
             })
@@ -299,6 +387,8 @@ mod tests {
                 t: i as f64,
                 live_bytes: 3200 * (i + 1),
                 live_objects: 1,
+                live_blocks: 0,
+                blocks: 0,
                 alloc_bytes: 3200 * (i + 1),
                 allocs: 100 * (i + 1),
             })
@@ -339,6 +429,8 @@ mod tests {
                 t: t as f64,
                 live_bytes: live,
                 live_objects: (128 - in_flight) as u64,
+                live_blocks: 0,
+                blocks: 0,
                 alloc_bytes: allocated,
                 allocs: 3000 * t as u64,
             });
@@ -373,6 +465,8 @@ mod tests {
                     t: i as f64,
                     live_bytes: 3200 * grown,
                     live_objects: (grown > 0) as u64,
+                    live_blocks: 0,
+                    blocks: 0,
                     alloc_bytes: 3200 * grown,
                     allocs: 100 * grown,
                 }

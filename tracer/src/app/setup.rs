@@ -78,6 +78,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             filter_pid: head_pid,
             ring_size: t.ring_size,
             min_size: t.min_size,
+            sample_rate: t.sample_rate,
             max_size: t.max_size,
             follow_forks: t.follow_children,
             trace_maps: t.trace_maps,
@@ -109,6 +110,13 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         )
         .context("cannot start the ring buffer's reader")?;
         let mut warnings = Vec::new();
+        if t.sample_rate != 0 && !collector.has_sessions() {
+            warnings.push(
+                "this kernel has no uprobe sessions (Linux 6.13) or uprobe-multi links: every \
+                 allocation still takes its return trap, and sampling saves only the recording"
+                    .to_string(),
+            );
+        }
         if let Target::Pids(_) = &t.target {
             for (pid, lib) in plan.iter().filter_map(|(p, l)| Some(((*p)?, l))) {
                 let held = target::breakpoints_in_place(pid, lib);
@@ -247,6 +255,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64),
             ring_size: t.ring_size,
+            sample_rate: t.sample_rate,
         };
         let recorder = match &t.record {
             Some(path) => Some(Recorder::create(path, &head)?),

@@ -65,14 +65,23 @@ pub struct Attached {
     /// links: one per program and file.
     multi: Option<MultiPrograms>,
     multi_links: Vec<std::os::fd::OwnedFd>,
+    /// Sampling with uprobe sessions: an allocating function's entry program runs at its
+    /// return too when the call is sampled, and no separate return probe goes on.
+    sessions: bool,
     /// Addresses probed: (process, 0 for every process; file identity; offset). A file probed
     /// up front, or as another process's allocator, is not probed twice.
     probed: HashSet<(u32, (u64, u64), u64)>,
 }
 
 impl Attached {
-    pub fn new(maps: MapHook, system_wide: bool, multi: Option<MultiPrograms>) -> Attached {
+    pub fn new(
+        maps: MapHook,
+        system_wide: bool,
+        multi: Option<MultiPrograms>,
+        sessions: bool,
+    ) -> Attached {
         Attached {
+            sessions,
             maps,
             system_wide,
             links: Vec::new(),
@@ -236,8 +245,17 @@ impl Attached {
         let lib = cookies.lib;
         let mut returns: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         let mut entries: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut sessions: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         for (p, off) in plan {
-            if let Some(ret) = cookies.return_program(p) {
+            let ret = cookies.return_program(p);
+            if self.sessions && ret == Some(RETURN_PROGRAM) {
+                sessions
+                    .entry(p.entry)
+                    .or_default()
+                    .push((*off, cookies.of(p)));
+                continue;
+            }
+            if let Some(ret) = ret {
                 returns.entry(ret).or_default().push((*off, cookies.of(p)));
             }
             entries
@@ -258,6 +276,19 @@ impl Attached {
             groups.push((EXIT_PROGRAM, false, vec![(off, EXIT_SPEC.func as u64)]));
         }
         let multi = self.multi.as_ref().expect("uprobe-multi programs loaded");
+        for (program, probes) in &sessions {
+            let link = multi
+                .attach_session(program, &lib.open_path, probes, pid)
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot attach {program} as a uprobe session to {} entries of {} ({}): {e}",
+                        probes.len(),
+                        lib.path.display(),
+                        lib.kinds()
+                    )
+                })?;
+            self.multi_links.push(link);
+        }
         for (program, ret, probes) in groups.into_iter().filter(|g| !g.2.is_empty()) {
             let link = multi
                 .attach(program, &lib.open_path, &probes, ret, pid)
@@ -319,6 +350,11 @@ impl Attached {
     /// How many addresses are probed (entries and returns of one function count once).
     pub fn probes(&self) -> usize {
         self.probed.len()
+    }
+
+    /// Whether the allocating functions go on as uprobe sessions (sampled mode).
+    pub fn has_sessions(&self) -> bool {
+        self.sessions
     }
 
     /// Whether probes go on as uprobe-multi links (quick to detach).

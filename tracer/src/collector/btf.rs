@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 
 pub struct Btf {
     data: Vec<u8>,
@@ -116,6 +117,21 @@ impl Btf {
             .find_member(at, member, 0)
             .with_context(|| format!("struct {name} has no member {member} in the kernel's BTF"))?;
         Ok(bits / 8)
+    }
+
+    /// The value of enumerator `name` in enum `enum_name` (None: this kernel has no such
+    /// enumerator, e.g. an attach type newer than it).
+    pub fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+        self.offsets.iter().copied().find_map(|at| {
+            let info = self.u32(at + 4);
+            if (info >> 24) & 0x1f != KIND_ENUM || self.name(self.u32(at)) != enum_name {
+                return None;
+            }
+            (0..(info & 0xffff) as usize)
+                .map(|i| at + 12 + 8 * i)
+                .find(|&e| self.name(self.u32(e)) == name)
+                .map(|e| self.u32(e + 4))
+        })
     }
 
     /// Bit offset of `member` in the struct or union at `at`, searching anonymous members.
@@ -231,6 +247,22 @@ mod tests {
         let mut d = sample();
         d.truncate(40);
         assert!(Btf::parse(d).is_err());
+    }
+
+    #[test]
+    fn the_running_kernels_attach_types() {
+        let btf = Btf::kernel().unwrap();
+        // The uapi's fixed numbers.
+        assert_eq!(
+            btf.enum_value("bpf_attach_type", "BPF_TRACE_UPROBE_MULTI"),
+            Some(48)
+        );
+        assert_eq!(btf.enum_value("bpf_attach_type", "NO_SUCH_TYPE"), None);
+        // Linux 6.13 and later: uprobe sessions (this machine's kernel has them).
+        assert_eq!(
+            btf.enum_value("bpf_attach_type", "BPF_TRACE_UPROBE_SESSION"),
+            Some(57)
+        );
     }
 
     #[test]

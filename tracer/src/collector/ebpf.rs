@@ -11,12 +11,12 @@ use aya::{
     programs::{FExit, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, globals, names};
+use tracer_common::{counter, globals, names, SAMPLE_GAP_COUNT};
 
 use super::{
     attach::{Attached, MapHook, EXIT_PROGRAM},
     multi::MultiPrograms,
-    probes::{entry_programs, MAP_RETURN_PROGRAM, RETURN_PROGRAM},
+    probes::{entry_programs, session_programs, MAP_RETURN_PROGRAM, RETURN_PROGRAM},
     stacks::Stacks,
     stream::{Reader, ReaderCounts},
     target::AllocatorLib,
@@ -42,6 +42,8 @@ pub struct Settings {
     pub ring_size: u32,
     /// Only allocations of `min_size..=max_size` bytes are recorded.
     pub min_size: u64,
+    /// Mean bytes between sampled allocations (0: every call).
+    pub sample_rate: u64,
     pub max_size: u64,
     /// Follow the processes `filter_pid` forks (and theirs).
     pub follow_forks: bool,
@@ -154,6 +156,17 @@ fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
     }
 }
 
+/// The sampler's gaps (see `globals::SAMPLE_GAPS`): the midpoints of equal slices of the
+/// exponential distribution of mean 1, in 1/1024ths.
+fn sample_gaps() -> [u32; SAMPLE_GAP_COUNT] {
+    let mut q = [0u32; SAMPLE_GAP_COUNT];
+    for (i, g) in q.iter_mut().enumerate() {
+        let p = (i as f64 + 0.5) / SAMPLE_GAP_COUNT as f64;
+        *g = (-(1.0 - p).ln() * 1024.0).round() as u32;
+    }
+    q
+}
+
 /// How the mapping system calls are seen: fexit of the kernel's `__x64_sys_mmap`,
 /// `__x64_sys_munmap` and `__x64_sys_mremap` where the kernel allows it, so no other system call
 /// runs a program; else see [`MapHook::NoFexit`].
@@ -224,6 +237,8 @@ impl EbpfCollector {
                 &u32::from(!s.filter_set.is_empty()),
                 true,
             )
+            .override_global(globals::SAMPLE_RATE, &s.sample_rate, true)
+            .override_global(globals::SAMPLE_GAPS, &sample_gaps(), true)
             .map_max_entries(names::EVENTS, s.ring_size)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
@@ -236,8 +251,16 @@ impl EbpfCollector {
         let multi = if std::env::var("TRACER_UPROBE_MULTI").as_deref() == Ok("0") {
             None
         } else {
-            MultiPrograms::load(EBPF_OBJECT, &ebpf, &uprobes).ok()
+            // Sampling: the allocating functions' entries as uprobe sessions, so that an
+            // unsampled call takes no return trap.
+            let sessions: Vec<&'static str> = if s.sample_rate != 0 {
+                session_programs()
+            } else {
+                Vec::new()
+            };
+            MultiPrograms::load(EBPF_OBJECT, &ebpf, &uprobes, &sessions).ok()
         };
+        let sessions = s.sample_rate != 0 && multi.as_ref().is_some_and(|m| m.has_sessions());
         for &name in uprobes.iter().filter(|_| multi.is_none()) {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
@@ -291,7 +314,12 @@ impl EbpfCollector {
                 .context("no LOST_BY_PID map")?,
         )?;
         let reader_counts = Arc::new(ReaderCounts::default());
-        let reader = Reader::new(ring_buf, Stacks::new(STACKS_KEPT), reader_counts.clone());
+        let reader = Reader::new(
+            ring_buf,
+            Stacks::new(STACKS_KEPT),
+            reader_counts.clone(),
+            s.sample_rate,
+        );
         Ok(EbpfCollector {
             ebpf: std::mem::ManuallyDrop::new(ebpf),
             reader: Some(reader),
@@ -300,7 +328,7 @@ impl EbpfCollector {
             lost_by_pid,
             followed,
             notices: Some(notices),
-            attached: Attached::new(maps, system_wide, multi),
+            attached: Attached::new(maps, system_wide, multi, sessions),
         })
     }
 
@@ -308,6 +336,11 @@ impl EbpfCollector {
     /// (pid None) every process. Returns warnings (optional functions missing).
     pub fn attach(&mut self, lib: &AllocatorLib, pid: Option<u32>) -> Result<Vec<String>> {
         self.attached.attach(&mut self.ebpf, lib, pid)
+    }
+
+    /// Whether an unsampled call is spared its return trap (uprobe sessions, sampled mode).
+    pub fn has_sessions(&self) -> bool {
+        self.attached.has_sessions()
     }
 
     /// How many addresses are probed (entries and returns of one function count once).

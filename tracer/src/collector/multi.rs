@@ -21,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{maps::Map, Ebpf};
 
-/// `BPF_MAP_DELETE_ELEM`, `BPF_PROG_LOAD`, `BPF_LINK_CREATE` (uapi/linux/bpf.h).
+/// `BPF_PROG_LOAD`, `BPF_LINK_CREATE` (uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
@@ -92,9 +92,13 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// The programs, loaded for uprobe-multi links, by name.
+/// The programs, loaded for uprobe-multi links, by name; and those loaded for uprobe
+/// sessions (Linux 6.13: one program at a function's entry and, when it asks, at its return).
 pub struct MultiPrograms {
     progs: HashMap<&'static str, OwnedFd>,
+    sessions: HashMap<&'static str, OwnedFd>,
+    /// `BPF_TRACE_UPROBE_SESSION` in this kernel's numbering, when the sessions loaded.
+    session_type: Option<u32>,
 }
 
 /// The fd of a map aya created (the map types tracer's object has).
@@ -114,7 +118,14 @@ pub(super) fn map_fd(map: &Map) -> Option<RawFd> {
 impl MultiPrograms {
     /// Loads `names` from `object` for uprobe-multi links, against the maps of `ebpf` (which
     /// must still hold every map: call it before taking any out).
-    pub fn load(object: &[u8], ebpf: &Ebpf, names: &[&'static str]) -> Result<MultiPrograms> {
+    /// `sessions`: programs to load a second time for uprobe sessions, where the kernel has
+    /// them (see [`MultiPrograms::has_sessions`]).
+    pub fn load(
+        object: &[u8],
+        ebpf: &Ebpf,
+        names: &[&'static str],
+        sessions: &[&'static str],
+    ) -> Result<MultiPrograms> {
         let mut obj = aya_obj::Object::parse(object).context("cannot parse the eBPF object")?;
         let map_objs = obj.maps.clone();
         let mut fds = Vec::new();
@@ -141,10 +152,74 @@ impl MultiPrograms {
                 .functions
                 .get(&program.function_key())
                 .with_context(|| format!("program {name} has no code"))?;
-            let fd = load_program(name, &function.instructions, &license)?;
+            let fd = load_program(
+                name,
+                &function.instructions,
+                &license,
+                BPF_TRACE_UPROBE_MULTI,
+            )?;
             progs.insert(name, fd);
         }
-        Ok(MultiPrograms { progs })
+        // The session attach type's number, from the kernel's own BTF: a kernel without it
+        // has no uprobe sessions.
+        let session_type = if sessions.is_empty() {
+            None
+        } else {
+            super::btf::Btf::kernel()
+                .ok()
+                .and_then(|b| b.enum_value("bpf_attach_type", "BPF_TRACE_UPROBE_SESSION"))
+        };
+        let mut loaded = HashMap::new();
+        if let Some(t) = session_type {
+            for &name in sessions {
+                let program = obj
+                    .programs
+                    .get(name)
+                    .with_context(|| format!("program {name} missing from the eBPF object"))?;
+                let function = obj
+                    .functions
+                    .get(&program.function_key())
+                    .with_context(|| format!("program {name} has no code"))?;
+                match load_program(name, &function.instructions, &license, t) {
+                    Ok(fd) => {
+                        loaded.insert(name, fd);
+                    }
+                    Err(_) => {
+                        loaded.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        let session_type = session_type.filter(|_| !loaded.is_empty());
+        Ok(MultiPrograms {
+            progs,
+            sessions: loaded,
+            session_type,
+        })
+    }
+
+    /// Whether entry programs can go on as uprobe sessions.
+    pub fn has_sessions(&self) -> bool {
+        self.session_type.is_some()
+    }
+
+    /// Attaches `program` as a uprobe session at `offsets` of `path` (each with its cookie):
+    /// it runs at each entry and, when it returns 0, at that call's return.
+    pub fn attach_session(
+        &self,
+        program: &str,
+        path: &Path,
+        probes: &[(u64, u64)],
+        pid: Option<u32>,
+    ) -> std::io::Result<OwnedFd> {
+        let (Some(prog), Some(t)) = (self.sessions.get(program), self.session_type) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no session program {program}"),
+            ));
+        };
+        link_create(prog, t, path, probes, 0, pid)
     }
 
     /// Attaches `program` at `offsets` of `path` (each with its cookie), at the returns with
@@ -163,29 +238,43 @@ impl MultiPrograms {
                 format!("no program {program}"),
             )
         })?;
-        let path = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let offsets: Vec<u64> = probes.iter().map(|p| p.0).collect();
-        let cookies: Vec<u64> = probes.iter().map(|p| p.1).collect();
-        let mut attr = LinkCreateAttr {
-            prog_fd: prog.as_raw_fd() as u32,
-            attach_type: BPF_TRACE_UPROBE_MULTI,
-            path: path.as_ptr() as u64,
-            offsets: offsets.as_ptr() as u64,
-            cookies: cookies.as_ptr() as u64,
-            cnt: probes.len() as u32,
-            multi_flags: if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
-            pid: pid.unwrap_or(0),
-            ..LinkCreateAttr::default()
-        };
-        sys_bpf(BPF_LINK_CREATE, &mut attr)
+        let flags = if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 };
+        link_create(prog, BPF_TRACE_UPROBE_MULTI, path, probes, flags, pid)
     }
+}
+
+/// `BPF_LINK_CREATE` of a uprobe-multi link (or session) of `prog` on `path`.
+fn link_create(
+    prog: &OwnedFd,
+    attach_type: u32,
+    path: &Path,
+    probes: &[(u64, u64)],
+    multi_flags: u32,
+    pid: Option<u32>,
+) -> std::io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let offsets: Vec<u64> = probes.iter().map(|p| p.0).collect();
+    let cookies: Vec<u64> = probes.iter().map(|p| p.1).collect();
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        path: path.as_ptr() as u64,
+        offsets: offsets.as_ptr() as u64,
+        cookies: cookies.as_ptr() as u64,
+        cnt: probes.len() as u32,
+        multi_flags,
+        pid: pid.unwrap_or(0),
+        ..LinkCreateAttr::default()
+    };
+    sys_bpf(BPF_LINK_CREATE, &mut attr)
 }
 
 fn load_program(
     name: &str,
     insns: &[aya_obj::generated::bpf_insn],
     license: &std::ffi::CStr,
+    attach_type: u32,
 ) -> Result<OwnedFd> {
     let mut log = vec![0u8; 1 << 16];
     let mut prog_name = [0u8; 16];
@@ -198,7 +287,7 @@ fn load_program(
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name,
-        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        expected_attach_type: attach_type,
         ..ProgLoadAttr::default()
     };
     if let Ok(fd) = sys_bpf(BPF_PROG_LOAD, &mut attr) {

@@ -60,8 +60,7 @@ impl ProbeSpec {
             && self.entry != THROW_PROGRAM
     }
 
-    /// A mapping wrapper's system call number (x86_64), in its cookie: 0 for `syscall()`, whose
-    /// first argument it is.
+    /// A mapping wrapper's system call number (x86_64), in its cookie (0: not a wrapper).
     pub fn map_syscall(&self) -> u64 {
         match self.symbol {
             "mmap" | "mmap64" => 9,
@@ -254,16 +253,28 @@ pub const PROBES: &[ProbeSpec] = &[
     ),
     p("mi_heap_destroy", HeapDestroy, "heap_release", Own),
     p("mi_heap_delete", HeapDelete, "heap_release", Own),
-    // The C library's mapping wrappers (mmap64 is mmap's other name), and `syscall()`, whose
-    // first argument says which.
+    // The C library's mapping wrappers (mmap64 is mmap's other name). Not `syscall()`: a
+    // program's every futex through it (Rust's locks) would trap.
     p("mmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mmap64", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("munmap", Mmap, MAP_CALLER_PROGRAM, Syscall),
     p("mremap", Mremap, MAP_CALLER_PROGRAM, Syscall),
-    p("syscall", Mmap, MAP_CALLER_PROGRAM, Syscall),
     // Its cookie is unused.
     p("__cxa_throw", New, THROW_PROGRAM, Throw),
 ];
+
+/// The entry programs of the functions that allocate (those with a return probe), each once:
+/// in sampled mode they go on as uprobe sessions.
+pub fn session_programs() -> Vec<&'static str> {
+    let mut v: Vec<_> = PROBES
+        .iter()
+        .filter(|p| p.has_return() && p.group != Group::Syscall)
+        .map(|p| p.entry)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
 
 /// The entry program names, each once.
 pub fn entry_programs() -> Vec<&'static str> {

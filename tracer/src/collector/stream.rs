@@ -51,6 +51,8 @@ pub struct Reader {
     ring_buf: RingBuf<MapData>,
     stacks: Stacks,
     counts: Arc<ReaderCounts>,
+    /// Sampled mode: each sampled allocation's weight (see [`Weights`]).
+    weights: Option<Weights>,
 }
 
 impl Reader {
@@ -58,11 +60,13 @@ impl Reader {
         ring_buf: RingBuf<MapData>,
         stacks: Stacks,
         counts: Arc<ReaderCounts>,
+        sample_rate: u64,
     ) -> Reader {
         Reader {
             ring_buf,
             stacks,
             counts,
+            weights: (sample_rate != 0).then(|| Weights::new(sample_rate)),
         }
     }
 
@@ -81,6 +85,10 @@ impl Reader {
                     // A mapping's stack is a site of its own even where a heap block's stack
                     // has the same frames: the category is part of the key.
                     let mapping = a.func.is_mapping();
+                    // Mappings are never sampled; a release-only record stands for itself.
+                    if let Some(w) = self.weights.as_mut().filter(|_| !mapping && a.addr != 0) {
+                        a.weight = w.of(a.size);
+                    }
                     a.stack_id = match stack {
                         Some(ips) => self.stacks.intern(mapping, ips),
                         // Without frames (a release, or a stack the kernel could not take):
@@ -115,6 +123,44 @@ impl Reader {
             .stacks_failed
             .store(self.stacks.exhausted, Ordering::Relaxed);
         batch
+    }
+}
+
+/// The weights of sampled allocations. A call of `size` bytes is sampled with probability
+/// p = 1 - exp(-size / rate), so each sampled one stands for 1 / p calls (the estimator of Go's
+/// heap profiles and of jemalloc's). The books count whole calls: the weight is rounded up or
+/// down at random in proportion, so that its expectation stays 1 / p.
+pub struct Weights {
+    rate: f64,
+    /// xorshift64 state (any fixed seed: the estimate is unbiased whatever it is).
+    state: u64,
+}
+
+impl Weights {
+    pub fn new(rate: u64) -> Weights {
+        Weights {
+            rate: rate as f64,
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// The expected number of calls one sampled call of `size` bytes stands for.
+    pub fn expected(&self, size: u64) -> f64 {
+        if size == 0 {
+            return 1.0;
+        }
+        1.0 / -(-(size as f64) / self.rate).exp_m1()
+    }
+
+    /// A whole number of calls whose expectation is [`Weights::expected`].
+    pub fn of(&mut self, size: u64) -> u64 {
+        let w = self.expected(size);
+        let whole = w.floor();
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let u = (self.state >> 11) as f64 / (1u64 << 53) as f64;
+        (whole as u64 + u64::from(u < w - whole)).max(1)
     }
 }
 
@@ -256,5 +302,34 @@ impl Drop for Stream {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Weights;
+
+    #[test]
+    fn sampled_weights_are_unbiased_whole_calls() {
+        let mut w = Weights::new(4096);
+        // Large blocks are nearly always sampled: they stand for about one call each.
+        assert!((w.expected(1 << 20) - 1.0).abs() < 1e-9);
+        // Small ones for about rate / size.
+        assert!(
+            (w.expected(64) / 64.5 - 1.0).abs() < 0.01,
+            "{}",
+            w.expected(64)
+        );
+        for size in [16u64, 100, 3000, 4096, 10_000] {
+            let n = 200_000;
+            let sum: u64 = (0..n).map(|_| w.of(size)).sum();
+            let mean = sum as f64 / n as f64;
+            let want = w.expected(size);
+            assert!(
+                (mean / want - 1.0).abs() < 0.01,
+                "size {size}: mean {mean}, expected {want}"
+            );
+        }
+        assert_eq!(w.of(0), 1);
     }
 }

@@ -13,7 +13,10 @@ use std::{collections::BTreeMap, io::Write, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    aggregate::books::{Books, Judging},
+    aggregate::{
+        books::{Books, Judging},
+        verdict::VerdictParams,
+    },
     collector::{Counters, Event},
     config::ReportOptions,
     flame::{self, What},
@@ -83,7 +86,11 @@ impl Engine {
         };
         Engine {
             books: Books::new(Judging {
-                verdict: opts.verdict,
+                verdict: VerdictParams {
+                    // Sampled: no leak on fewer than three sampled blocks.
+                    min_sampled_blocks: if head.sample_rate != 0 { 3 } else { 0 },
+                    ..opts.verdict
+                },
                 warmup: opts.warmup,
                 interval: opts.interval,
             }),
@@ -313,6 +320,7 @@ impl Engine {
             procs: &self.intake.known.procs,
             opts: &self.selection,
             start_mono_ns: self.head.start_mono_ns,
+            sample_rate: self.head.sample_rate,
             symbols: &mut self.intake.known.symbolizer,
             scans: &self.intake.known.scans,
         }

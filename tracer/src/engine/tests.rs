@@ -86,6 +86,7 @@ fn head() -> RecordHeader {
         start_mono_ns: 0,
         start_unix_ns: 0,
         ring_size: 4096,
+        sample_rate: 0,
     }
 }
 

@@ -96,6 +96,10 @@ pub struct RecordHeader {
     #[serde(default)]
     pub start_unix_ns: i64,
     pub ring_size: u32,
+    /// Mean bytes between sampled allocations (--sample-rate); 0: every call was recorded.
+    /// Absent from recordings of tracer versions before sampling.
+    #[serde(default)]
+    pub sample_rate: u64,
 }
 
 /// One frame of a recording.
@@ -192,6 +196,7 @@ mod tests {
                 start_mono_ns: 1_000_000,
                 start_unix_ns: 1_700_000_000_000_000_000,
                 ring_size: 4096,
+                sample_rate: 0,
             }),
             Frame::Maps {
                 pid: 42,

@@ -41,6 +41,8 @@ pub struct Builder<'a> {
     pub opts: &'a Selection,
     /// The start, on the clock of the events' timestamps (for ages).
     pub start_mono_ns: u64,
+    /// Mean bytes between sampled allocations (0: every call was recorded).
+    pub sample_rate: u64,
     /// Symbolizes the sites listed (its caches fill as it goes).
     pub symbols: &'a mut Symbolizer,
     /// Each process's last reachability scan, per site.
@@ -232,6 +234,10 @@ impl Builder<'_> {
             exited_omitted: 0,
             processes_omitted,
             warnings: Vec::new(),
+            sampling: (self.sample_rate != 0).then_some(super::Sampling {
+                rate_bytes: self.sample_rate,
+                estimates: true,
+            }),
         }
     }
 

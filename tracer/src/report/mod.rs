@@ -210,6 +210,18 @@ pub struct Report {
     /// not be written): tracing went on without them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Sampled mode (--sample-rate): the figures are estimates (absent in a full trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+}
+
+/// How the allocations were sampled: one every `rate_bytes` bytes on average, each sampled
+/// call counted as the 1 / (1 - exp(-size / rate_bytes)) calls it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Sampling {
+    pub rate_bytes: u64,
+    /// Always true: objects, bytes and rates are estimates, with error bounds on the rates.
+    pub estimates: bool,
 }
 
 /// One process of a several-process report.
@@ -370,6 +382,7 @@ pub(crate) fn sample_report() -> Report {
                 verdict_intervals: 4,
                 growth_streak: 4,
                 verdict_scope: Default::default(),
+                rate_error_bytes_per_s: None,
             },
             objects: LiveObjects {
                 sizes: vec![SizeCount {
@@ -398,6 +411,7 @@ pub(crate) fn sample_report() -> Report {
         exited_omitted: 0,
         processes_omitted: 0,
         warnings: Vec::new(),
+        sampling: None,
     }
 }
 

@@ -427,6 +427,14 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     for w in &report.warnings {
         writeln!(out, "  warning: {w}")?;
     }
+    if let Some(s) = &report.sampling {
+        writeln!(
+            out,
+            "  sampled: one allocation every {} on average; objects, bytes and rates are \
+             estimates (no leak verdict on fewer than 3 sampled blocks)",
+            crate::report::size_name(s.rate_bytes)
+        )?;
+    }
     if !report.processes.is_empty() {
         process_table(report, out)?;
     }
