@@ -76,7 +76,7 @@ pub struct Cli {
     /// is recorded with probability 1 - exp(-s/BYTES)), like heapprofd and Go's
     /// MemProfileRate. Reports then give estimates, and say so. An unsampled call costs one
     /// trap where the kernel has uprobe sessions (6.13). 0 (the default) traces every call;
-    /// 512K is a start for production (see the README). K/M/G suffixes.
+    /// 64K is a start for production (see the README). K/M/G suffixes.
     #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_sample_rate)]
     pub sample_rate: u64,
 
