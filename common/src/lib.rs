@@ -610,9 +610,17 @@ pub struct InFlight {
     pub inner_ptr: u64,
     pub inner_func: u8,
     pub _pad: [u8; 7],
-    /// That nested call's return address (sampled mode: its session's return is told by it).
-    pub inner_ret: u64,
+    /// That nested call's entry address (sampled mode: its session's return is told by it).
+    pub inner_ip: u64,
+    /// Sampled mode: the call's entry address (its session's return is not at it) and when it
+    /// entered (a slot whose return never came is dropped after [`STALE_CALL_NS`]).
+    pub entry_ip: u64,
+    pub ts_ns: u64,
 }
+
+/// Sampled mode: an in-flight slot this old is a call whose return was missed (its uretprobe
+/// not set up, or a longjmp out of it), not a call still running: it is dropped.
+pub const STALE_CALL_NS: u64 = 1_000_000_000;
 
 /// [`InFlight::stack_id`] of an entry-only call whose stack waits in a per-thread map for the
 /// call's completion.
@@ -631,4 +639,4 @@ const _: () = assert!(core::mem::size_of::<ForkRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 80);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 96);

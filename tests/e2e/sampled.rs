@@ -73,3 +73,21 @@ fn a_full_trace_says_nothing_of_sampling() {
     assert!(run.final_report.get("sampling").is_none());
     assert_outstanding_is_truth(&run.final_report, &truth_leaks(&run.stdout));
 }
+
+#[test]
+fn a_call_made_by_an_unsampled_call_is_not_counted_again() {
+    if !privileged("a_call_made_by_an_unsampled_call_is_not_counted_again") {
+        return;
+    }
+    // 201,000 allocations, half of them glibc's realloc(NULL, n) jumping to malloc: counted
+    // twice, the estimate would be half as much again.
+    let victim = victim("victims/tailcalls.c", FP);
+    let run = launch_json(&["--sample-rate", "1K"], &victim, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let t = &run.final_report["totals"];
+    let allocs = t["allocs"].as_f64().unwrap();
+    assert!((allocs / 201_000.0 - 1.0).abs() < 0.1, "{t}");
+    // About 620 of the kept blocks are sampled: 4 % standard deviation.
+    let live = t["live_bytes"].as_f64().unwrap();
+    assert!((live / 1_000_000.0 - 1.0).abs() < 0.15, "{t}");
+}

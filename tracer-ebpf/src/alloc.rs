@@ -24,7 +24,7 @@ use tracer_common::{
     counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
     Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord, COOKIE_ENTRY_ONLY,
     COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH, SAMPLE_GAP_COUNT,
-    STACK_AT_ENTRY_INLINE,
+    STACK_AT_ENTRY_INLINE, STALE_CALL_NS,
 };
 
 /// Sizes here are defaults; userspace sets the real ones before load.
@@ -115,6 +115,9 @@ struct Sampler {
     skip_sp: u64,
     skip_ret: u64,
     skip_ip: u64,
+    /// The kernel's uretprobe trampoline in this process, learnt at a sampled call's return:
+    /// what a return address reads when another tool's uretprobe took it.
+    trampoline: u64,
 }
 
 #[repr(C)]
@@ -242,20 +245,48 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
     let func = cookie as u8;
     let entry_only = cookie & COOKIE_ENTRY_ONLY != 0;
     let rate = unsafe { core::ptr::read_volatile(&SAMPLE_RATE) };
-    if let Some(outer) = INFLIGHT.get_ptr_mut(pid_tgid) {
-        // A session's return: at the call's return address, one word above its entry's stack
-        // pointer (an entry is at a function's first instruction, never a return address).
-        let returning = unsafe {
-            ((*outer).ret != 0 && (*outer).sp.wrapping_add(8) == sp && (*outer).ret == regs.rip)
-                || ((*outer).entry_only != 0
-                    && (*outer).inner_sp != 0
+    let mut slot = INFLIGHT.get_ptr_mut(pid_tgid);
+    if let Some(outer) = slot {
+        // A session's return: one word above its entry's stack pointer, anywhere but at the
+        // function's entry. (Not told by the return address read at entry: a tail call from
+        // a function whose return another uprobe took finds the kernel's trampoline there.)
+        let (at_return, at_inner_return) = unsafe {
+            (
+                (*outer).entry_ip != 0
+                    && (*outer).sp.wrapping_add(8) == sp
+                    && (*outer).entry_ip != regs.rip,
+                (*outer).entry_only != 0
+                    && (*outer).inner_ip != 0
                     && (*outer).inner_sp.wrapping_add(8) == sp
-                    && (*outer).inner_ret == regs.rip)
+                    && (*outer).inner_ip != regs.rip,
+            )
         };
-        if returning {
-            leave(&RetProbeContext::new(ctx.as_ptr()));
+        if at_return || at_inner_return {
+            // The return of the call in the slot, in its own function's program; another
+            // function's return there is a call it tail-called (glibc's realloc(NULL, n) jumps
+            // to malloc), which the kernel may report too when another tool's uretprobe shares
+            // the frame: nothing to do.
+            let own = unsafe {
+                if at_inner_return {
+                    func == (*outer).inner_func
+                } else {
+                    func == (*outer).func
+                        || (is_heap_release(func) && is_heap_release((*outer).func))
+                }
+            };
+            if own {
+                leave(&RetProbeContext::new(ctx.as_ptr()));
+            }
             return KEEP_RETURN;
         }
+        if rate != 0 && ktime().wrapping_sub(unsafe { (*outer).ts_ns }) > STALE_CALL_NS {
+            // Its return was missed: everything after would look nested in it.
+            bump(counter::UNMATCHED_RETURN);
+            let _ = INFLIGHT.remove(pid_tgid);
+            slot = None;
+        }
+    }
+    if let Some(outer) = slot {
         if unsafe { (*outer).sp } >= sp {
             // An entry-only call is completed by the first call nested in it that has a
             // return probe (libstdc++'s operator new by its malloc).
@@ -265,7 +296,7 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
                     (*outer).inner_ptr = ptr;
                     (*outer).inner_func = func;
                     if rate != 0 {
-                        (*outer).inner_ret = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                        (*outer).inner_ip = regs.rip;
                     }
                     return KEEP_RETURN;
                 }
@@ -281,12 +312,15 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
                 }
             }
             bump(counter::NESTED);
+            if rate != 0 {
+                learn_trampoline(pid_tgid, unsafe { (*outer).sp });
+            }
             return SKIP_RETURN;
         }
     }
     let mut release_only = false;
     // A heap's destruction is never sampled: every block of it goes.
-    let heap_release = func == AllocFn::HeapDestroy as u8 || func == AllocFn::HeapDelete as u8;
+    let heap_release = is_heap_release(func);
     if rate != 0 && !heap_release {
         match sample(pid_tgid, (sp, regs.rip), size, func, ptr, rate) {
             Sample::Skip => return SKIP_RETURN,
@@ -299,10 +333,8 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
     let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
     // A throwing operator new's return address, read before the kernel points it at its
-    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame; a
-    // sampled call's, which tells its session's return from an entry.
-    let ret = if rate != 0
-        || entry_only
+    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame.
+    let ret = if entry_only
         || (func == AllocFn::New as u8
             || func == AllocFn::NewArray as u8
             || func == AllocFn::NewAligned as u8
@@ -333,13 +365,31 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
         inner_ptr: 0,
         inner_func: 0,
         _pad: [0; 7],
-        inner_ret: 0,
+        inner_ip: 0,
+        entry_ip: if rate != 0 { regs.rip } else { 0 },
+        ts_ns: if rate != 0 { ktime() } else { 0 },
     };
     if INFLIGHT.insert(pid_tgid, slot, 0).is_err() {
         lose(counter::INFLIGHT_FULL);
         return SKIP_RETURN;
     }
     KEEP_RETURN
+}
+
+/// Inside a sampled call: the word its return address was in holds the kernel's uretprobe
+/// trampoline, which replaced it for the call (see [`implementation_of_unsampled`]).
+#[inline(always)]
+fn learn_trampoline(pid_tgid: u64, entry_sp: u64) {
+    if let Some(s) = SAMPLERS.get_ptr_mut(pid_tgid) {
+        if let Ok(t) = unsafe { bpf_probe_read_user(entry_sp as *const u64) } {
+            unsafe { (*s).trampoline = t };
+        }
+    }
+}
+
+#[inline(always)]
+fn is_heap_release(func: u8) -> bool {
+    func == AllocFn::HeapDestroy as u8 || func == AllocFn::HeapDelete as u8
 }
 
 /// What sampling makes of a call.
@@ -369,6 +419,7 @@ fn sample(pid_tgid: u64, (sp, ip): (u64, u64), size: u64, func: u8, ptr: u64, ra
                 skip_sp: 0,
                 skip_ret: 0,
                 skip_ip: 0,
+                trampoline: 0,
             };
             if SAMPLERS.insert(pid_tgid, fresh, 0).is_err() {
                 return Sample::Skip;
@@ -416,7 +467,9 @@ fn implementation_of_unsampled(s: &Sampler, sp: u64, ip: u64, ret: u64) -> bool 
         return false;
     }
     if s.skip_sp == sp {
-        return ret == s.skip_ret && ip != s.skip_ip;
+        // A tail call finds the unsampled call's return address, or the trampoline that
+        // another tool's uretprobe on that call put there.
+        return ip != s.skip_ip && (ret == s.skip_ret || (ret == s.trampoline && ret != 0));
     }
     ret.wrapping_sub(s.skip_ip) < IMPLEMENTATION_SPAN
         && unsafe { bpf_probe_read_user(s.skip_sp as *const u64) }.unwrap_or(0) == s.skip_ret
