@@ -91,3 +91,51 @@ fn a_call_made_by_an_unsampled_call_is_not_counted_again() {
     let live = t["live_bytes"].as_f64().unwrap();
     assert!((live / 1_000_000.0 - 1.0).abs() < 0.15, "{t}");
 }
+
+/// The first frame of a site, as module and offset (Debian's python3 is stripped: no names).
+fn first_frame(site: &serde_json::Value) -> String {
+    let f = &site["frames"][0];
+    format!("{}+{}", f["module"], f["offset"])
+}
+
+#[test]
+fn a_real_python_sampled_at_64k_matches_its_full_trace() {
+    if !privileged("a_real_python_sampled_at_64k_matches_its_full_trace") {
+        return;
+    }
+    // Debian's python3, every object from malloc, leaving with ~50 MB held.
+    let script = root().join("tests/victims/pyleak.py");
+    let run = |rate: &str| {
+        let r = launch_json_env(
+            &["--sample-rate", rate, "-n", "10"],
+            &[("PYTHONMALLOC", "malloc")],
+            std::path::Path::new("/usr/bin/python3"),
+            &[script.to_str().unwrap()],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        r.final_report
+    };
+    let (full, sampled) = (run("0"), run("64K"));
+    let bytes = |r: &serde_json::Value| r["totals"]["live_bytes"].as_f64().unwrap();
+    assert!(bytes(&full) > 40e6, "{}", full["totals"]);
+    assert!(
+        (bytes(&sampled) / bytes(&full) - 1.0).abs() < 0.1,
+        "sampled {} B, full trace {} B",
+        bytes(&sampled),
+        bytes(&full)
+    );
+    // The full trace's top three sites lead the estimate too.
+    let top = |r: &serde_json::Value, n: usize| -> Vec<String> {
+        r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(n)
+            .map(first_frame)
+            .collect()
+    };
+    let (want, got) = (top(&full, 3), top(&sampled, 5));
+    for w in &want {
+        assert!(got.contains(w), "{w} not among {got:?}");
+    }
+}
