@@ -142,8 +142,8 @@ impl MultiPrograms {
         obj.relocate_calls(&text_sections)
             .map_err(|e| anyhow!("relocating the eBPF object's calls: {e}"))?;
         let license = obj.license.clone();
-        let mut progs = HashMap::new();
-        for &name in names {
+        // The relocated instructions of program `name`.
+        let code = |name: &str| -> Result<&[aya_obj::generated::bpf_insn]> {
             let program = obj
                 .programs
                 .get(name)
@@ -152,12 +152,11 @@ impl MultiPrograms {
                 .functions
                 .get(&program.function_key())
                 .with_context(|| format!("program {name} has no code"))?;
-            let fd = load_program(
-                name,
-                &function.instructions,
-                &license,
-                BPF_TRACE_UPROBE_MULTI,
-            )?;
+            Ok(&function.instructions)
+        };
+        let mut progs = HashMap::new();
+        for &name in names {
+            let fd = load_program(name, code(name)?, &license, BPF_TRACE_UPROBE_MULTI)?;
             progs.insert(name, fd);
         }
         // The session attach type's number, from the kernel's own BTF: a kernel without it
@@ -172,15 +171,7 @@ impl MultiPrograms {
         let mut loaded = HashMap::new();
         if let Some(t) = session_type {
             for &name in sessions {
-                let program = obj
-                    .programs
-                    .get(name)
-                    .with_context(|| format!("program {name} missing from the eBPF object"))?;
-                let function = obj
-                    .functions
-                    .get(&program.function_key())
-                    .with_context(|| format!("program {name} has no code"))?;
-                match load_program(name, &function.instructions, &license, t) {
+                match load_program(name, code(name)?, &license, t) {
                     Ok(fd) => {
                         loaded.insert(name, fd);
                     }
