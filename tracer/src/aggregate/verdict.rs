@@ -140,10 +140,42 @@ pub struct Assessment {
 /// net gain has a standard deviation of about the square root of the sampled blocks that came
 /// and went. Growth must be three of those; a leak, whose blocks stay, gets there with nine.
 fn sampled_growth(first: Sample, last: Sample) -> bool {
+    let (grew, churned) = sampled_turnover(first, last);
+    grew > 0 && grew as f64 >= 3.0 * (churned as f64).sqrt() * uncertainty(first, last)
+}
+
+/// How uncertain one sampled block is, from 0 (blocks so large that every one is sampled:
+/// each stands for itself) to 1 (small blocks, each standing for many). A block standing for
+/// w calls adds w (w - 1) to the estimate's variance: sqrt(1 - 1 / w) of the w^2 taken above.
+fn uncertainty(first: Sample, last: Sample) -> f64 {
+    let s = if last.live_blocks > 0 { last } else { first };
+    if s.live_blocks == 0 {
+        return 1.0;
+    }
+    let w = s.live_objects as f64 / s.live_blocks as f64;
+    (1.0 - 1.0 / w.max(1.0)).sqrt()
+}
+
+/// Three standard deviations, in bytes, of the change of a sampled site's estimate over the
+/// window: its sampled blocks' bytes each, times the square root of those that came and went.
+fn sampled_noise_bytes(first: Sample, last: Sample) -> f64 {
+    let (_, churned) = sampled_turnover(first, last);
+    let per_block = if last.live_blocks > 0 {
+        last.live_bytes as f64 / last.live_blocks as f64
+    } else if first.live_blocks > 0 {
+        first.live_bytes as f64 / first.live_blocks as f64
+    } else {
+        0.0
+    };
+    3.0 * per_block * (churned as f64).sqrt() * uncertainty(first, last)
+}
+
+/// The net gain of sampled blocks over the window, and how many came and went in all.
+fn sampled_turnover(first: Sample, last: Sample) -> (i64, u64) {
     let came = last.blocks.saturating_sub(first.blocks);
     let grew = last.live_blocks as i64 - first.live_blocks as i64;
-    let went = (came as i64 - grew).max(0);
-    grew > 0 && grew as f64 >= 3.0 * ((came as i64 + went) as f64).sqrt()
+    let went = (came as i64 - grew).max(0) as u64;
+    (grew, came + went)
 }
 
 /// Judges one site from its samples, oldest first (the window's start and each interval's
@@ -184,7 +216,14 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
     } else {
         0.0
     };
-    let tol = (2.0 * avg_block).max(FLAT_FRACTION * peak);
+    // Sampled: a change of the estimate within three standard deviations of the sampling
+    // noise is not told from none (a cache's estimate drifts either way).
+    let noise = if p.min_sampled_blocks > 0 {
+        sampled_noise_bytes(first, last)
+    } else {
+        0.0
+    };
+    let tol = (2.0 * avg_block).max(FLAT_FRACTION * peak).max(noise);
     let net = live(k) - live(0);
     let recent = live(k) - live(k / 2);
     let steady = grown as f64 >= p.leak_fraction * k as f64;
@@ -211,7 +250,12 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
     } else {
         steady || trend
     };
-    let evidence = evidence && (p.min_sampled_blocks == 0 || sampled_growth(first, last));
+    // Sampled: the growth must beat the sampling noise, unless the blocks are so large that
+    // each stands for itself (one block grown by realloc).
+    let evidence = evidence
+        && (p.min_sampled_blocks == 0
+            || uncertainty(first, last) < 0.5
+            || sampled_growth(first, last));
     // Growth is measured against the peak only: one block grown by realloc is one big block.
     let small = FLAT_FRACTION * peak;
     a.verdict = if net > small && recent > small / 2.0 && evidence {
@@ -231,6 +275,7 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
     let few = |n: u64| n < p.min_sampled_blocks;
     if a.verdict == Verdict::Leak
         && p.min_sampled_blocks > 0
+        && uncertainty(first, last) >= 0.5
         && (few(last.live_blocks) || few(last.live_blocks.saturating_sub(first.live_blocks) + 1))
     {
         a.verdict = Verdict::Uncertain;
@@ -318,6 +363,22 @@ mod tests {
         let cache: Vec<(u64, u64)> = (0..11).map(|i| (200 + 3 * i, 200 + 20 * i)).collect();
         let a = assess(&sampled(&cache, 64, 20), &p, false);
         assert_ne!(a.verdict, Verdict::Leak, "{a:?}");
+        // Nor freed when its estimate drifts down by chance: 200 sampled blocks, 20 a second
+        // replaced, 30 fewer at the end.
+        let down: Vec<(u64, u64)> = (0..11).map(|i| (230 - 3 * i, 230 + 20 * i)).collect();
+        let a = assess(&sampled(&down, 64, 20), &p, false);
+        assert!(
+            matches!(a.verdict, Verdict::Plateau | Verdict::Churn),
+            "{a:?}"
+        );
+        // A block sampled every time (1 MiB at 4K) stands for itself: one is enough.
+        let big: Vec<(u64, u64)> = (0..11).map(|i| (1, 1 + i)).collect();
+        let mut h = sampled(&big, 1 << 20, 1);
+        for (i, s) in h.iter_mut().enumerate() {
+            s.live_bytes = (1 + i as u64) << 20;
+        }
+        let a = assess(&h, &p, false);
+        assert_eq!(a.verdict, Verdict::Leak, "{a:?}");
         // Two samples are no leak either, however they grew.
         let two: Vec<(u64, u64)> = (0..11).map(|i| (u64::from(i >= 5) * 2, 2)).collect();
         let a = assess(&sampled(&two, 64, 1000), &p, false);
