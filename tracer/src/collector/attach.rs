@@ -280,44 +280,15 @@ impl Attached {
             let link = multi
                 .attach_session(program, &lib.open_path, probes, pid)
                 .map_err(|e| {
-                    anyhow!(
-                        "cannot attach {program} as a uprobe session to {} entries of {} ({}): {e}",
-                        probes.len(),
-                        lib.path.display(),
-                        lib.kinds()
-                    )
+                    link_error(e, program, "entries, as a uprobe session,", probes, lib)
                 })?;
             self.multi_links.push(link);
         }
         for (program, ret, probes) in groups.into_iter().filter(|g| !g.2.is_empty()) {
+            let what = if ret { "returns" } else { "entries" };
             let link = multi
                 .attach(program, &lib.open_path, &probes, ret, pid)
-                .map_err(|e| {
-                    let what = if ret { "returns" } else { "entries" };
-                    if e.raw_os_error() == Some(libc::EINVAL) {
-                        // One refused offset refuses the whole link: name whoever else
-                        // probes any of them.
-                        let others: String = probes
-                            .iter()
-                            .map(|(off, _)| other_uprobe_users(lib, *off))
-                            .find(|o| !o.is_empty())
-                            .unwrap_or_default();
-                        return anyhow!(
-                            "the kernel refused uprobes on {} {what} of {} (EINVAL). This \
-                             happens when another tool already probes the same functions with \
-                             a different reference counter (bcc's memleak from python3-bpfcc \
-                             0.26 does); stop that tool and run tracer again.{others}",
-                            probes.len(),
-                            lib.path.display(),
-                        );
-                    }
-                    anyhow!(
-                        "cannot attach {program} to {} {what} of {} ({}): {e}",
-                        probes.len(),
-                        lib.path.display(),
-                        lib.kinds()
-                    )
-                })?;
+                .map_err(|e| link_error(e, program, what, &probes, lib))?;
             self.multi_links.push(link);
         }
         Ok(())
@@ -361,6 +332,38 @@ impl Attached {
     pub fn has_multi(&self) -> bool {
         self.multi.is_some()
     }
+}
+
+/// Why a uprobe-multi link (or session) of `program` on `probes` (offset, cookie) of `lib`'s
+/// `what` was refused.
+fn link_error(
+    e: std::io::Error,
+    program: &str,
+    what: &str,
+    probes: &[(u64, u64)],
+    lib: &AllocatorLib,
+) -> anyhow::Error {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        // One refused offset refuses the whole link: name whoever else probes any of them.
+        let others: String = probes
+            .iter()
+            .map(|(off, _)| other_uprobe_users(lib, *off))
+            .find(|o| !o.is_empty())
+            .unwrap_or_default();
+        return anyhow!(
+            "the kernel refused uprobes on {} {what} of {} (EINVAL). This happens when another \
+             tool already probes the same functions with a different reference counter (bcc's \
+             memleak from python3-bpfcc 0.26 does); stop that tool and run tracer again.{others}",
+            probes.len(),
+            lib.path.display(),
+        );
+    }
+    anyhow!(
+        "cannot attach {program} to {} {what} of {} ({}): {e}",
+        probes.len(),
+        lib.path.display(),
+        lib.kinds()
+    )
 }
 
 /// The uprobe cookies of one file's probes, and which have return probes.
