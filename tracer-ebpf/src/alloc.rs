@@ -115,8 +115,9 @@ struct Sampler {
     skip_sp: u64,
     skip_ret: u64,
     skip_ip: u64,
-    /// The kernel's uretprobe trampoline in this process, learnt at a sampled call's return:
-    /// what a return address reads when another tool's uretprobe took it.
+    /// The kernel's uretprobe trampoline in this process, learnt inside a sampled call (see
+    /// [`learn_trampoline`]): what a return address reads when another tool's uretprobe took
+    /// it.
     trampoline: u64,
 }
 
