@@ -195,3 +195,87 @@ fn cpp_objects_are_counted_by_class_and_a_plain_struct_gets_no_name() {
         "{named:?} plain {plain}"
     );
 }
+
+/// valgrind's leak summary of `program args` at its exit: bytes definitely lost, indirectly
+/// lost, possibly lost and still reachable.
+fn valgrind_summary(program: &std::path::Path, args: &[&str]) -> [u64; 4] {
+    let o = run(Command::new("valgrind")
+        .args(["--leak-check=full", "--show-leak-kinds=all"])
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null()));
+    let text = stderr(&o);
+    assert!(o.status.success(), "valgrind: {text}");
+    [
+        "definitely lost:",
+        "indirectly lost:",
+        "possibly lost:",
+        "still reachable:",
+    ]
+    .map(|k| {
+        let line = text
+            .lines()
+            .find(|l| l.contains(k))
+            .unwrap_or_else(|| panic!("no '{k}' in valgrind's summary: {text}"));
+        let after = line.split(k).nth(1).unwrap();
+        let bytes = after.split_whitespace().next().unwrap().replace(',', "");
+        bytes.parse().unwrap()
+    })
+}
+
+/// A launched command's final report scans its memory at its exit (tracer holds the exit for
+/// it, the way valgrind's leak check runs at exit): every block of holders.c is in its class,
+/// held by its global, and each class's bytes equal valgrind's leak summary of the same run.
+#[test]
+fn a_launched_command_is_scanned_at_its_exit_as_valgrind_does() {
+    if !privileged("a_launched_command_is_scanned_at_its_exit_as_valgrind_does") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    // 100 ticks: one block of each class per tick, whatever the pace.
+    let l = launch_json(&["-n", "50", "-i", "10"], &holders, &["1"]);
+    assert_eq!(l.code, Some(0), "{}", l.stderr);
+    let fin = &l.final_report;
+    check_holders(fin);
+    let ours = |k: &str| -> u64 {
+        fin["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                let f = leaf(s);
+                // The C library's stdout buffer: valgrind frees it at exit (__libc_freeres).
+                [
+                    "drop_leak",
+                    "bag_leak",
+                    "child_alloc",
+                    "list_push",
+                    "interior_keep",
+                ]
+                .contains(&f.as_str())
+            })
+            .map(|s| n(&s["reachability"], k))
+            .sum()
+    };
+    let got = [
+        ours("unreachable_bytes"),
+        ours("indirect_bytes"),
+        ours("possible_bytes"),
+        ours("reachable_bytes"),
+    ];
+    // The program's own account (TRUTH lines at its exit), by class.
+    let mut truth = [0u64; 4];
+    for line in l.stdout.lines().filter(|l| l.starts_with("TRUTH")) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let class = ["UNREACHABLE", "INDIRECT", "POSSIBLE", "REACHABLE"]
+            .iter()
+            .position(|c| *c == w[2]);
+        let bytes: u64 = w[4].strip_prefix("bytes=").unwrap().parse().unwrap();
+        if let Some(c) = class {
+            truth[c] += bytes;
+        }
+    }
+    assert_eq!(truth, [8_000, 8_000, 12_800, 6_400], "{}", l.stdout);
+    assert_eq!(got, truth, "{fin}");
+    assert_eq!(got, valgrind_summary(&holders, &["1"]));
+}

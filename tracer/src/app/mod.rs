@@ -10,7 +10,8 @@ use anyhow::Result;
 use crate::{
     collector::{
         ebpf::EbpfCollector,
-        launch::{self, ExitStatus},
+        hold::Watched,
+        launch::ExitStatus,
         stream::{Batch, Stream},
     },
     config::{Config, Mode},
@@ -27,6 +28,9 @@ mod probe;
 mod setup;
 
 use probe::{Ctx, Prober};
+
+/// How long a launched command released at its exit may take to be gone.
+const EXIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often the ring buffer is drained when the watermark wakeup does not come first.
 const DRAIN_PERIOD: Duration = Duration::from_millis(100);
@@ -49,6 +53,8 @@ struct Session {
     prober: Prober,
     /// The launched command, if any.
     launched: Option<u32>,
+    /// The thread that waits for it, and holds its exit for the final report's scan.
+    watched: Option<Watched>,
     /// The launched command's exit, while followed children still run.
     launched_status: Option<ExitStatus>,
     /// Processes forked by the target (and theirs) that are still alive (--follow-children).
@@ -93,12 +99,16 @@ impl Feed for Session {
                 break 'end None;
             }
             self.forget_gone();
-            if let Some(child) = launched {
+            if let Some(w) = &self.watched {
                 if self.launched_status.is_none() {
-                    self.launched_status = launch::try_wait(child);
+                    self.launched_status = w.status();
                 }
-                if self.launched_status.is_some() && self.followed.is_empty() {
-                    break 'end self.launched_status;
+                if self.launched_status.is_some() {
+                    if self.followed.is_empty() {
+                        break 'end self.launched_status;
+                    }
+                    // Its children run on: its exit is not held for them.
+                    w.release();
                 }
             } else if !self.targets.is_empty()
                 && !self.targets.iter().any(|&p| alive(p))
@@ -142,9 +152,19 @@ impl Feed for Session {
         }
         self.exit = ended;
         engine.set_process_losses(self.collector.lost_by_pid())?;
-        // A process still alive (attached to, or at --duration) is scanned for who holds
-        // what it still has.
+        // A process still alive (attached to, or at --duration), or a launched command held at
+        // its exit, is scanned for who holds what it still has; then the exit goes on.
         engine.scan_reach(&mut self.live, self.launched.is_some())?;
+        if let Some(w) = &self.watched {
+            w.release();
+            if ended.is_some() {
+                // Its exit goes on: once it is gone, the books say it exited.
+                w.wait_gone(EXIT_LIMIT);
+                if engine.multi() {
+                    tell_exits(engine)?;
+                }
+            }
+        }
         Ok(Some(Moment::End {
             t_ns: ns(self.start.elapsed()),
             counters: self.collector.counters(),

@@ -180,10 +180,17 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             }
         }
         let noted = program.as_deref().and_then(file_id).into_iter().collect();
-        let launched = match (held, program) {
+        let watched = match (held, program) {
             (Some(child), Some(program)) => Some(child.release(&program)?),
             _ => None,
         };
+        let launched = watched.as_ref().map(|w| w.pid);
+        if let Some(Err(e)) = watched.as_ref().map(|w| &w.holds_exit) {
+            eprintln!(
+                "tracer: note: cannot hold the command at its exit (ptrace: {e}): the final \
+                 report says nothing of who holds what it left"
+            );
+        }
         signals::install(launched);
         // A launched command owns the terminal's input; marks then come by SIGUSR1 only (or
         // the live view's `m`, which reads the terminal itself).
@@ -306,6 +313,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             live: Live::new(allocator_of, default_allocator, early),
             prober: Prober::new(launched, scope_all, noted, attached),
             launched,
+            watched,
             launched_status: None,
             followed: Vec::new(),
             targets,

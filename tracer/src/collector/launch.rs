@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::hold::Watched;
+
 /// A user to run the launched command as: ids resolved before the fork (the child may only
 /// make async-signal-safe calls).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,8 @@ pub struct HeldChild {
     pub pid: u32,
     go: libc::c_int,
     exec_err: libc::c_int,
+    /// The thread that waits for it (and holds its exit, see `hold`).
+    watched: Option<Watched>,
 }
 
 fn cstring(s: &[u8], what: &str) -> Result<CString> {
@@ -202,17 +206,21 @@ pub fn spawn_held(program: &Path, argv: &[OsString], user: Option<&RunAs>) -> Re
         libc::close(go_r);
         libc::close(err_w);
     }
-    Ok(HeldChild {
+    let mut child = HeldChild {
         pid: pid as u32,
         go: go_w,
         exec_err: err_r,
-    })
+        watched: None,
+    };
+    // On failure, dropping `child` closes the gate: the child exits without running.
+    child.watched = Some(Watched::start(pid as u32, true).context("cannot start a thread")?);
+    Ok(child)
 }
 
 impl HeldChild {
     /// Lets the child exec; returns once the exec has succeeded (or fails with its error).
-    pub fn release(self, program: &Path) -> Result<u32> {
-        let pid = self.pid;
+    pub fn release(mut self, program: &Path) -> Result<Watched> {
+        let watched = self.watched.take();
         // SAFETY: fds owned by self; buffers valid for their lengths.
         let (n, errno) = unsafe {
             libc::write(self.go, [1u8].as_ptr().cast(), 1);
@@ -231,8 +239,11 @@ impl HeldChild {
             (n, (word(0), word(4)))
         };
         let (stage, errno) = errno;
+        let Some(watched) = watched else {
+            bail!("the launched command was not watched");
+        };
         if n == 8 {
-            reap(pid);
+            watched.wait_gone(REAP_LIMIT);
             let err = std::io::Error::from_raw_os_error(errno);
             if stage == STAGE_USER {
                 bail!(
@@ -242,7 +253,7 @@ impl HeldChild {
             }
             bail!("cannot execute {}: {err}", program.display());
         }
-        Ok(pid)
+        Ok(watched)
     }
 }
 
@@ -254,15 +265,14 @@ impl Drop for HeldChild {
             libc::close(self.go);
             libc::close(self.exec_err);
         }
-        reap(self.pid);
+        if let Some(w) = &self.watched {
+            w.wait_gone(REAP_LIMIT);
+        }
     }
 }
 
-fn reap(pid: u32) {
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-}
+/// How long a child that was never released may take to exit (it exits at once).
+const REAP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,23 +291,6 @@ impl ExitStatus {
     }
 }
 
-/// The child's status if it has ended (reaping it), without blocking.
-pub fn try_wait(pid: u32) -> Option<ExitStatus> {
-    let mut status = 0;
-    // SAFETY: waiting for our own child without blocking.
-    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
-    if r != pid as i32 {
-        return None;
-    }
-    if libc::WIFEXITED(status) {
-        Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
-    } else if libc::WIFSIGNALED(status) {
-        Some(ExitStatus::Signal(libc::WTERMSIG(status)))
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,13 +303,8 @@ mod tests {
             None,
         )
         .unwrap();
-        let pid = child.release(Path::new("/bin/sh")).unwrap();
-        let status = loop {
-            if let Some(s) = try_wait(pid) {
-                break s;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
+        let watched = child.release(Path::new("/bin/sh")).unwrap();
+        let status = watched.wait_gone(REAP_LIMIT).unwrap();
         assert_eq!(status, ExitStatus::Code(3));
     }
 
@@ -340,13 +328,8 @@ mod tests {
             assert!(e.contains("--user"), "{e}");
             return;
         }
-        let pid = child.release(Path::new("/bin/sh")).unwrap();
-        let status = loop {
-            if let Some(s) = try_wait(pid) {
-                break s;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        };
+        let watched = child.release(Path::new("/bin/sh")).unwrap();
+        let status = watched.wait_gone(REAP_LIMIT).unwrap();
         assert_eq!(status, ExitStatus::Code(0));
         assert!(RunAs::lookup("no-such-user-here")
             .unwrap_err()

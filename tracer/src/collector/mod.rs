@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod btf;
 pub mod ebpf;
+pub mod hold;
 pub mod launch;
 pub mod ldso;
 pub mod multi;

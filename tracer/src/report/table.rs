@@ -255,9 +255,15 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     if listed.is_empty() {
         return Ok(());
     }
+    // A launched command's final report: its memory as its exit found it (held there).
+    let when = if report.exit_code.is_some() {
+        "at its exit"
+    } else {
+        "while it ran"
+    };
     writeln!(
         out,
-        "who holds it (a scan of the process's memory while it ran; see README):"
+        "who holds it (a scan of the process's memory {when}; see README):"
     )?;
     for s in listed {
         let mut parts = Vec::new();
