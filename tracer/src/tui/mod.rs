@@ -52,19 +52,12 @@ impl Live {
     ) -> Result<Live, String> {
         let screen = term::open()?;
         let (tx, rx) = mpsc::channel();
-        let (said_tx, said_rx) = mpsc::channel::<String>();
-        let caught = term::Caught::start(said_tx).ok();
-        let forward = tx.clone();
-        std::thread::Builder::new()
-            .name("stderr-lines".into())
-            .spawn(move || {
-                for line in said_rx {
-                    if forward.send(Msg::Said(line)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the view: {e}"))?;
+        // tracer's own stderr, caught while the view is up, goes to the view line by line.
+        let said = tx.clone();
+        let caught = term::Caught::start(Box::new(move |line| {
+            let _ = said.send(Msg::Said(line));
+        }))
+        .ok();
         let view = View::new(source, sort, limits);
         let thread = std::thread::Builder::new()
             .name("live-view".into())

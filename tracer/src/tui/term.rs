@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{self, BufRead, BufReader, BufWriter, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     thread::JoinHandle,
 };
 
@@ -75,8 +75,8 @@ pub struct Caught {
 }
 
 impl Caught {
-    /// Catches fd 2 from now on; each line is also sent to `tx` as it comes.
-    pub fn start(tx: mpsc::Sender<String>) -> io::Result<Caught> {
+    /// Catches fd 2 from now on; each line is also given to `each` as it comes.
+    pub fn start(mut each: Box<dyn FnMut(String) + Send>) -> io::Result<Caught> {
         let mut fds = [0; 2];
         // SAFETY: a valid array of two fds; each call's result is checked.
         unsafe {
@@ -100,7 +100,7 @@ impl Caught {
                 .spawn(move || {
                     for line in BufReader::new(File::from(r)).lines() {
                         let Ok(line) = line else { break };
-                        let _ = tx.send(line.clone());
+                        each(line.clone());
                         if let Ok(mut k) = kept.lock() {
                             k.push(line);
                         }
