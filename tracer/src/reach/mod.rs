@@ -302,35 +302,33 @@ fn scan_heap(
         let mut stack = vec![i];
         while let Some(k) = stack.pop() {
             let b = blocks[k];
-            let mut found = Vec::new();
             let first = &mut out.first_word[k];
+            let holder = &mut out.holder;
+            // Each word is followed as it is read, as in the marking above.
             let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
                 if at == b.addr {
                     *first = Some(w);
                 }
-                found.push(w);
-            });
-            if !ok {
-                out.unreadable_blocks += 1;
-            }
-            for w in found {
-                let Some((j, _)) = heap.find(w) else { continue };
+                let Some((j, _)) = heap.find(w) else { return };
                 if state[j] != 0 || weak[j] || j == i || j == k {
-                    continue;
+                    return;
                 }
                 if !lost_seen[j] {
                     lost_seen[j] = true;
                     indirect[j] = true;
                     leader_of[j] = i;
-                    out.holder[j] = Holder::Block(k);
+                    holder[j] = Holder::Block(k);
                     stack.push(j);
                 } else if leader_of[j] == j {
                     // An earlier group's leader is pointed to from this group: it is
                     // indirectly lost too.
                     indirect[j] = true;
                     leader_of[j] = i;
-                    out.holder[j] = Holder::Block(k);
+                    holder[j] = Holder::Block(k);
                 }
+            });
+            if !ok {
+                out.unreadable_blocks += 1;
             }
         }
     }
