@@ -36,6 +36,16 @@ pub enum Reach {
     Reachable,
 }
 
+impl Reach {
+    /// Every class, in valgrind's order.
+    pub const ALL: [Reach; 4] = [
+        Reach::Unreachable,
+        Reach::Indirect,
+        Reach::Possible,
+        Reach::Reachable,
+    ];
+}
+
 /// Who reached a block first (on a shortest chain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Holder {

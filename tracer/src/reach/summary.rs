@@ -29,6 +29,53 @@ pub struct SiteReach {
     pub held_by: Vec<Held>,
 }
 
+/// The reachability classes, in valgrind's order, as the reports name them.
+pub const REACH_NAMES: [&str; 4] = [
+    "unreachable",
+    "indirectly lost",
+    "possibly reachable",
+    "reachable",
+];
+
+impl SiteReach {
+    /// Objects and bytes of `class`.
+    pub fn class_mut(&mut self, class: Reach) -> (&mut u64, &mut u64) {
+        match class {
+            Reach::Unreachable => (&mut self.unreachable_objects, &mut self.unreachable_bytes),
+            Reach::Indirect => (&mut self.indirect_objects, &mut self.indirect_bytes),
+            Reach::Possible => (&mut self.possible_objects, &mut self.possible_bytes),
+            Reach::Reachable => (&mut self.reachable_objects, &mut self.reachable_bytes),
+        }
+    }
+
+    /// Per class (`REACH_NAMES` order): objects and bytes.
+    pub fn counts(&self) -> [(u64, u64); 4] {
+        [
+            (self.unreachable_objects, self.unreachable_bytes),
+            (self.indirect_objects, self.indirect_bytes),
+            (self.possible_objects, self.possible_bytes),
+            (self.reachable_objects, self.reachable_bytes),
+        ]
+    }
+
+    /// Sets the counts from [`SiteReach::counts`]'s form.
+    pub fn set_counts(&mut self, c: [(u64, u64); 4]) {
+        for (class, (objects, bytes)) in Reach::ALL.into_iter().zip(c) {
+            let (o, b) = self.class_mut(class);
+            (*o, *b) = (objects, bytes);
+        }
+    }
+
+    /// Adds another scan's counts and holders (the holders still to be ranked).
+    pub fn add_counts(&mut self, other: &SiteReach) {
+        for (class, (objects, bytes)) in Reach::ALL.into_iter().zip(other.counts()) {
+            let (o, b) = self.class_mut(class);
+            *o += objects;
+            *b += bytes;
+        }
+    }
+}
+
 /// A root and what of a site it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Held {
@@ -120,13 +167,7 @@ pub fn by_site(
     for (i, b) in owned.iter().enumerate() {
         let s = out.entry(b.site).or_default();
         let bytes = b.size * b.weight;
-        let r = &mut s.reach;
-        let (objs, total) = match o.reach[i] {
-            Reach::Unreachable => (&mut r.unreachable_objects, &mut r.unreachable_bytes),
-            Reach::Indirect => (&mut r.indirect_objects, &mut r.indirect_bytes),
-            Reach::Possible => (&mut r.possible_objects, &mut r.possible_bytes),
-            Reach::Reachable => (&mut r.reachable_objects, &mut r.reachable_bytes),
-        };
+        let (objs, total) = s.reach.class_mut(o.reach[i]);
         *objs += b.weight;
         *total += bytes;
         if let Some((region, at)) = o.root[i] {

@@ -199,17 +199,9 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             for (site, s) in sites {
                 put_u64(b, *site as u64);
                 let r = &s.reach;
-                for v in [
-                    r.unreachable_objects,
-                    r.unreachable_bytes,
-                    r.indirect_objects,
-                    r.indirect_bytes,
-                    r.possible_objects,
-                    r.possible_bytes,
-                    r.reachable_objects,
-                    r.reachable_bytes,
-                ] {
-                    put_var(b, v);
+                for (objects, bytes) in r.counts() {
+                    put_var(b, objects);
+                    put_var(b, bytes);
                 }
                 put_named(b, r.held_by.iter().map(|h| (&h.root, h.objects, h.bytes)));
                 put_named(b, s.types.iter().map(|t| (&t.name, t.objects, t.bytes)));
@@ -529,22 +521,13 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
             let mut sites = Vec::with_capacity(n);
             for _ in 0..n {
                 let site = c.u64("site")? as usize;
-                let mut v = [0u64; 8];
+                let mut v = [(0u64, 0u64); 4];
                 for x in &mut v {
-                    *x = c.var("count")?;
+                    *x = (c.var("count")?, c.var("count")?);
                 }
                 let mut s = SiteScan::default();
                 let r = &mut s.reach;
-                [
-                    r.unreachable_objects,
-                    r.unreachable_bytes,
-                    r.indirect_objects,
-                    r.indirect_bytes,
-                    r.possible_objects,
-                    r.possible_bytes,
-                    r.reachable_objects,
-                    r.reachable_bytes,
-                ] = v;
+                r.set_counts(v);
                 r.held_by = c
                     .named("holder")?
                     .into_iter()

@@ -488,14 +488,7 @@ fn scanned(
     let (mut held, mut types) = (Tally::new(), Tally::new());
     for s in found {
         let x = &s.reach;
-        r.unreachable_objects += x.unreachable_objects;
-        r.unreachable_bytes += x.unreachable_bytes;
-        r.indirect_objects += x.indirect_objects;
-        r.indirect_bytes += x.indirect_bytes;
-        r.possible_objects += x.possible_objects;
-        r.possible_bytes += x.possible_bytes;
-        r.reachable_objects += x.reachable_objects;
-        r.reachable_bytes += x.reachable_bytes;
+        r.add_counts(x);
         for h in &x.held_by {
             add(&mut held, &h.root, h.objects, h.bytes);
         }

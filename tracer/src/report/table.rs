@@ -8,7 +8,11 @@ use super::{
     group, lost_hints, signed, Category, LimitSettings, LiveObjects, Report, ReportKind,
     SiteReport, Totals,
 };
-use crate::{aggregate::verdict::Verdict, symbolize::Frame};
+use crate::{
+    aggregate::verdict::Verdict,
+    reach::summary::{TypeCount, REACH_NAMES},
+    symbolize::Frame,
+};
 
 /// How many frames name a site in the table: the allocator's caller and two more.
 const SITE_FRAMES: usize = 3;
@@ -244,6 +248,15 @@ pub fn age(secs: f64) -> String {
     }
 }
 
+/// The classes of a site's objects: `Circle × 1,200, Square × 10`.
+pub fn class_list(types: &[TypeCount]) -> String {
+    types
+        .iter()
+        .map(|t| format!("{} × {}", t.name, group(t.objects)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the memory scan found of the sites listed (reports made when the target could be
 /// read): how much of each is lost or still held, by whom, and the classes of its objects.
 fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
@@ -268,12 +281,7 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     for s in listed {
         let mut parts = Vec::new();
         if let Some(r) = &s.reachability {
-            for (what, objects, bytes) in [
-                ("unreachable", r.unreachable_objects, r.unreachable_bytes),
-                ("indirectly lost", r.indirect_objects, r.indirect_bytes),
-                ("possibly reachable", r.possible_objects, r.possible_bytes),
-                ("reachable", r.reachable_objects, r.reachable_bytes),
-            ] {
+            for (what, (objects, bytes)) in REACH_NAMES.into_iter().zip(r.counts()) {
                 if objects > 0 {
                     parts.push(format!("{} B in {} {what}", group(bytes), group(objects)));
                 }
@@ -291,13 +299,7 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             }
         }
         if !s.types.is_empty() {
-            parts.push(
-                s.types
-                    .iter()
-                    .map(|t| format!("{} × {}", t.name, group(t.objects)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
+            parts.push(class_list(&s.types));
         }
         writeln!(out, "  {}: {}", site_label(&s.frames), parts.join("; "))?;
     }

@@ -12,9 +12,10 @@ use ratatui::{
 use super::state::{since_mark, Pane, Source, View};
 use crate::{
     aggregate::verdict::Verdict,
+    reach::summary::REACH_NAMES,
     report::{
         group, lost_hints, signed,
-        table::{age, blocks, bytes, site_label},
+        table::{age, blocks, bytes, class_list, site_label},
         SiteReport, SortKey,
     },
 };
@@ -398,22 +399,10 @@ fn detail(f: &mut Frame, area: Rect, v: &View, s: &SiteReport) {
     ];
     // What the last scan found (the mark pane's sites, where it ran).
     if !s.types.is_empty() {
-        facts.push(Line::from(format!(
-            "objects: {}",
-            s.types
-                .iter()
-                .map(|t| format!("{} × {}", t.name, group(t.objects)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        facts.push(Line::from(format!("objects: {}", class_list(&s.types))));
     }
     if let Some(r) = &s.reachability {
-        for (what, n, objects) in [
-            ("unreachable", r.unreachable_bytes, r.unreachable_objects),
-            ("indirectly lost", r.indirect_bytes, r.indirect_objects),
-            ("possibly reachable", r.possible_bytes, r.possible_objects),
-            ("reachable", r.reachable_bytes, r.reachable_objects),
-        ] {
+        for (what, (objects, n)) in REACH_NAMES.into_iter().zip(r.counts()) {
             if objects > 0 {
                 facts.push(Line::from(format!(
                     "{what}: {} in {} blocks",
