@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::{
     collector::{
         ebpf::EbpfCollector,
-        hold::Watched,
+        hold::{Phase, Watched},
         launch::ExitStatus,
         stream::{Batch, Stream},
     },
@@ -21,6 +21,7 @@ use crate::{
     },
     procs::live::{alive, Live},
     procs::watch::MapWatch,
+    reach::Known,
     replay, signals,
 };
 
@@ -138,8 +139,12 @@ impl Feed for Session {
             if marks != self.marks_handled {
                 self.marks_handled = marks;
                 self.pending = Some(tick);
-                // Who holds what, as the mark finds it.
-                engine.scan_reach(&mut self.live, self.launched.is_some())?;
+                // Who holds what, as the mark finds it (running).
+                let known = Known {
+                    since_start: self.launched.is_some(),
+                    settled: false,
+                };
+                engine.scan_reach(&mut self.live, known)?;
                 return Ok(Some(Moment::Mark { t_ns, counters }));
             }
             return Ok(Some(tick));
@@ -154,7 +159,16 @@ impl Feed for Session {
         engine.set_process_losses(self.collector.lost_by_pid())?;
         // A process still alive (attached to, or at --duration), or a launched command held at
         // its exit, is scanned for who holds what it still has; then the exit goes on.
-        engine.scan_reach(&mut self.live, self.launched.is_some())?;
+        let held = self
+            .watched
+            .as_ref()
+            .is_some_and(|w| matches!(w.phase(), Phase::AtExit(_)));
+        let known = Known {
+            since_start: self.launched.is_some(),
+            // Stopped at its exit, and every event from before it taken in just above.
+            settled: held && self.followed.is_empty(),
+        };
+        engine.scan_reach(&mut self.live, known)?;
         if let Some(w) = &self.watched {
             w.release();
             if ended.is_some() {

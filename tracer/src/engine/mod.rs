@@ -188,8 +188,8 @@ impl Engine {
 
     /// Scans the memory of the traced processes (at most [`SCAN_PROCESSES`] of them) for who
     /// holds their live blocks; what is found is recorded, so a replay shows the same.
-    /// `exact`: tracer saw every block they hold (traced from their start).
-    pub fn scan_reach(&mut self, src: &mut dyn Source, exact: bool) -> Result<()> {
+    /// `known`: what tracer knows of their blocks (see `reach::Known`).
+    pub fn scan_reach(&mut self, src: &mut dyn Source, known: crate::reach::Known) -> Result<()> {
         let pids = if self.multi() {
             self.intake.known.procs.live()
         } else {
@@ -217,7 +217,7 @@ impl Engine {
             if blocks.is_empty() {
                 continue;
             }
-            if let Some(sites) = src.scan(pid, &blocks, exact) {
+            if let Some(sites) = src.scan(pid, &blocks, known) {
                 self.intake
                     .tell(&mut self.books.ledger, Fact::Reach { pid, sites })?;
             }

@@ -30,7 +30,7 @@ pub trait Source {
         &mut self,
         _pid: u32,
         _blocks: &[(u64, crate::reach::summary::Owned)],
-        _exact: bool,
+        _known: crate::reach::Known,
     ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
         None
     }
@@ -126,9 +126,9 @@ impl Source for Live {
         &mut self,
         pid: u32,
         blocks: &[(u64, crate::reach::summary::Owned)],
-        exact: bool,
+        known: crate::reach::Known,
     ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
-        crate::reach::process(pid, blocks, exact)
+        crate::reach::process(pid, blocks, known)
     }
 
     fn stack(&mut self, _pid: u32, stack_id: i32) -> Vec<u64> {

@@ -353,13 +353,28 @@ fn scan_heap(
     out
 }
 
+/// What tracer knows of a process's blocks when it scans it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Traced since its start: every block it allocated went through the probes.
+    pub since_start: bool,
+    /// Stopped, every event from before the stop taken in: the books are its heap as it is.
+    pub settled: bool,
+}
+
 /// Scans a live process whose heap is `blocks` (address, and the site it belongs to, sorted
 /// by address): per site, what the scan found. None when its memory map cannot be read (it
-/// is gone). `exact`: every block it holds is known (traced since its start).
+/// is gone).
+///
+/// Heap memory no known block covers may hold blocks not seen yet (allocated before tracing
+/// began, or whose events are still on their way): it is followed, and a root too when
+/// tracing began late. Traced since its start and settled, there are none: that memory is
+/// the allocator's own (free chunks and their stale contents), and it is not followed, as
+/// valgrind follows no freed memory.
 pub fn process(
     pid: u32,
     blocks: &[(u64, summary::Owned)],
-    exact: bool,
+    known: Known,
 ) -> Option<Vec<(usize, summary::SiteScan)>> {
     let heap: Vec<HeapBlock> = blocks
         .iter()
@@ -370,7 +385,12 @@ pub fn process(
         .collect();
     let roots = proc::roots(pid, &heap)?;
     let mut mem = proc::ProcMemory::new(pid);
-    let outcome = scan(&mut mem, &heap, &roots.regions, &roots.unknown, !exact);
+    let unknown: &[Region] = if known.since_start && known.settled {
+        &[]
+    } else {
+        &roots.unknown
+    };
+    let outcome = scan(&mut mem, &heap, &roots.regions, unknown, !known.since_start);
     let owned: Vec<summary::Owned> = blocks.iter().map(|(_, o)| *o).collect();
     let mut names = classes::Names::new(roots.files.clone());
     Some(
