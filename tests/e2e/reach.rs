@@ -326,3 +326,78 @@ fn a_real_python_at_exit_is_split_as_valgrind_splits_it() {
     // The blocks the script drops are most of what is lost: 2,000 of 1,000 B.
     assert!(ours[0] >= 1_900_000, "{ours:?}");
 }
+
+/// With --reachability every interval report is scanned, and a `leak` says what kind: the
+/// dropped blocks `unreachable`, the list `held by` its global. Without it, a mark's scan is
+/// told in the mark's report only, never in a later interval report.
+#[test]
+fn reachability_at_every_report_tells_what_kind_of_leak() {
+    if !privileged("reachability_at_every_report_tells_what_kind_of_leak") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    let v = start(&holders);
+    let pid = v.0.id().to_string();
+    let t = start_tracer(&["--pid", &pid, "-d", "5.5", "-i", "1", "--reachability"]);
+    let (reps, _) = finish(t);
+    let last = reps
+        .iter()
+        .rfind(|r| r["kind"] == "interval")
+        .expect("interval reports");
+    let mut told = std::collections::BTreeMap::new();
+    for s in last["sites"].as_array().unwrap() {
+        let f = leaf(s);
+        // Every site with live blocks (temp_buffer has none).
+        assert!(
+            n(s, "live_objects") == 0 || s["reachability"].is_object(),
+            "{f} not scanned: {s}"
+        );
+        if s["verdict"] == "leak" {
+            told.insert(f, s["verdict_detail"].as_str().unwrap_or("").to_string());
+        }
+    }
+    let lost = "unreachable".to_string();
+    assert_eq!(told.get("drop_leak"), Some(&lost), "{last}");
+    assert_eq!(told.get("bag_leak"), Some(&lost), "{last}");
+    assert_eq!(told.get("child_alloc"), Some(&lost), "{last}");
+    assert_eq!(
+        told.get("list_push").map(String::as_str),
+        Some("held by g_list in holders-fp"),
+        "{last}"
+    );
+    assert_eq!(
+        told.get("interior_keep").map(String::as_str),
+        Some("held by g_interior in holders-fp"),
+        "{last}"
+    );
+
+    // Without the flag: a mark is scanned, the interval reports after it are not.
+    let t = start_tracer(&["--pid", &pid, "-d", "3.5", "-i", "1"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    let (reps, _) = finish(t);
+    let at = reps
+        .iter()
+        .position(|r| r["kind"] == "mark")
+        .expect("a mark");
+    assert!(
+        reps[at]["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["reachability"].is_object()),
+        "the mark was not scanned: {}",
+        reps[at]
+    );
+    let later: Vec<&Value> = reps[at + 1..]
+        .iter()
+        .filter(|r| r["kind"] == "interval")
+        .collect();
+    assert!(!later.is_empty());
+    for r in later {
+        for s in r["sites"].as_array().unwrap() {
+            assert!(s.get("reachability").is_none(), "a stale scan: {s}");
+        }
+    }
+}

@@ -97,8 +97,15 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Scan the traced processes' memory for who holds their blocks at every interval report
+    /// too, not only at marks and at the end (see the README): a `leak` verdict then says
+    /// whether the growth is unreachable or names what holds it. Each scan reads all of the
+    /// process's writable memory while it runs.
+    #[arg(long)]
+    pub reachability: bool,
+
     /// Run the reports from a recording instead of tracing (same as `tracer replay FILE`).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration", "metrics"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration", "metrics", "reachability"])]
     pub replay: Option<PathBuf>,
 
     #[command(flatten)]

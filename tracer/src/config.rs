@@ -52,6 +52,8 @@ pub struct TraceOptions {
     pub record: Option<PathBuf>,
     /// Where to serve /metrics (--metrics).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Scan for who holds what at every interval report too (--reachability).
+    pub scan_each_report: bool,
 }
 
 /// Sites an interval report holds for the live view, which sorts and filters them itself.
@@ -192,6 +194,7 @@ impl Config {
                 sample_rate: cli.sample_rate,
                 record: cli.record,
                 metrics: cli.metrics,
+                scan_each_report: cli.reachability,
             }),
             report,
         })

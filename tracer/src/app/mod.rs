@@ -56,6 +56,8 @@ struct Session {
     launched: Option<u32>,
     /// The thread that waits for it, and holds its exit for the final report's scan.
     watched: Option<Watched>,
+    /// Scan at every interval report too (--reachability).
+    scan_each_report: bool,
     /// The launched command's exit, while followed children still run.
     launched_status: Option<ExitStatus>,
     /// Processes forked by the target (and theirs) that are still alive (--follow-children).
@@ -136,16 +138,20 @@ impl Feed for Session {
             let t_ns = ns(self.start.elapsed());
             let counters = self.collector.counters();
             let tick = Moment::Tick { t_ns, counters };
+            // Who holds what, as a mark (or, with --reachability, an interval report) finds
+            // it: the process runs on meanwhile.
+            let known = Known {
+                since_start: self.launched.is_some(),
+                settled: false,
+            };
             if marks != self.marks_handled {
                 self.marks_handled = marks;
                 self.pending = Some(tick);
-                // Who holds what, as the mark finds it (running).
-                let known = Known {
-                    since_start: self.launched.is_some(),
-                    settled: false,
-                };
                 engine.scan_reach(&mut self.live, known)?;
                 return Ok(Some(Moment::Mark { t_ns, counters }));
+            }
+            if due && self.scan_each_report {
+                engine.scan_reach(&mut self.live, known)?;
             }
             return Ok(Some(tick));
         };

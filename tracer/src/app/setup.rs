@@ -314,6 +314,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             prober: Prober::new(launched, scope_all, noted, attached),
             launched,
             watched,
+            scan_each_report: t.scan_each_report,
             launched_status: None,
             followed: Vec::new(),
             targets,

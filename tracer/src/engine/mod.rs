@@ -226,7 +226,16 @@ impl Engine {
     }
 
     /// A drain point, `t_ns` after the start: makes the interval report when one is due.
+    /// The scans taken since the last drain point are told in the reports made at this one
+    /// (a mark's, and an interval report when due), then dropped: a later report would show
+    /// memory as it no longer is.
     pub fn tick(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
+        let flow = self.interval(t_ns, c);
+        self.intake.known.scans.clear();
+        flow
+    }
+
+    fn interval(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
         self.intake.tap.tick(t_ns, c)?;
         if t_ns < self.next_report_ns {
             return Ok(Flow::Continue);

@@ -66,6 +66,23 @@ impl SiteReach {
         }
     }
 
+    /// What a `leak` verdict adds for a site scanned so: `unreachable` when most of its bytes
+    /// are lost (definitely or indirectly), else `held by` the root holding most of them.
+    pub fn leak_detail(&self) -> Option<String> {
+        let lost = self.unreachable_bytes + self.indirect_bytes;
+        let held = self.possible_bytes + self.reachable_bytes;
+        if lost + held == 0 {
+            return None;
+        }
+        if lost > held {
+            return Some("unreachable".into());
+        }
+        Some(match self.held_by.first() {
+            Some(h) => format!("held by {}", h.root),
+            None => "reachable".into(),
+        })
+    }
+
     /// Adds another scan's counts and holders (the holders still to be ranked).
     pub fn add_counts(&mut self, other: &SiteReach) {
         for (class, (objects, bytes)) in Reach::ALL.into_iter().zip(other.counts()) {
@@ -196,4 +213,56 @@ pub fn by_site(
         s.types = classes(types.remove(site).unwrap_or_default());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reach(unreachable: u64, indirect: u64, possible: u64, reachable: u64) -> SiteReach {
+        let mut r = SiteReach::default();
+        r.set_counts([
+            (1, unreachable),
+            (1, indirect),
+            (1, possible),
+            (1, reachable),
+        ]);
+        r
+    }
+
+    #[test]
+    fn a_leak_is_unreachable_or_held_by_its_main_holder() {
+        assert_eq!(SiteReach::default().leak_detail(), None);
+        assert_eq!(
+            reach(60, 0, 0, 50).leak_detail().as_deref(),
+            Some("unreachable")
+        );
+        // Indirectly lost blocks are lost too.
+        assert_eq!(
+            reach(10, 60, 0, 50).leak_detail().as_deref(),
+            Some("unreachable")
+        );
+        let mut held = reach(10, 0, 20, 50);
+        assert_eq!(held.leak_detail().as_deref(), Some("reachable"));
+        held.held_by = holders(Tally::from([
+            ("g_list in server".to_string(), (5, 50)),
+            ("a thread's stack in pid 7".to_string(), (2, 20)),
+        ]));
+        assert_eq!(
+            held.leak_detail().as_deref(),
+            Some("held by g_list in server")
+        );
+    }
+
+    #[test]
+    fn counts_round_trip_and_add_up() {
+        let mut r = reach(1, 2, 3, 4);
+        assert_eq!(r.counts(), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+        r.add_counts(&reach(10, 20, 30, 40));
+        assert_eq!(r.counts(), [(2, 11), (2, 22), (2, 33), (2, 44)]);
+        let (o, b) = r.class_mut(Reach::Possible);
+        *o += 1;
+        *b += 1;
+        assert_eq!((r.possible_objects, r.possible_bytes), (3, 34));
+    }
 }

@@ -175,7 +175,12 @@ impl Builder<'_> {
             };
             let assessment = judge.of(&g.members);
             let (types, reachability) = scanned(self.scans.get(&g.pid), &g.members);
+            let verdict_detail = match (&assessment.verdict, &reachability) {
+                (Verdict::Leak, Some(r)) => r.leak_detail(),
+                _ => None,
+            };
             sites.push(SiteReport {
+                verdict_detail,
                 types,
                 reachability,
                 pid: g.pid,

@@ -85,6 +85,10 @@ pub struct SiteReport {
     /// report of a process still alive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reachability: Option<SiteReach>,
+    /// A `leak` whose blocks were scanned: `unreachable` (lost pointers), or `held by` the
+    /// root that keeps most of them (`held by g_list in server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_detail: Option<String>,
 }
 
 /// The live blocks of a site: sizes and age.
@@ -397,6 +401,7 @@ pub(crate) fn sample_report() -> Report {
             },
             types: Vec::new(),
             reachability: None,
+            verdict_detail: None,
         }],
         sites_omitted: 0,
         summary: Summary {

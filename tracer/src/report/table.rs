@@ -138,7 +138,15 @@ impl Line {
     fn of(s: &SiteReport) -> Line {
         let a = &s.assessment;
         Line {
-            verdict: a.verdict.as_str().to_string(),
+            verdict: match &s.verdict_detail {
+                // `held by g_list in server`: the symbol says enough in a column.
+                Some(d) => format!(
+                    "{}, {}",
+                    a.verdict.as_str(),
+                    d.split(" in ").next().unwrap_or(d)
+                ),
+                None => a.verdict.as_str().to_string(),
+            },
             rate: match a.verdict {
                 Verdict::New if a.verdict_intervals == 0 => String::new(),
                 _ => format!("{} B/s", signed(a.rate_bytes_per_s.round() as i64)),
