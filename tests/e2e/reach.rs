@@ -401,3 +401,84 @@ fn reachability_at_every_report_tells_what_kind_of_leak() {
         }
     }
 }
+
+/// The state letter of a process (`T`/`t`: stopped).
+fn state_of(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.trim().chars().next())
+        .unwrap_or('?')
+}
+
+/// --stop-for-scan holds a running program still for each scan: the mark's and the final
+/// scans are exact with no help from outside (the marks test stops holders.c itself), the
+/// report says how long it was held, and it runs on afterwards.
+#[test]
+fn stop_for_scan_makes_a_running_programs_scan_exact() {
+    if !privileged("stop_for_scan_makes_a_running_programs_scan_exact") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    let v = start(&holders);
+    let pid = v.0.id();
+    let ps = pid.to_string();
+    let t = start_tracer(&[
+        "--pid",
+        &ps,
+        "-d",
+        "3",
+        "-i",
+        "10",
+        "-n",
+        "50",
+        "--stop-for-scan",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    let (reps, _) = finish(t);
+    for kind in ["mark", "final"] {
+        let r = reps.iter().find(|r| r["kind"] == kind).expect(kind);
+        check_holders(r);
+        let scan = &r["scans"][0];
+        assert_eq!(scan["pid"], pid, "{r}");
+        assert_eq!(scan["how"], "stopped", "{r}");
+        assert!(n(scan, "pause_micros") >= n(scan, "micros"), "{scan}");
+        assert!(n(scan, "bytes") > 0, "{scan}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!matches!(state_of(pid), 't' | 'T'), "left stopped");
+}
+
+/// tracer SIGKILLed at many instants while it scans with --stop-for-scan at every report:
+/// the program is never left stopped (the kernel lets go of a dead tracer's tracees).
+#[test]
+fn a_killed_tracer_never_leaves_a_program_stopped_for_a_scan() {
+    if !privileged("a_killed_tracer_never_leaves_a_program_stopped_for_a_scan") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    let v = start(&holders);
+    let pid = v.0.id();
+    let ps = pid.to_string();
+    for i in 0..30u64 {
+        let t = spawn_tracing(&[
+            "--pid".as_ref(),
+            ps.as_ref(),
+            "-i".as_ref(),
+            "0.1".as_ref(),
+            "--reachability".as_ref(),
+            "--stop-for-scan".as_ref(),
+        ]);
+        // Spread over a few reports, each with a scan.
+        std::thread::sleep(Duration::from_millis(100 + (i * 37) % 300));
+        t.signal(libc::SIGKILL);
+        t.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        let s = state_of(pid);
+        assert!(!matches!(s, 't' | 'T'), "kill #{i} left it stopped ({s})");
+    }
+    // Still running its ticks: alive.
+    assert!(v.0.id() == pid && state_of(pid) != 'Z' && state_of(pid) != '?');
+}

@@ -104,8 +104,16 @@ pub struct Cli {
     #[arg(long)]
     pub reachability: bool,
 
+    /// Hold each traced process still while its memory is scanned (at marks, with
+    /// --reachability at every interval, at the end): every thread is stopped with ptrace and
+    /// its registers read, so the scan is exact, at the cost of a pause (see the README). The
+    /// kernel lets the process go if tracer dies. Without it the scan runs beside the process
+    /// and is approximate.
+    #[arg(long)]
+    pub stop_for_scan: bool,
+
     /// Run the reports from a recording instead of tracing (same as `tracer replay FILE`).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration", "metrics", "reachability"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "record", "command", "duration", "metrics", "reachability", "stop_for_scan"])]
     pub replay: Option<PathBuf>,
 
     #[command(flatten)]

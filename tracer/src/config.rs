@@ -54,6 +54,8 @@ pub struct TraceOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Scan for who holds what at every interval report too (--reachability).
     pub scan_each_report: bool,
+    /// Hold each process still for its scans (--stop-for-scan).
+    pub stop_for_scan: bool,
 }
 
 /// Sites an interval report holds for the live view, which sorts and filters them itself.
@@ -195,6 +197,7 @@ impl Config {
                 record: cli.record,
                 metrics: cli.metrics,
                 scan_each_report: cli.reachability,
+                stop_for_scan: cli.stop_for_scan,
             }),
             report,
         })

@@ -139,7 +139,7 @@ impl Feed for Recording {
                     addrs,
                 }),
                 Some(Frame::Events(evs)) => engine.apply(Fact::Events(&evs)),
-                Some(Frame::Reach { pid, sites }) => engine.apply(Fact::Reach { pid, sites }),
+                Some(Frame::Reach { pid, scan }) => engine.apply(Fact::Reach { pid, scan }),
                 Some(Frame::Losses(lost)) => {
                     engine.set_process_losses(lost.into_iter().collect())?
                 }

@@ -21,7 +21,7 @@ use crate::{
     },
     procs::live::{alive, Live},
     procs::watch::MapWatch,
-    reach::Known,
+    reach::{freeze::Frozen, Known},
     replay, signals,
 };
 
@@ -58,6 +58,8 @@ struct Session {
     watched: Option<Watched>,
     /// Scan at every interval report too (--reachability).
     scan_each_report: bool,
+    /// Hold each process still for its scans (--stop-for-scan).
+    stop_for_scan: bool,
     /// The launched command's exit, while followed children still run.
     launched_status: Option<ExitStatus>,
     /// Processes forked by the target (and theirs) that are still alive (--follow-children).
@@ -139,19 +141,15 @@ impl Feed for Session {
             let counters = self.collector.counters();
             let tick = Moment::Tick { t_ns, counters };
             // Who holds what, as a mark (or, with --reachability, an interval report) finds
-            // it: the process runs on meanwhile.
-            let known = Known {
-                since_start: self.launched.is_some(),
-                settled: false,
-            };
+            // it.
             if marks != self.marks_handled {
                 self.marks_handled = marks;
                 self.pending = Some(tick);
-                engine.scan_reach(&mut self.live, known)?;
+                self.scan(engine, false).await?;
                 return Ok(Some(Moment::Mark { t_ns, counters }));
             }
             if due && self.scan_each_report {
-                engine.scan_reach(&mut self.live, known)?;
+                self.scan(engine, false).await?;
             }
             return Ok(Some(tick));
         };
@@ -169,12 +167,8 @@ impl Feed for Session {
             .watched
             .as_ref()
             .is_some_and(|w| matches!(w.phase(), Phase::AtExit(_)));
-        let known = Known {
-            since_start: self.launched.is_some(),
-            // Stopped at its exit, and every event from before it taken in just above.
-            settled: held && self.followed.is_empty(),
-        };
-        engine.scan_reach(&mut self.live, known)?;
+        // Stopped at its exit, and every event from before it taken in just above.
+        self.scan(engine, held && self.followed.is_empty()).await?;
         if let Some(w) = &self.watched {
             w.release();
             if ended.is_some() {
@@ -212,6 +206,39 @@ impl Session {
     async fn run(&mut self, engine: &mut Engine) -> Result<i32> {
         drive(self, engine).await?;
         Ok(self.exit.map_or(0, ExitStatus::code))
+    }
+
+    /// Scans the traced processes for who holds what (see `reach`). `settled`: they stand
+    /// still (held at exit) and every event is in. With --stop-for-scan each is held still
+    /// for its scan (and its registers read), after the events from before the stop are in.
+    async fn scan(&mut self, engine: &mut Engine, settled: bool) -> Result<()> {
+        let known = Known {
+            since_start: self.launched.is_some(),
+            settled,
+        };
+        if self.stop_for_scan && !settled {
+            for pid in engine.scan_targets() {
+                match Frozen::freeze(pid) {
+                    Ok(f) => {
+                        self.live.frozen.insert(pid, f);
+                    }
+                    Err(e) if self.launched == Some(pid) => eprintln!(
+                        "tracer: warning: cannot stop pid {pid} for the scan ({e}): tracer's \
+                         hold on a launched command's exit keeps other holds out; scanned \
+                         running"
+                    ),
+                    Err(e) => eprintln!(
+                        "tracer: warning: cannot stop pid {pid} for the scan ({e}): scanned \
+                         running"
+                    ),
+                }
+            }
+            self.flush(engine).await?;
+        }
+        let scanned = engine.scan_reach(&mut self.live, known);
+        // Let go whatever happened.
+        self.live.frozen.clear();
+        scanned
     }
 
     /// Followed children that exited leave the kernel's table (their pids may be reused), and

@@ -315,6 +315,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             launched,
             watched,
             scan_each_report: t.scan_each_report,
+            stop_for_scan: t.stop_for_scan,
             launched_status: None,
             followed: Vec::new(),
             targets,

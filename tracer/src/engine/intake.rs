@@ -46,7 +46,7 @@ impl Intake {
                 addrs,
             } => self.tap.stack(*pid, *stack_id, addrs)?,
             Fact::Events(evs) => self.tap.events(evs)?,
-            Fact::Reach { pid, sites } => self.tap.reach(*pid, sites)?,
+            Fact::Reach { pid, scan } => self.tap.reach(*pid, scan)?,
         }
         self.known.apply(ledger, fact);
         Ok(())

@@ -2,8 +2,8 @@
 //! their memory maps (held by the symbolizer), and the stacks told for the events that come
 //! next. It changes only by [`Fact`]s, told by the live intake (and recorded there) or read
 //! back from a recording, so a replay knows exactly what the live run knew when it reported.
-use crate::reach::summary::SiteScan;
-use std::collections::HashMap;
+use crate::reach::summary::{ProcessScan, ScanStats, SiteScan};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     aggregate::{Ledger, SiteKey},
@@ -26,11 +26,8 @@ pub enum Fact<'a> {
     },
     /// Events for the books (those the filters keep). An exec ends the old program's books.
     Events(&'a [Event]),
-    /// What a reachability scan of a process found, per site: it replaces the last one.
-    Reach {
-        pid: u32,
-        sites: Vec<(usize, SiteScan)>,
-    },
+    /// What a reachability scan of a process found, per site, and what it cost.
+    Reach { pid: u32, scan: ProcessScan },
 }
 
 pub struct Known {
@@ -38,8 +35,10 @@ pub struct Known {
     pub symbolizer: Symbolizer,
     /// Stacks told and not yet named by an event.
     stacks: HashMap<SiteKey, Vec<u64>>,
-    /// Each process's last reachability scan, per site.
+    /// The reachability scans since the last drain point: per process, per site.
     pub scans: HashMap<u32, HashMap<usize, SiteScan>>,
+    /// What each of those scans cost.
+    pub scan_stats: BTreeMap<u32, ScanStats>,
 }
 
 impl Known {
@@ -49,6 +48,7 @@ impl Known {
             symbolizer: Symbolizer::new(),
             stacks: HashMap::new(),
             scans: HashMap::new(),
+            scan_stats: BTreeMap::new(),
         }
     }
 
@@ -66,8 +66,9 @@ impl Known {
             } => {
                 self.stacks.insert(SiteKey { pid, stack_id }, addrs);
             }
-            Fact::Reach { pid, sites } => {
-                self.scans.insert(pid, sites.into_iter().collect());
+            Fact::Reach { pid, scan } => {
+                self.scans.insert(pid, scan.sites.into_iter().collect());
+                self.scan_stats.insert(pid, scan.stats);
             }
             Fact::Events(events) => {
                 for seg in events.split_inclusive(|e| matches!(e, Event::Exec { .. })) {

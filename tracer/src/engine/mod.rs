@@ -186,19 +186,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Scans the memory of the traced processes (at most [`SCAN_PROCESSES`] of them) for who
-    /// holds their live blocks; what is found is recorded, so a replay shows the same.
-    /// `known`: what tracer knows of their blocks (see `reach::Known`).
-    pub fn scan_reach(&mut self, src: &mut dyn Source, known: crate::reach::Known) -> Result<()> {
+    /// The processes [`Engine::scan_reach`] scans: the traced ones, when there are at most
+    /// [`SCAN_PROCESSES`].
+    pub fn scan_targets(&self) -> Vec<u32> {
         let pids = if self.multi() {
             self.intake.known.procs.live()
         } else {
             vec![self.head.pid]
         };
         if pids.len() > SCAN_PROCESSES {
-            return Ok(());
+            return Vec::new();
         }
-        for pid in pids {
+        pids
+    }
+
+    /// Scans the memory of the traced processes (at most [`SCAN_PROCESSES`] of them) for who
+    /// holds their live blocks; what is found is recorded, so a replay shows the same.
+    /// `known`: what tracer knows of their blocks (see `reach::Known`).
+    pub fn scan_reach(&mut self, src: &mut dyn Source, known: crate::reach::Known) -> Result<()> {
+        for pid in self.scan_targets() {
             let ledger = &self.books.ledger;
             let blocks: Vec<(u64, Owned)> = ledger
                 .live_blocks(pid)
@@ -217,9 +223,9 @@ impl Engine {
             if blocks.is_empty() {
                 continue;
             }
-            if let Some(sites) = src.scan(pid, &blocks, known) {
+            if let Some(scan) = src.scan(pid, &blocks, known) {
                 self.intake
-                    .tell(&mut self.books.ledger, Fact::Reach { pid, sites })?;
+                    .tell(&mut self.books.ledger, Fact::Reach { pid, scan })?;
             }
         }
         Ok(())
@@ -232,6 +238,7 @@ impl Engine {
     pub fn tick(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
         let flow = self.interval(t_ns, c);
         self.intake.known.scans.clear();
+        self.intake.known.scan_stats.clear();
         flow
     }
 
@@ -332,6 +339,7 @@ impl Engine {
             sample_rate: self.head.sample_rate,
             symbols: &mut self.intake.known.symbolizer,
             scans: &self.intake.known.scans,
+            scan_stats: &self.intake.known.scan_stats,
         }
     }
 

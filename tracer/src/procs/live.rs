@@ -11,6 +11,7 @@ use super::ProcInfo;
 use crate::{
     collector::{stream::Batch, target::AllocatorLib, Event},
     procs::watch::EarlyBook,
+    reach::freeze::Frozen,
     symbolize::{self, Mapping},
 };
 
@@ -31,7 +32,7 @@ pub trait Source {
         _pid: u32,
         _blocks: &[(u64, crate::reach::summary::Owned)],
         _known: crate::reach::Known,
-    ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
+    ) -> Option<crate::reach::summary::ProcessScan> {
         None
     }
 }
@@ -61,6 +62,8 @@ pub struct Live {
     pub early: EarlyBook,
     /// The frames of the stacks the batch being taken in names.
     stacks: HashMap<i32, Arc<[u64]>>,
+    /// Processes held still for the next scan (--stop-for-scan): let go when removed.
+    pub frozen: HashMap<u32, Frozen>,
 }
 
 impl Live {
@@ -74,6 +77,7 @@ impl Live {
             default_allocator,
             early,
             stacks: HashMap::new(),
+            frozen: HashMap::new(),
         }
     }
 
@@ -127,8 +131,14 @@ impl Source for Live {
         pid: u32,
         blocks: &[(u64, crate::reach::summary::Owned)],
         known: crate::reach::Known,
-    ) -> Option<Vec<(usize, crate::reach::summary::SiteScan)>> {
-        crate::reach::process(pid, blocks, known)
+    ) -> Option<crate::reach::summary::ProcessScan> {
+        let frozen = self.frozen.get(&pid);
+        // Held still, with every event from before the stop taken in (see `Session::scan`).
+        let known = crate::reach::Known {
+            settled: known.settled || frozen.is_some(),
+            ..known
+        };
+        crate::reach::process(pid, blocks, known, frozen)
     }
 
     fn stack(&mut self, _pid: u32, stack_id: i32) -> Vec<u64> {

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 
 pub mod classes;
+pub mod freeze;
 pub mod proc;
 pub mod summary;
 
@@ -371,11 +372,16 @@ pub struct Known {
 /// tracing began late. Traced since its start and settled, there are none: that memory is
 /// the allocator's own (free chunks and their stale contents), and it is not followed, as
 /// valgrind follows no freed memory.
+///
+/// `frozen`: the process held still (`--stop-for-scan`): its threads' stack pointers and
+/// registers are exact, and the registers are roots too.
 pub fn process(
     pid: u32,
     blocks: &[(u64, summary::Owned)],
     known: Known,
-) -> Option<Vec<(usize, summary::SiteScan)>> {
+    frozen: Option<&freeze::Frozen>,
+) -> Option<summary::ProcessScan> {
+    let began = std::time::Instant::now();
     let heap: Vec<HeapBlock> = blocks
         .iter()
         .map(|(addr, o)| HeapBlock {
@@ -383,8 +389,9 @@ pub fn process(
             size: o.size,
         })
         .collect();
-    let roots = proc::roots(pid, &heap)?;
-    let mut mem = proc::ProcMemory::new(pid);
+    let regs = frozen.map(|f| f.regs.as_slice()).unwrap_or_default();
+    let roots = proc::roots(pid, &heap, regs)?;
+    let mut mem = proc::ProcMemory::new(pid).with_registers(regs);
     let unknown: &[Region] = if known.since_start && known.settled {
         &[]
     } else {
@@ -393,11 +400,20 @@ pub fn process(
     let outcome = scan(&mut mem, &heap, &roots.regions, unknown, !known.since_start);
     let owned: Vec<summary::Owned> = blocks.iter().map(|(_, o)| *o).collect();
     let mut names = classes::Names::new(roots.files.clone());
-    Some(
-        summary::by_site(pid, &owned, &outcome, &roots, &mut names)
-            .into_iter()
-            .collect(),
-    )
+    let sites = summary::by_site(pid, &owned, &outcome, &roots, &mut names)
+        .into_iter()
+        .collect();
+    let stats = summary::ScanStats {
+        how: match (frozen, known.settled) {
+            (Some(_), _) => summary::ScanHow::Stopped,
+            (None, true) => summary::ScanHow::AtExit,
+            (None, false) => summary::ScanHow::Running,
+        },
+        bytes: mem.read_bytes,
+        micros: began.elapsed().as_micros() as u64,
+        pause_micros: frozen.map_or(0, |f| f.since.elapsed().as_micros() as u64),
+    };
+    Some(summary::ProcessScan { sites, stats })
 }
 
 /// The root region each block's chain of holders starts at (None: lost, or reached only

@@ -10,18 +10,35 @@
 //! apart (`Roots::unknown`: they may hold blocks tracer has not seen, see `reach::scan`).
 use std::path::PathBuf;
 
-use super::{classes::FileMap, HeapBlock, Memory, Region};
+use super::{classes::FileMap, freeze::ThreadRegs, HeapBlock, Memory, Region};
 
-/// The process's memory.
+/// The process's memory, and the registers of its stopped threads as if they were memory at
+/// [`REGISTERS_AT`] (an address no user mapping has), so that they are scanned as a root.
 pub struct ProcMemory {
     pid: libc::pid_t,
+    registers: Vec<u8>,
+    /// Bytes read so far.
+    pub read_bytes: u64,
 }
+
+/// Where the registers of stopped threads are read from (kernel space in every process).
+pub const REGISTERS_AT: u64 = 0xffff_c000_0000_0000;
 
 impl ProcMemory {
     pub fn new(pid: u32) -> ProcMemory {
         ProcMemory {
             pid: pid as libc::pid_t,
+            registers: Vec::new(),
+            read_bytes: 0,
         }
+    }
+
+    pub fn with_registers(mut self, regs: &[ThreadRegs]) -> ProcMemory {
+        self.registers = regs
+            .iter()
+            .flat_map(|r| r.words.iter().flat_map(|w| w.to_le_bytes()))
+            .collect();
+        self
     }
 }
 
@@ -29,6 +46,16 @@ impl Memory for ProcMemory {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
         if buf.is_empty() {
             return true;
+        }
+        if addr >= REGISTERS_AT {
+            let at = (addr - REGISTERS_AT) as usize;
+            return match self.registers.get(at..at + buf.len()) {
+                Some(bytes) => {
+                    buf.copy_from_slice(bytes);
+                    true
+                }
+                None => false,
+            };
         }
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -41,6 +68,7 @@ impl Memory for ProcMemory {
         // SAFETY: `local` describes `buf`, writable for its length; the remote side is only
         // read, by the kernel, with the permission checks of ptrace read access.
         let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        self.read_bytes += n.max(0) as u64;
         n == buf.len() as isize
     }
 }
@@ -87,6 +115,8 @@ pub enum RootKind {
     Stack,
     /// Anonymous memory no known block lies in.
     Anonymous,
+    /// The registers of the stopped threads (`--stop-for-scan`).
+    Registers,
 }
 
 /// Where the scan starts.
@@ -119,15 +149,25 @@ fn stack_pointers(pid: u32) -> Vec<u64> {
         .collect()
 }
 
-/// The roots of `pid` for the heap `blocks` (sorted).
-pub fn roots(pid: u32, blocks: &[HeapBlock]) -> Option<Roots> {
+/// The roots of `pid` for the heap `blocks` (sorted). `regs`: its threads, stopped (their
+/// stack pointers are exact, and their registers a root of their own).
+pub fn roots(pid: u32, blocks: &[HeapBlock], regs: &[ThreadRegs]) -> Option<Roots> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    Some(roots_from(
-        pid,
-        &parse_maps(&text),
-        blocks,
-        &stack_pointers(pid),
-    ))
+    let sps: Vec<u64> = if regs.is_empty() {
+        stack_pointers(pid)
+    } else {
+        regs.iter().map(|r| r.sp).collect()
+    };
+    let mut r = roots_from(pid, &parse_maps(&text), blocks, &sps);
+    let words: u64 = regs.iter().map(|r| r.words.len() as u64).sum();
+    if words > 0 {
+        r.regions.push(Region {
+            start: REGISTERS_AT,
+            end: REGISTERS_AT + 8 * words,
+        });
+        r.kinds.push(RootKind::Registers);
+    }
+    Some(r)
 }
 
 /// [`roots`] from what was read.

@@ -161,6 +161,39 @@ pub struct SiteScan {
     pub types: Vec<TypeCount>,
 }
 
+/// How a process stood while it was scanned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanHow {
+    /// It ran on meanwhile: the figures are approximate.
+    #[default]
+    Running,
+    /// Held still for the scan (--stop-for-scan).
+    Stopped,
+    /// Held at its exit (a launched command's final report).
+    AtExit,
+}
+
+/// What one scan of a process cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScanStats {
+    pub how: ScanHow,
+    /// Bytes of its memory read.
+    pub bytes: u64,
+    /// How long the scan took.
+    pub micros: u64,
+    /// How long the process was held still for it (--stop-for-scan), the wait for the
+    /// events from before the stop included.
+    pub pause_micros: u64,
+}
+
+/// What a scan of one process found: per site, and what it cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessScan {
+    pub sites: Vec<(usize, SiteScan)>,
+    pub stats: ScanStats,
+}
+
 /// A scanned block: its site and weight (objects it stands for).
 #[derive(Clone, Copy, Debug)]
 pub struct Owned {
@@ -199,6 +232,7 @@ pub fn by_site(
                             .unwrap_or_else(|| format!("data at {at:#x}")),
                         RootKind::Stack => format!("a thread's stack in pid {pid}"),
                         RootKind::Anonymous => "anonymous memory (no known block)".into(),
+                        RootKind::Registers => format!("a thread's registers in pid {pid}"),
                     },
                 })
                 .clone();

@@ -1,5 +1,5 @@
 //! The frames' payloads: encoding and decoding (see the format in the module above).
-use crate::reach::summary::{Held, SiteScan, TypeCount};
+use crate::reach::summary::{Held, ProcessScan, ScanHow, ScanStats, SiteScan, TypeCount};
 use std::path::PathBuf;
 
 use tracer_common::AllocFn;
@@ -193,7 +193,8 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             b.extend_from_slice(&exit_code.unwrap_or(0).to_le_bytes());
             tag::END
         }
-        Frame::Reach { pid, sites } => {
+        Frame::Reach { pid, scan } => {
+            let sites = &scan.sites;
             put_u32(b, *pid);
             put_u32(b, sites.len() as u32);
             for (site, s) in sites {
@@ -206,6 +207,16 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
                 put_named(b, r.held_by.iter().map(|h| (&h.root, h.objects, h.bytes)));
                 put_named(b, s.types.iter().map(|t| (&t.name, t.objects, t.bytes)));
             }
+            // Version 6: what the scan cost.
+            let st = &scan.stats;
+            b.push(match st.how {
+                ScanHow::Running => 0,
+                ScanHow::Stopped => 1,
+                ScanHow::AtExit => 2,
+            });
+            put_var(b, st.bytes);
+            put_var(b, st.micros);
+            put_var(b, st.pause_micros);
             tag::REACH
         }
         Frame::Process {
@@ -548,7 +559,31 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                     .collect();
                 sites.push((site, s));
             }
-            Frame::Reach { pid, sites }
+            // A version-5 frame ends here: its cost was not recorded.
+            let stats = if c.pos < c.b.len() {
+                ScanStats {
+                    how: match c.u8("scan kind")? {
+                        0 => ScanHow::Running,
+                        1 => ScanHow::Stopped,
+                        2 => ScanHow::AtExit,
+                        k => {
+                            return Err(FormatError {
+                                offset: base + c.pos as u64,
+                                what: format!("unknown scan kind {k}"),
+                            })
+                        }
+                    },
+                    bytes: c.var("bytes scanned")?,
+                    micros: c.var("scan time")?,
+                    pause_micros: c.var("pause")?,
+                }
+            } else {
+                ScanStats::default()
+            };
+            Frame::Reach {
+                pid,
+                scan: ProcessScan { sites, stats },
+            }
         }
         tag::PROCESS => {
             let pid = c.u32("pid")?;

@@ -30,7 +30,7 @@
 //! Readers reject what they cannot trust with an error naming the byte offset; they never
 //! panic and never allocate more than a frame's stated length, itself capped. A frame whose
 //! checksum fails is such an error: a damaged recording never replays to other numbers.
-use crate::reach::summary::SiteScan;
+use crate::reach::summary::ProcessScan;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -49,8 +49,9 @@ pub use write::{Recorder, Tap};
 
 pub(super) const MAGIC: &[u8; 8] = b"TRACEREC";
 /// Written; readers accept every version from 1 (which has no process frames) to this one (3
-/// added events in named heaps and heap releases, 4 a checksum per frame).
-pub const VERSION: u16 = 5;
+/// added events in named heaps and heap releases, 4 a checksum per frame, 5 reachability
+/// scans, 6 their cost).
+pub const VERSION: u16 = 6;
 /// Recordings hold reachability scans from this version on.
 pub(super) const REACH_VERSION: u16 = 5;
 /// The first version whose frames end with a CRC-32.
@@ -132,10 +133,10 @@ pub enum Frame {
     /// Events lost so far per process, as the kernel counted them (version 4; written when
     /// they change, before the drain point that reports them).
     Losses(Vec<(u32, u64)>),
-    /// What a reachability scan found, per site (version 5).
+    /// What a reachability scan found, per site (version 5), and what it cost (version 6).
     Reach {
         pid: u32,
-        sites: Vec<(usize, SiteScan)>,
+        scan: ProcessScan,
     },
     /// A process first seen, renamed, or exited.
     Process {
@@ -280,28 +281,36 @@ mod tests {
             Frame::Losses(vec![(42, 7), (43, 1 << 40)]),
             Frame::Reach {
                 pid: 42,
-                sites: vec![(
-                    3,
-                    SiteScan {
-                        reach: crate::reach::summary::SiteReach {
-                            unreachable_objects: 1,
-                            unreachable_bytes: 48,
-                            reachable_objects: 1 << 33,
-                            reachable_bytes: 1 << 40,
-                            held_by: vec![crate::reach::summary::Held {
-                                root: "g_list in holders".into(),
-                                objects: 2,
-                                bytes: 128,
+                scan: ProcessScan {
+                    sites: vec![(
+                        3,
+                        crate::reach::summary::SiteScan {
+                            reach: crate::reach::summary::SiteReach {
+                                unreachable_objects: 1,
+                                unreachable_bytes: 48,
+                                reachable_objects: 1 << 33,
+                                reachable_bytes: 1 << 40,
+                                held_by: vec![crate::reach::summary::Held {
+                                    root: "g_list in holders".into(),
+                                    objects: 2,
+                                    bytes: 128,
+                                }],
+                                ..Default::default()
+                            },
+                            types: vec![crate::reach::summary::TypeCount {
+                                name: "ns::Widget".into(),
+                                objects: 5,
+                                bytes: 120,
                             }],
-                            ..Default::default()
                         },
-                        types: vec![crate::reach::summary::TypeCount {
-                            name: "ns::Widget".into(),
-                            objects: 5,
-                            bytes: 120,
-                        }],
+                    )],
+                    stats: crate::reach::summary::ScanStats {
+                        how: crate::reach::summary::ScanHow::Stopped,
+                        bytes: 1 << 30,
+                        micros: 12_345,
+                        pause_micros: 20_000,
                     },
-                )],
+                },
             },
             Frame::End {
                 t_ns: 200_000_000,
@@ -398,6 +407,37 @@ mod tests {
         bytes[8] = 9;
         let err = Reader::new(&bytes[..]).err().unwrap();
         assert!(err.what.contains("version 9"), "{err}");
+    }
+
+    /// A version-5 scan frame (no cost recorded) reads with its cost unknown.
+    #[test]
+    fn a_scan_recorded_without_its_cost_still_reads() {
+        let frames = sample_frames();
+        let Some(Frame::Reach { pid, scan }) =
+            frames.iter().find(|f| matches!(f, Frame::Reach { .. }))
+        else {
+            panic!("no scan frame");
+        };
+        let mut payload = Vec::new();
+        let tag = codec::encode(
+            &Frame::Reach {
+                pid: *pid,
+                scan: scan.clone(),
+            },
+            &mut payload,
+        );
+        // The cost is the frame's last 1 + 3 varints: cut them as version 5 wrote it.
+        let mut cost = Vec::new();
+        for v in [scan.stats.bytes, scan.stats.micros, scan.stats.pause_micros] {
+            codec::put_var(&mut cost, v);
+        }
+        let cost_len = 1 + cost.len();
+        payload.truncate(payload.len() - cost_len);
+        let Frame::Reach { scan: old, .. } = codec::decode(tag, &payload, 0).unwrap() else {
+            panic!("not a scan frame");
+        };
+        assert_eq!(old.sites, scan.sites);
+        assert_eq!(old.stats, crate::reach::summary::ScanStats::default());
     }
 
     #[test]

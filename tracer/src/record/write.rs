@@ -1,6 +1,6 @@
 //! Writing a recording: the [`Recorder`] (frames to a file, safely created; a failed write
 //! stops the recording, not the tracing) and the [`Tap`] the pipeline writes through.
-use crate::reach::summary::SiteScan;
+use crate::reach::summary::ProcessScan;
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -88,11 +88,11 @@ impl Tap {
     }
 
     /// What a reachability scan found.
-    pub fn reach(&mut self, pid: u32, sites: &[(usize, SiteScan)]) -> anyhow::Result<()> {
+    pub fn reach(&mut self, pid: u32, scan: &ProcessScan) -> anyhow::Result<()> {
         match &mut self.0 {
             Some(rec) => rec.write(&Frame::Reach {
                 pid,
-                sites: sites.to_vec(),
+                scan: scan.clone(),
             }),
             None => Ok(()),
         }

@@ -14,7 +14,7 @@ use crate::{
     aggregate::{books::Books, verdict::Verdict, SiteDelta, SiteId, Snapshot},
     collector::Counters,
     procs::Procs,
-    reach::summary::{add, classes, holders, SiteReach, SiteScan, Tally, TypeCount},
+    reach::summary::{add, classes, holders, ScanStats, SiteReach, SiteScan, Tally, TypeCount},
     symbolize::{Frame, Symbolizer},
 };
 
@@ -47,6 +47,7 @@ pub struct Builder<'a> {
     pub symbols: &'a mut Symbolizer,
     /// Each process's last reachability scan, per site.
     pub scans: &'a HashMap<u32, HashMap<SiteId, SiteScan>>,
+    pub scan_stats: &'a BTreeMap<u32, ScanStats>,
 }
 
 impl Builder<'_> {
@@ -236,6 +237,11 @@ impl Builder<'_> {
             mark: None,
             processes,
             exit_code: None,
+            scans: self
+                .scan_stats
+                .iter()
+                .map(|(&pid, &stats)| super::ScanReport { pid, stats })
+                .collect(),
             exited_omitted: 0,
             processes_omitted,
             warnings: Vec::new(),

@@ -14,7 +14,7 @@ use tracer_common::losses::{Fix, LOSSES};
 
 use crate::{
     aggregate::verdict::Assessment,
-    reach::summary::{SiteReach, TypeCount},
+    reach::summary::{ScanStats, SiteReach, TypeCount},
     symbolize::Frame,
 };
 
@@ -89,6 +89,14 @@ pub struct SiteReport {
     /// root that keeps most of them (`held by g_list in server`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict_detail: Option<String>,
+}
+
+/// One process's memory scan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScanReport {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub stats: ScanStats,
 }
 
 /// The live blocks of a site: sizes and age.
@@ -202,6 +210,10 @@ pub struct Report {
     /// How the launched command ended (final report of launch mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The memory scans this report tells (see `reachability`): how each process stood, the
+    /// bytes read, how long it took, how long the process was held still.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scans: Vec<ScanReport>,
     /// Final report tracing several processes: exited processes left out of `processes`
     /// (beyond `--keep-exited`, the least outstanding first).
     #[serde(skip_serializing_if = "is_zero")]
@@ -413,6 +425,7 @@ pub(crate) fn sample_report() -> Report {
         mark: None,
         processes: Vec::new(),
         exit_code: None,
+        scans: Vec::new(),
         exited_omitted: 0,
         processes_omitted: 0,
         warnings: Vec::new(),

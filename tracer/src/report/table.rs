@@ -6,11 +6,11 @@ use prettytable::{format, Cell, Row, Table};
 
 use super::{
     group, lost_hints, signed, Category, LimitSettings, LiveObjects, Report, ReportKind,
-    SiteReport, Totals,
+    ScanReport, SiteReport, Totals,
 };
 use crate::{
     aggregate::verdict::Verdict,
-    reach::summary::{TypeCount, REACH_NAMES},
+    reach::summary::{ScanHow, TypeCount, REACH_NAMES},
     symbolize::Frame,
 };
 
@@ -256,6 +256,26 @@ pub fn age(secs: f64) -> String {
     }
 }
 
+/// How a process was scanned: `pid 42 held still for 4.5 ms: 724 KiB read in 4.4 ms`.
+fn scan_line(s: &ScanReport) -> String {
+    let st = &s.stats;
+    let how = match st.how {
+        ScanHow::Running => "scanned while it ran (approximate)".to_string(),
+        ScanHow::Stopped => format!("held still for {}", millis(st.pause_micros)),
+        ScanHow::AtExit => "scanned at its exit".to_string(),
+    };
+    format!(
+        "pid {} {how}: {} read in {}",
+        s.pid,
+        bytes(st.bytes),
+        millis(st.micros)
+    )
+}
+
+fn millis(micros: u64) -> String {
+    format!("{:.1} ms", micros as f64 / 1000.0)
+}
+
 /// The classes of a site's objects: `Circle × 1,200, Square × 10`.
 pub fn class_list(types: &[TypeCount]) -> String {
     types
@@ -276,15 +296,15 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     if listed.is_empty() {
         return Ok(());
     }
-    // A launched command's final report: its memory as its exit found it (held there).
-    let when = if report.exit_code.is_some() {
-        "at its exit"
-    } else {
-        "while it ran"
-    };
+    let how: Vec<String> = report.scans.iter().map(scan_line).collect();
     writeln!(
         out,
-        "who holds it (a scan of the process's memory {when}; see README):"
+        "who holds it ({}; see README):",
+        if how.is_empty() {
+            "a scan of the process's memory".to_string()
+        } else {
+            how.join("; ")
+        }
     )?;
     for s in listed {
         let mut parts = Vec::new();
