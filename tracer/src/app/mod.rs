@@ -215,6 +215,7 @@ impl Session {
         let known = Known {
             since_start: self.launched.is_some(),
             settled,
+            ..Known::default()
         };
         if self.stop_for_scan && !settled {
             for pid in engine.scan_targets() {

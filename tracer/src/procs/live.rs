@@ -134,8 +134,15 @@ impl Source for Live {
     ) -> Option<crate::reach::summary::ProcessScan> {
         let frozen = self.frozen.get(&pid);
         // Held still, with every event from before the stop taken in (see `Session::scan`).
+        let glibc_heap = self
+            .allocator_of
+            .get(&pid)
+            .unwrap_or(&self.default_allocator)
+            .kind
+            .starts_with("glibc");
         let known = crate::reach::Known {
             settled: known.settled || frozen.is_some(),
+            glibc_heap,
             ..known
         };
         crate::reach::process(pid, blocks, known, frozen)

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 pub mod classes;
 pub mod freeze;
+pub mod glibc;
 pub mod proc;
 pub mod summary;
 
@@ -361,6 +362,8 @@ pub struct Known {
     pub since_start: bool,
     /// Stopped, every event from before the stop taken in: the books are its heap as it is.
     pub settled: bool,
+    /// Its heap is the C library's: chunk headers give the bounds of blocks not on record.
+    pub glibc_heap: bool,
 }
 
 /// Scans a live process whose heap is `blocks` (address, and the site it belongs to, sorted
@@ -392,12 +395,20 @@ pub fn process(
     let regs = frozen.map(|f| f.regs.as_slice()).unwrap_or_default();
     let roots = proc::roots(pid, &heap, regs)?;
     let mut mem = proc::ProcMemory::new(pid).with_registers(regs);
-    let unknown: &[Region] = if known.since_start && known.settled {
-        &[]
+    let unknown = if known.since_start && known.settled {
+        Vec::new()
+    } else if known.glibc_heap {
+        glibc::split_gaps(&mut mem, &heap, roots.unknown.clone())
     } else {
-        &roots.unknown
+        roots.unknown.clone()
     };
-    let outcome = scan(&mut mem, &heap, &roots.regions, unknown, !known.since_start);
+    let outcome = scan(
+        &mut mem,
+        &heap,
+        &roots.regions,
+        &unknown,
+        !known.since_start,
+    );
     let owned: Vec<summary::Owned> = blocks.iter().map(|(_, o)| *o).collect();
     let mut names = classes::Names::new(roots.files.clone());
     let sites = summary::by_site(pid, &owned, &outcome, &roots, &mut names)
