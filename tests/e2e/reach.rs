@@ -482,3 +482,62 @@ fn a_killed_tracer_never_leaves_a_program_stopped_for_a_scan() {
     // Still running its ticks: alive.
     assert!(v.0.id() == pid && state_of(pid) != 'Z' && state_of(pid) != '?');
 }
+
+/// Reads a child's stdout until a line starting with `prefix`.
+fn line_from(out: &mut impl std::io::BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no {prefix} line");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+/// A target that exits while it is being scanned (running), or is killed while held still
+/// for a scan: the scan ends cleanly, tracer neither crashes nor hangs, and the final report
+/// comes.
+#[test]
+fn a_target_gone_in_the_middle_of_a_scan_ends_it_cleanly() {
+    if !privileged("a_target_gone_in_the_middle_of_a_scan_ends_it_cleanly") {
+        return;
+    }
+    let bigheap = victim("victims/bigheap.c", FP);
+    for stop in [false, true] {
+        // 256 MiB in 1 KiB blocks: a scan of a second or so. It lives 1 s once ready.
+        let mut v = Command::new(&bigheap)
+            .args(["256", "1024", "1", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(v.stdout.take().unwrap());
+        line_from(&mut out, "START");
+        let pid = v.id().to_string();
+        let mut args = vec!["--pid", &pid, "-i", "60"];
+        if stop {
+            args.push("--stop-for-scan");
+        }
+        let t = start_tracer(&args);
+        line_from(&mut out, "READY");
+        let began = std::time::Instant::now();
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+        if stop {
+            // Held still by the scan: killed there.
+            std::thread::sleep(Duration::from_millis(300));
+            v.kill().unwrap();
+        }
+        let (reps, _) = finish(t);
+        let _ = v.wait();
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "tracer took {:?}",
+            began.elapsed()
+        );
+        assert!(
+            reps.iter().any(|r| r["kind"] == "final"),
+            "no final report (stop: {stop}): {reps:?}"
+        );
+    }
+}

@@ -52,8 +52,8 @@ fn chunk_size(word: u64) -> Option<u64> {
 }
 
 /// `gaps` (address order) cut into glibc's chunks where the walk from the known block before
-/// each succeeds: the pieces are the chunks' blocks (header excluded). `blocks`: the known
-/// blocks, sorted by address.
+/// each succeeds: the pieces are the chunks' blocks (header excluded); gaps too small to hold
+/// a chunk are left out. `blocks`: the known blocks, sorted by address.
 pub fn split_gaps(mem: &mut dyn Memory, blocks: &[HeapBlock], gaps: Vec<Region>) -> Vec<Region> {
     let mut w = Window {
         mem,
@@ -62,6 +62,11 @@ pub fn split_gaps(mem: &mut dyn Memory, blocks: &[HeapBlock], gaps: Vec<Region>)
     };
     let mut out = Vec::with_capacity(gaps.len());
     for g in gaps {
+        // Too small to hold a chunk: the known block's slack and the next one's header, no
+        // block of anyone's. Dropped (not followed): a heap of N known blocks has N of them.
+        if g.end - g.start < MIN_CHUNK + HEADER {
+            continue;
+        }
         // The known block the gap follows.
         let before = blocks
             .partition_point(|b| b.addr < g.start)

@@ -23,6 +23,20 @@ pub mod summary;
 pub trait Memory {
     /// Fills `buf` from `addr`; false when (part of) it cannot be read.
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// Reads each `(address, length)` of `parts` into `buf`, one after the other (`buf` holds
+    /// their lengths' sum): whether each could be read.
+    fn read_many(&mut self, parts: &[(u64, usize)], buf: &mut [u8]) -> Vec<bool> {
+        let mut at = 0;
+        parts
+            .iter()
+            .map(|&(addr, len)| {
+                let ok = self.read(addr, &mut buf[at..at + len]);
+                at += len;
+                ok
+            })
+            .collect()
+    }
 }
 
 /// How a block stands after the scan.
@@ -155,6 +169,36 @@ fn words(
     (all, unread)
 }
 
+/// Blocks read in one system call at most, and their bytes at most.
+const BATCH_BLOCKS: usize = 512;
+
+/// The next blocks of the queue to read together: up to [`BATCH_BLOCKS`] of them and
+/// [`CHUNK`] bytes, or one bigger block alone.
+fn take_batch(queue: &mut VecDeque<usize>, blocks: &[HeapBlock]) -> Vec<usize> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(&i) = queue.front() {
+        let len = word_range(blocks[i]).1;
+        if !batch.is_empty() && (batch.len() == BATCH_BLOCKS || bytes + len > CHUNK) {
+            break;
+        }
+        queue.pop_front();
+        batch.push(i);
+        bytes += len;
+        if bytes > CHUNK {
+            break;
+        }
+    }
+    batch
+}
+
+/// The aligned words of a block: where the first is, and their bytes.
+fn word_range(b: HeapBlock) -> (u64, usize) {
+    let at = b.addr.next_multiple_of(8);
+    let end = b.addr + b.size;
+    (at, (end.saturating_sub(at) & !7) as usize)
+}
+
 /// Scans `roots` and the heap `blocks` (sorted by address, not overlapping).
 ///
 /// `unknown`: heap memory no known block covers. It may hold blocks tracer has not seen
@@ -168,6 +212,12 @@ pub fn scan(
     unknown: &[Region],
     unknown_roots: bool,
 ) -> Outcome {
+    if unknown.iter().all(|r| r.end <= r.start) {
+        // Known blocks only: their own order, no second copy of the heap.
+        let mut o = scan_heap(mem, blocks, &vec![false; blocks.len()], roots, false);
+        o.root = root_of(&o.holder);
+        return o;
+    }
     // Known blocks and unknown memory in one address order.
     let mut all: Vec<(HeapBlock, Option<usize>)> = blocks
         .iter()
@@ -269,24 +319,51 @@ fn scan_heap(
     let mut scanned = vec![false; n];
     let mut phase_two = !weak_roots;
     loop {
-        while let Some(i) = queue.pop_front() {
-            // Upgraded from possible to reachable: its children may be upgraded too.
-            let strong = state[i] == 2;
-            let b = blocks[i];
-            let first = &mut out.first_word[i];
-            let holder = &mut out.holder;
-            // Each word is followed as it is read: the memory used stays one chunk, whatever
-            // the block's size.
-            let (ok, _) = words(mem, b.addr, b.addr + b.size, &mut buf, |at, w| {
-                if at == b.addr {
-                    *first = Some(w);
+        while !queue.is_empty() {
+            // Blocks are read a batch at a time (one system call for many small blocks), then
+            // each is followed in queue order, as if read one by one.
+            let batch = take_batch(&mut queue, blocks);
+            let ranges: Vec<(u64, usize)> = batch.iter().map(|&i| word_range(blocks[i])).collect();
+            let big = ranges.iter().any(|r| r.1 > CHUNK);
+            let read = if big {
+                Vec::new()
+            } else {
+                buf.resize(ranges.iter().map(|r| r.1).sum(), 0);
+                mem.read_many(&ranges, &mut buf)
+            };
+            let mut offset = 0;
+            for (k, &i) in batch.iter().enumerate() {
+                // Upgraded from possible to reachable: its children may be upgraded too.
+                let strong = state[i] == 2;
+                let b = blocks[i];
+                let first = &mut out.first_word[i];
+                let holder = &mut out.holder;
+                let mut follow = |at: u64, w: u64| {
+                    if at == b.addr {
+                        *first = Some(w);
+                    }
+                    visit(w, Holder::Block(i), strong, &mut state, holder, &mut queue);
+                };
+                let ok = if big {
+                    // One block bigger than a chunk: read a chunk at a time, each word followed
+                    // as it is read, so memory stays one chunk whatever the block's size.
+                    let mut own = Vec::new();
+                    words(mem, b.addr, b.addr + b.size, &mut own, follow).0
+                } else {
+                    let (at, len) = ranges[k];
+                    if read[k] {
+                        for (j, w) in buf[offset..offset + len].chunks_exact(8).enumerate() {
+                            follow(at + 8 * j as u64, u64::from_le_bytes(w.try_into().unwrap()));
+                        }
+                    }
+                    offset += len;
+                    read[k]
+                };
+                if !ok && !scanned[i] {
+                    out.unreadable_blocks += 1;
                 }
-                visit(w, Holder::Block(i), strong, &mut state, holder, &mut queue);
-            });
-            if !ok && !scanned[i] {
-                out.unreadable_blocks += 1;
+                scanned[i] = true;
             }
-            scanned[i] = true;
         }
         if phase_two {
             break;

@@ -43,6 +43,68 @@ impl ProcMemory {
 }
 
 impl Memory for ProcMemory {
+    /// One `process_vm_readv` for all the parts (up to `IOV_MAX`): the kernel stops at the
+    /// first part it cannot read, and the parts from there are read one by one.
+    fn read_many(&mut self, parts: &[(u64, usize)], buf: &mut [u8]) -> Vec<bool> {
+        let mut ok = vec![false; parts.len()];
+        let mut done = 0;
+        let mut offset = 0;
+        while done < parts.len() {
+            if parts[done].0 >= REGISTERS_AT {
+                let len = parts[done].1;
+                ok[done] = self.read(parts[done].0, &mut buf[offset..offset + len]);
+                offset += len;
+                done += 1;
+                continue;
+            }
+            let n = (parts.len() - done).min(1024);
+            let mut local = Vec::with_capacity(n);
+            let mut remote = Vec::with_capacity(n);
+            let mut at = offset;
+            for &(addr, len) in &parts[done..done + n] {
+                local.push(libc::iovec {
+                    iov_base: buf[at..].as_mut_ptr().cast(),
+                    iov_len: len,
+                });
+                remote.push(libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: len,
+                });
+                at += len;
+            }
+            // SAFETY: each local iovec lies inside `buf` (the parts' lengths sum to at most
+            // its length); the remote side is only read, with ptrace read access checks.
+            let got = unsafe {
+                libc::process_vm_readv(
+                    self.pid,
+                    local.as_ptr(),
+                    n as libc::c_ulong,
+                    remote.as_ptr(),
+                    n as libc::c_ulong,
+                    0,
+                )
+            };
+            let mut got = got.max(0) as usize;
+            self.read_bytes += got as u64;
+            // The parts read whole.
+            let before = done;
+            while done < before + n && got >= parts[done].1 {
+                got -= parts[done].1;
+                ok[done] = true;
+                offset += parts[done].1;
+                done += 1;
+            }
+            if done < before + n {
+                // The part it stopped at, on its own (it fails, or was cut short).
+                let len = parts[done].1;
+                ok[done] = self.read(parts[done].0, &mut buf[offset..offset + len]);
+                offset += len;
+                done += 1;
+            }
+        }
+        ok
+    }
+
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
         if buf.is_empty() {
             return true;
@@ -362,5 +424,32 @@ mod tests {
         assert!(m.read(data.as_ptr() as u64, &mut buf));
         assert_eq!(u64::from_le_bytes(buf[..8].try_into().unwrap()), data[0]);
         assert!(!m.read(8, &mut buf), "the zero page is not mapped");
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    #[test]
+    fn many_parts_read_in_one_call_and_a_bad_one_is_told_apart() {
+        let a = [1u8; 64];
+        let b = [2u8; 32];
+        let c = [3u8; 16];
+        let parts = [
+            (a.as_ptr() as u64, 64),
+            (b.as_ptr() as u64, 32),
+            // Never mapped in a user process.
+            (8, 16),
+            (c.as_ptr() as u64, 16),
+        ];
+        let mut mem = ProcMemory::new(std::process::id());
+        let mut buf = vec![0u8; 128];
+        let ok = mem.read_many(&parts, &mut buf);
+        assert_eq!(ok, [true, true, false, true]);
+        assert_eq!(&buf[..64], &a[..]);
+        assert_eq!(&buf[64..96], &b[..]);
+        assert_eq!(&buf[112..], &c[..]);
+        assert_eq!(mem.read_bytes, 112);
     }
 }
