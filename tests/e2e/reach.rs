@@ -541,3 +541,56 @@ fn a_target_gone_in_the_middle_of_a_scan_ends_it_cleanly() {
         );
     }
 }
+
+/// The chain of holders of a site: chains.c keeps each buffer (buf_alloc) in a session
+/// (session_new) on the global list g_sessions; holders.c's child_alloc blocks are lost with
+/// the bag_leak blocks that point to them.
+#[test]
+fn a_chain_of_holders_names_the_sites_between_the_root_and_a_block() {
+    if !privileged("a_chain_of_holders_names_the_sites_between_the_root_and_a_block") {
+        return;
+    }
+    let chains = victim("victims/chains.c", FP);
+    let l = launch_json(&["-n", "50"], &chains, &["50"]);
+    let chain_of = |r: &Value, f: &str| -> Vec<String> {
+        let s = r["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| leaf(s) == f)
+            .unwrap_or_else(|| panic!("no {f} in {r}"));
+        s["reachability"]["chain"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no chain for {f}: {s}"))
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    let starts = |chain: &[String], want: &[&str]| {
+        chain.len() == want.len() && chain.iter().zip(want).all(|(c, w)| c.starts_with(w))
+    };
+    let c = chain_of(&l.final_report, "buf_alloc");
+    assert!(
+        starts(
+            &c,
+            &[
+                "g_sessions in chains-fp",
+                "session_new (chains.c:",
+                "buf_alloc (chains.c:"
+            ]
+        ),
+        "{c:?}"
+    );
+    let c = chain_of(&l.final_report, "session_new");
+    assert!(
+        starts(&c, &["g_sessions in chains-fp", "session_new (chains.c:"]),
+        "{c:?}"
+    );
+    let holders = victim("workloads/holders.c", FP);
+    let l = launch_json(&["-n", "50"], &holders, &["0.5"]);
+    let c = chain_of(&l.final_report, "child_alloc");
+    assert!(
+        starts(&c, &["bag_leak (holders.c:", "child_alloc (holders.c:"]),
+        "{c:?}"
+    );
+}

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     classes::Names,
     proc::{RootKind, Roots},
-    Outcome, Reach, UNKNOWN_ROOT,
+    Holder, Outcome, Reach, UNKNOWN_ROOT,
 };
 
 /// Holders and classes listed per site.
@@ -27,6 +27,14 @@ pub struct SiteReach {
     /// Where the chains that reach its blocks start (reachable and possibly reachable), most
     /// bytes first.
     pub held_by: Vec<Held>,
+    /// Who holds one of its blocks, from the root down (`g_list in server`, then the sites
+    /// whose blocks point one to the next: `session_new (server.c:40)`, `buf_alloc
+    /// (server.c:52) × 3`); for lost blocks, from the lost block that leads them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// The chain as the scan found it, until the report names its sites.
+    #[serde(skip)]
+    pub links: Vec<Link>,
 }
 
 /// The reachability classes, in valgrind's order, as the reports name them.
@@ -159,6 +167,18 @@ pub fn classes(t: Tally) -> Vec<TypeCount> {
 pub struct SiteScan {
     pub reach: SiteReach,
     pub types: Vec<TypeCount>,
+    /// Who holds one of its blocks (the one nearest a root; for a site whose blocks are all
+    /// lost, one reached from other lost blocks), from the start of the chain down.
+    pub chain: Vec<Link>,
+}
+
+/// A step of a chain of holders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Where it starts: a root, by name.
+    Root(String),
+    /// `blocks` blocks of one site in a row, each pointing to the next.
+    Site { site: usize, blocks: u64 },
 }
 
 /// How a process stood while it was scanned.
@@ -246,7 +266,86 @@ pub fn by_site(
         s.reach.held_by = holders(held.remove(site).unwrap_or_default());
         s.types = classes(types.remove(site).unwrap_or_default());
     }
+    // One chain per site: from the block nearest its holder (fewest links).
+    let depth = depths(&o.holder);
+    let mut sample: HashMap<usize, usize> = HashMap::new();
+    for (i, b) in owned.iter().enumerate() {
+        let better = |j: usize| {
+            let held = |k: usize| o.root[k].is_some();
+            (held(i), std::cmp::Reverse(depth[i])) > (held(j), std::cmp::Reverse(depth[j]))
+        };
+        match sample.get(&b.site) {
+            Some(&j) if !better(j) => {}
+            _ => {
+                sample.insert(b.site, i);
+            }
+        }
+    }
+    for (site, i) in sample {
+        let mut chain = Vec::new();
+        let mut k = i;
+        let mut steps = 0;
+        loop {
+            let step = owned[k].site;
+            match chain.last_mut() {
+                Some(Link::Site { site, blocks }) if *site == step => *blocks += 1,
+                _ => chain.push(Link::Site {
+                    site: step,
+                    blocks: 1,
+                }),
+            }
+            steps += 1;
+            match o.holder[k] {
+                Holder::Block(p) if steps <= owned.len() => k = p,
+                _ => break,
+            }
+        }
+        if let Some((region, at)) = o.root[i] {
+            if let Some(name) = root_names.get(&(region, at)) {
+                chain.push(Link::Root(name.clone()));
+            }
+        }
+        chain.reverse();
+        if let Some(s) = out.get_mut(&site) {
+            s.chain = chain;
+        }
+    }
     out
+}
+
+/// Each block's links to the start of its chain of holders (a root, or a lost block that
+/// leads its group); blocks in a cycle count as far as the cycle.
+fn depths(holder: &[Holder]) -> Vec<u32> {
+    const UNSET: u32 = u32::MAX;
+    const WALKING: u32 = u32::MAX - 1;
+    let mut depth = vec![UNSET; holder.len()];
+    let mut path = Vec::new();
+    for i in 0..holder.len() {
+        let mut k = i;
+        let base = loop {
+            match depth[k] {
+                UNSET => {}
+                // Back on this walk's own path: a cycle, which starts here.
+                WALKING => break 0,
+                d => break d,
+            }
+            match holder[k] {
+                Holder::Block(p) => {
+                    depth[k] = WALKING;
+                    path.push(k);
+                    k = p;
+                }
+                _ => {
+                    depth[k] = 0;
+                    break 0;
+                }
+            }
+        };
+        for (n, p) in path.drain(..).rev().enumerate() {
+            depth[p] = base + 1 + n as u32;
+        }
+    }
+    depth
 }
 
 #[cfg(test)]
@@ -298,5 +397,34 @@ mod tests {
         *o += 1;
         *b += 1;
         assert_eq!((r.possible_objects, r.possible_bytes), (3, 34));
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn depths_count_links_to_the_start_of_each_chain_and_cycles_end() {
+        let root = Holder::Root { region: 0, at: 8 };
+        // 0 <- root; 1 <- 0; 2 <- 1; 3 and 4 hold each other (a lost cycle); 5 nobody.
+        let holder = [
+            root,
+            Holder::Block(0),
+            Holder::Block(1),
+            Holder::Block(4),
+            Holder::Block(3),
+            Holder::Nobody,
+        ];
+        let d = depths(&holder);
+        assert_eq!(&d[..3], &[0, 1, 2]);
+        assert!(d[3] <= 2 && d[4] <= 2, "{d:?}");
+        assert_eq!(d[5], 0);
+        // A long list: linear, not quadratic.
+        let n = 200_000;
+        let mut long = vec![root];
+        long.extend((0..n - 1).map(Holder::Block));
+        let d = depths(&long);
+        assert_eq!(d[n - 1], (n - 1) as u32);
     }
 }

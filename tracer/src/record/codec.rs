@@ -1,5 +1,5 @@
 //! The frames' payloads: encoding and decoding (see the format in the module above).
-use crate::reach::summary::{Held, ProcessScan, ScanHow, ScanStats, SiteScan, TypeCount};
+use crate::reach::summary::{Held, Link, ProcessScan, ScanHow, ScanStats, SiteScan, TypeCount};
 use std::path::PathBuf;
 
 use tracer_common::AllocFn;
@@ -41,6 +41,38 @@ fn put_named<'a>(b: &mut Vec<u8>, items: impl ExactSizeIterator<Item = (&'a Stri
         put_bytes(b, name.as_bytes());
         put_var(b, objects);
         put_var(b, bytes);
+    }
+}
+
+/// What version 6 adds at the end of a scan's frame: what it cost, and each site's chain of
+/// holders (in the sites' order).
+pub(super) fn put_reach_tail(b: &mut Vec<u8>, scan: &ProcessScan) {
+    let sites = &scan.sites;
+    let st = &scan.stats;
+    b.push(match st.how {
+        ScanHow::Running => 0,
+        ScanHow::Stopped => 1,
+        ScanHow::AtExit => 2,
+    });
+    put_var(b, st.bytes);
+    put_var(b, st.micros);
+    put_var(b, st.pause_micros);
+    // And each site's chain of holders, in the sites' order.
+    for (_, s) in sites {
+        put_u32(b, s.chain.len() as u32);
+        for link in &s.chain {
+            match link {
+                Link::Root(name) => {
+                    b.push(0);
+                    put_bytes(b, name.as_bytes());
+                }
+                Link::Site { site, blocks } => {
+                    b.push(1);
+                    put_var(b, *site as u64);
+                    put_var(b, *blocks);
+                }
+            }
+        }
     }
 }
 
@@ -207,16 +239,7 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
                 put_named(b, r.held_by.iter().map(|h| (&h.root, h.objects, h.bytes)));
                 put_named(b, s.types.iter().map(|t| (&t.name, t.objects, t.bytes)));
             }
-            // Version 6: what the scan cost.
-            let st = &scan.stats;
-            b.push(match st.how {
-                ScanHow::Running => 0,
-                ScanHow::Stopped => 1,
-                ScanHow::AtExit => 2,
-            });
-            put_var(b, st.bytes);
-            put_var(b, st.micros);
-            put_var(b, st.pause_micros);
+            put_reach_tail(b, scan);
             tag::REACH
         }
         Frame::Process {
@@ -580,6 +603,33 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
             } else {
                 ScanStats::default()
             };
+            if c.pos < c.b.len() {
+                for (_, s) in sites.iter_mut() {
+                    let n = c.u32("chain length")? as usize;
+                    // At least 2 bytes a link.
+                    if n > c.b.len() / 2 {
+                        return Err(FormatError {
+                            offset: base + c.pos as u64,
+                            what: format!("a chain of {n} links cannot fit in the frame"),
+                        });
+                    }
+                    for _ in 0..n {
+                        s.chain.push(match c.u8("link kind")? {
+                            0 => Link::Root(String::from_utf8_lossy(c.bytes("root")?).into_owned()),
+                            1 => Link::Site {
+                                site: c.var("site")? as usize,
+                                blocks: c.var("blocks")?,
+                            },
+                            k => {
+                                return Err(FormatError {
+                                    offset: base + c.pos as u64,
+                                    what: format!("unknown link kind {k}"),
+                                })
+                            }
+                        });
+                    }
+                }
+            }
             Frame::Reach {
                 pid,
                 scan: ProcessScan { sites, stats },

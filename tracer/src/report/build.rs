@@ -14,7 +14,9 @@ use crate::{
     aggregate::{books::Books, verdict::Verdict, SiteDelta, SiteId, Snapshot},
     collector::Counters,
     procs::Procs,
-    reach::summary::{add, classes, holders, ScanStats, SiteReach, SiteScan, Tally, TypeCount},
+    reach::summary::{
+        add, classes, holders, Link, ScanStats, SiteReach, SiteScan, Tally, TypeCount,
+    },
     symbolize::{Frame, Symbolizer},
 };
 
@@ -217,6 +219,7 @@ impl Builder<'_> {
         };
         let omitted = sites.len().saturating_sub(top);
         sites.truncate(top);
+        self.name_chains(&mut sites);
         let (lost, events) = self.counters(c);
         let (subject_pid, subject) = self.procs.subject();
         Report {
@@ -384,6 +387,37 @@ impl Builder<'_> {
     }
 
     /// Symbolizes sites and merges those whose stacks read the same: one group per row.
+    /// The chains of holders of the sites listed, their sites named.
+    fn name_chains(&mut self, sites: &mut [SiteReport]) {
+        for s in sites {
+            let Some(r) = &mut s.reachability else {
+                continue;
+            };
+            let links = std::mem::take(&mut r.links);
+            r.chain = links
+                .into_iter()
+                .map(|link| match link {
+                    Link::Root(name) => name,
+                    Link::Site { site, blocks } => {
+                        let frames = self
+                            .group(std::iter::once(site))
+                            .pop()
+                            .map(|g| g.frames)
+                            .unwrap_or_default();
+                        // Its own frame is enough in a chain.
+                        let label = super::table::site_label(&frames);
+                        let name = label.split(" ← ").next().unwrap_or(&label).to_string();
+                        if blocks > 1 {
+                            format!("{name} × {blocks}")
+                        } else {
+                            name
+                        }
+                    }
+                })
+                .collect();
+        }
+    }
+
     pub fn group(&mut self, sites: impl Iterator<Item = SiteId>) -> Vec<Group> {
         let subject = self.procs.subject().0;
         rows::group(&self.books.ledger, self.symbols, subject, sites)
@@ -497,6 +531,11 @@ fn scanned(
     }
     let mut r = SiteReach::default();
     let (mut held, mut types) = (Tally::new(), Tally::new());
+    // The chain of the member with the most bytes.
+    let bytes = |s: &SiteScan| s.reach.counts().iter().map(|c| c.1).sum::<u64>();
+    if let Some(most) = found.iter().max_by_key(|s| bytes(s)) {
+        r.links = most.chain.clone();
+    }
     for s in found {
         let x = &s.reach;
         r.add_counts(x);

@@ -325,6 +325,10 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
                     }
                 ));
             }
+            // Through other sites' blocks: the chain says which.
+            if r.chain.len() > 2 || (r.held_by.is_empty() && r.chain.len() > 1) {
+                parts.push(format!("chain: {}", r.chain.join(" → ")));
+            }
         }
         if !s.types.is_empty() {
             parts.push(class_list(&s.types));
