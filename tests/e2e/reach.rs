@@ -594,3 +594,71 @@ fn a_chain_of_holders_names_the_sites_between_the_root_and_a_block() {
         "{c:?}"
     );
 }
+
+/// --by class between two marks: each class's change is exactly the objects its `new` made
+/// in between (the mark's own rows, from the books), the plain structs in the unnamed row.
+#[test]
+fn by_class_between_two_marks_counts_the_objects_made_in_between() {
+    if !privileged("by_class_between_two_marks_counts_the_objects_made_in_between") {
+        return;
+    }
+    let classes = victim("workloads/classes.cpp", FP);
+    let v = start(&classes);
+    let pid = v.0.id().to_string();
+    let t = start_tracer(&[
+        "--pid",
+        &pid,
+        "-d",
+        "4",
+        "-i",
+        "60",
+        "-n",
+        "50",
+        "--by",
+        "class",
+        "--stop-for-scan",
+    ]);
+    for wait in [1000, 1500] {
+        std::thread::sleep(Duration::from_millis(wait));
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    }
+    let (reps, _) = finish(t);
+    let marks: Vec<&Value> = reps.iter().filter(|r| r["kind"] == "mark").collect();
+    assert_eq!(marks.len(), 2, "{reps:?}");
+    let m = marks[1];
+    let rows = m["classes"].as_array().expect("class rows");
+    let mut named = 0;
+    for row in rows {
+        let delta = row["delta_objects"].as_i64().unwrap();
+        match row["name"].as_str() {
+            Some(class) => {
+                // The make() row whose objects are of this class.
+                let site = m["sites"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["types"][0]["name"] == class)
+                    .unwrap_or_else(|| panic!("no site of {class}: {m}"));
+                assert_eq!(
+                    delta,
+                    site["delta_objects"].as_i64().unwrap(),
+                    "{class}: {m}"
+                );
+                assert!(delta > 50, "{class}: {delta}");
+                named += 1;
+            }
+            None => {
+                let plain: i64 = m["sites"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s["types"].as_array().is_none_or(|t| t.is_empty()))
+                    .map(|s| s["delta_objects"].as_i64().unwrap())
+                    .sum();
+                assert_eq!(delta, plain, "{m}");
+            }
+        }
+    }
+    assert_eq!(named, 3, "{rows:?}");
+}

@@ -189,6 +189,13 @@ pub struct ReportArgs {
     #[arg(long)]
     pub since_attach: bool,
 
+    /// Group the reports by what the live blocks are: `class` lists C++ classes (from each
+    /// object's vtable) across all sites, with the change since the last report of the same
+    /// kind (between two marks: the objects made in between), the blocks of no class in one
+    /// row. Reads the memory of the traced processes at every report (as --reachability).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub by: Option<ByArg>,
+
     /// Intervals of history a verdict looks at.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=10_000))]
     pub verdict_window: u32,
@@ -244,6 +251,11 @@ impl From<FormatArg> for Format {
             FormatArg::Json => Format::Json,
         }
     }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Class,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -72,6 +72,8 @@ pub struct ReportOptions {
     pub warmup: Warmup,
     pub older_than: Option<Duration>,
     pub since_attach: bool,
+    /// Group the reports by C++ class too (--by class).
+    pub by_class: bool,
     pub verdict: VerdictParams,
     pub flame: Option<FlameOptions>,
     /// Only processes with this command name.
@@ -196,7 +198,7 @@ impl Config {
                 sample_rate: cli.sample_rate,
                 record: cli.record,
                 metrics: cli.metrics,
-                scan_each_report: cli.reachability,
+                scan_each_report: cli.reachability || report.by_class,
                 stop_for_scan: cli.stop_for_scan,
             }),
             report,
@@ -257,6 +259,7 @@ impl ReportOptions {
             warmup: a.warmup,
             older_than: a.older_than.map(Duration::from_secs_f64),
             since_attach: a.since_attach,
+            by_class: a.by.is_some(),
             verdict: VerdictParams {
                 window: a.verdict_window as usize,
                 min_intervals: a.min_intervals as usize,

@@ -8,7 +8,11 @@
 //! [`Source`] (stacks, memory maps and processes), and everything read through it is recorded.
 //! The engine only sequences: what a report says is built by `report::build` from the books
 //! and the process table, and written by `report::writer`.
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    time::Duration,
+};
 
 use anyhow::Result;
 
@@ -26,7 +30,7 @@ use crate::{
     report::{
         build::{self, Builder, Selection},
         writer::Writer,
-        LimitSettings, ProcessReport, Report, ReportKind,
+        ClassRow, LimitSettings, ProcessReport, Report, ReportKind,
     },
 };
 
@@ -65,6 +69,8 @@ pub struct Engine {
     /// Output failures waiting for the next report.
     warnings: Vec<String>,
     recording_failure_told: bool,
+    /// `--by class`: the classes at the last interval report and at the last mark.
+    classes_at: HashMap<ReportKind, BTreeMap<Option<String>, (u64, u64)>>,
 }
 
 impl Engine {
@@ -105,6 +111,7 @@ impl Engine {
             sinks: Vec::new(),
             warnings: Vec::new(),
             recording_failure_told: false,
+            classes_at: HashMap::new(),
         }
     }
 
@@ -255,6 +262,7 @@ impl Engine {
         let mut r =
             self.builder()
                 .report(ReportKind::Interval, &snap, &base, t_ns - base_ns, c, None);
+        self.by_class(&mut r);
         let flow = self.emit(&mut r)?;
         if self.opts.flame.as_ref().is_some_and(|f| f.every) {
             self.write_flame_or_warn(t_ns);
@@ -287,6 +295,7 @@ impl Engine {
             .builder()
             .report(ReportKind::Mark, &snap, &base, t_ns - base_ns, c, None);
         r.mark = Some(n);
+        self.by_class(&mut r);
         let flow = self.emit(&mut r)?;
         if self
             .opts
@@ -308,6 +317,7 @@ impl Engine {
             .builder()
             .report(ReportKind::Final, &snap, &none, t_ns, c, None);
         r.exit_code = exit_code;
+        self.by_class(&mut r);
         // Processes that exited since the last report (their numbers are in this one's
         // totals already) join those that exited before, under the same `--keep-exited`.
         let (exited_now, live): (Vec<ProcessReport>, Vec<ProcessReport>) =
@@ -369,6 +379,67 @@ impl Engine {
             flame::write(&p, *format, path)?;
         }
         Ok(())
+    }
+
+    /// `--by class`: the report's class rows, from the scans it tells (every site's, listed or
+    /// not), each with its change since the last report of the same kind (the final report:
+    /// since nothing). No scan, no rows.
+    fn by_class(&mut self, r: &mut Report) {
+        if !self.opts.by_class || self.intake.known.scans.is_empty() {
+            return;
+        }
+        let mut now: BTreeMap<Option<String>, (u64, u64)> = BTreeMap::new();
+        for scans in self.intake.known.scans.values() {
+            for s in scans.values() {
+                let (mut objects, mut bytes) = s
+                    .reach
+                    .counts()
+                    .iter()
+                    .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+                for t in &s.types {
+                    let e = now.entry(Some(t.name.clone())).or_default();
+                    e.0 += t.objects;
+                    e.1 += t.bytes;
+                    objects = objects.saturating_sub(t.objects);
+                    bytes = bytes.saturating_sub(t.bytes);
+                }
+                let e = now.entry(None).or_default();
+                e.0 += objects;
+                e.1 += bytes;
+            }
+        }
+        let empty = BTreeMap::new();
+        let before = match r.kind {
+            ReportKind::Final => &empty,
+            k => self.classes_at.get(&k).unwrap_or(&empty),
+        };
+        let names: std::collections::BTreeSet<&Option<String>> =
+            now.keys().chain(before.keys()).collect();
+        let mut rows: Vec<ClassRow> = names
+            .into_iter()
+            .map(|name| {
+                let (o, b) = now.get(name).copied().unwrap_or_default();
+                let (o0, b0) = before.get(name).copied().unwrap_or_default();
+                ClassRow {
+                    name: name.clone(),
+                    objects: o,
+                    bytes: b,
+                    delta_objects: o as i64 - o0 as i64,
+                    delta_bytes: b as i64 - b0 as i64,
+                }
+            })
+            .filter(|c| c.objects > 0 || c.delta_objects != 0)
+            .collect();
+        // Named classes by objects, the unnamed row last.
+        rows.sort_by(|a, b| {
+            (a.name.is_none(), std::cmp::Reverse(a.objects), &a.name).cmp(&(
+                b.name.is_none(),
+                std::cmp::Reverse(b.objects),
+                &b.name,
+            ))
+        });
+        r.classes = rows;
+        self.classes_at.insert(r.kind, now);
     }
 
     /// Writes a report with the output failures not yet told in one (see

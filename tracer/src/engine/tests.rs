@@ -947,3 +947,73 @@ fn an_exec_names_a_process_gone_before_its_name_could_be_read() {
     assert_eq!(name(20), Some("brief".into()), "{fin}");
     assert_eq!(name(21), Some("?".into()), "{fin}");
 }
+
+/// A scan of one site whose `live` objects hold `circles` of class Circle.
+fn class_scan(site: usize, live: u64, circles: u64) -> crate::reach::summary::ProcessScan {
+    use crate::reach::summary::{ProcessScan, SiteScan, TypeCount};
+    let mut s = SiteScan::default();
+    s.reach.reachable_objects = live;
+    s.reach.reachable_bytes = live * 16;
+    if circles > 0 {
+        s.types = vec![TypeCount {
+            name: "Circle".into(),
+            objects: circles,
+            bytes: circles * 16,
+        }];
+    }
+    ProcessScan {
+        sites: vec![(site, s)],
+        ..ProcessScan::default()
+    }
+}
+
+#[test]
+fn by_class_rows_change_since_the_last_report_of_their_kind_and_need_a_scan() {
+    let (mut e, out) = engine(&["--by", "class"]);
+    let mut w = Fake::default();
+    let c = Counters::default();
+    e.ingest(&mut w, &[malloc(0x1000, 16, 1, 1)]).unwrap();
+    // No scan: no rows.
+    e.tick(S, &c).unwrap();
+    // A mark with a scan: 10 blocks, 6 of them Circles.
+    e.apply(Fact::Reach {
+        pid: PID,
+        scan: class_scan(0, 10, 6),
+    });
+    e.mark(S + 1, &c).unwrap();
+    e.tick(S + 2, &c).unwrap();
+    // The next mark: 15 blocks, 9 Circles.
+    e.apply(Fact::Reach {
+        pid: PID,
+        scan: class_scan(0, 15, 9),
+    });
+    e.mark(2 * S, &c).unwrap();
+    e.tick(2 * S + 1, &c).unwrap();
+    let reps = out.reports();
+    let rows = |r: &Value| -> Vec<(Value, i64, i64)> {
+        r["classes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["name"].clone(),
+                            c["objects"].as_i64().unwrap(),
+                            c["delta_objects"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(rows(&reps[0]).is_empty(), "{}", reps[0]);
+    let marks: Vec<&Value> = reps.iter().filter(|r| r["kind"] == "mark").collect();
+    assert_eq!(
+        rows(marks[0]),
+        [("Circle".into(), 6, 6), (Value::Null, 4, 4)]
+    );
+    assert_eq!(
+        rows(marks[1]),
+        [("Circle".into(), 9, 3), (Value::Null, 6, 2)]
+    );
+}

@@ -149,6 +149,21 @@ pub fn holders(t: Tally) -> Vec<Held> {
     )
 }
 
+/// Every class of a tally, most objects first (a scan keeps them all: `--by class` adds
+/// them up over the sites).
+pub fn all_classes(t: Tally) -> Vec<TypeCount> {
+    let mut v: Vec<TypeCount> = t
+        .into_iter()
+        .map(|(name, (objects, bytes))| TypeCount {
+            name,
+            objects,
+            bytes,
+        })
+        .collect();
+    v.sort_by(|a, b| b.objects.cmp(&a.objects).then_with(|| a.name.cmp(&b.name)));
+    v
+}
+
 /// The classes with most objects.
 pub fn classes(t: Tally) -> Vec<TypeCount> {
     top(
@@ -264,7 +279,7 @@ pub fn by_site(
     }
     for (site, s) in out.iter_mut() {
         s.reach.held_by = holders(held.remove(site).unwrap_or_default());
-        s.types = classes(types.remove(site).unwrap_or_default());
+        s.types = all_classes(types.remove(site).unwrap_or_default());
     }
     // One chain per site: from the block nearest its holder (fewest links).
     let depth = depths(&o.holder);

@@ -240,6 +240,7 @@ impl Builder<'_> {
             mark: None,
             processes,
             exit_code: None,
+            classes: Vec::new(),
             scans: self
                 .scan_stats
                 .iter()

@@ -18,7 +18,7 @@ use crate::{
     symbolize::Frame,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportKind {
     /// Growth over the last interval.
@@ -89,6 +89,17 @@ pub struct SiteReport {
     /// root that keeps most of them (`held by g_list in server`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict_detail: Option<String>,
+}
+
+/// The live blocks of one class, over all sites.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClassRow {
+    /// The class; None for the blocks whose first word is no vtable.
+    pub name: Option<String>,
+    pub objects: u64,
+    pub bytes: u64,
+    pub delta_objects: i64,
+    pub delta_bytes: i64,
 }
 
 /// One process's memory scan.
@@ -214,6 +225,10 @@ pub struct Report {
     /// bytes read, how long it took, how long the process was held still.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scans: Vec<ScanReport>,
+    /// `--by class`: the live blocks of every site by C++ class (`None`: no class), with the
+    /// change since the last report of the same kind; most objects first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassRow>,
     /// Final report tracing several processes: exited processes left out of `processes`
     /// (beyond `--keep-exited`, the least outstanding first).
     #[serde(skip_serializing_if = "is_zero")]
@@ -426,6 +441,7 @@ pub(crate) fn sample_report() -> Report {
         processes: Vec::new(),
         exit_code: None,
         scans: Vec::new(),
+        classes: Vec::new(),
         exited_omitted: 0,
         processes_omitted: 0,
         warnings: Vec::new(),

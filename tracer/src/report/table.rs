@@ -338,6 +338,43 @@ fn scanned(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `--by class`: the live blocks by C++ class over all sites, and their change.
+fn class_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    if report.classes.is_empty() {
+        return Ok(());
+    }
+    let since = match report.kind {
+        ReportKind::Interval => "the last report",
+        ReportKind::Mark => "the last mark",
+        ReportKind::Final => "the start",
+    };
+    let mut table = Table::new();
+    table.set_format(box_format());
+    table.set_titles(Row::new(
+        [
+            format!("class (Δ since {since})"),
+            "Δobjects".into(),
+            "Δbytes".into(),
+            "live objects".into(),
+            "live bytes".into(),
+        ]
+        .iter()
+        .map(|t| Cell::new(t))
+        .collect(),
+    ));
+    for c in &report.classes {
+        table.add_row(Row::new(vec![
+            Cell::new(c.name.as_deref().unwrap_or("(no class)")),
+            Cell::new(&signed(c.delta_objects)).style_spec("r"),
+            Cell::new(&signed(c.delta_bytes)).style_spec("r"),
+            Cell::new(&group(c.objects)).style_spec("r"),
+            Cell::new(&group(c.bytes)).style_spec("r"),
+        ]));
+    }
+    table.print(out)?;
+    Ok(())
+}
+
 /// `pid 42 (leaky)`, or `3 processes` when tracing several.
 fn who(r: &Report) -> String {
     if r.pid == 0 {
@@ -534,6 +571,7 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
     } else {
         table.print(out)?;
     }
+    class_table(report, out)?;
     scanned(report, out)?;
     let hints = lost_hints(&report.lost, limits);
     if hints.is_empty() {
