@@ -662,3 +662,71 @@ fn by_class_between_two_marks_counts_the_objects_made_in_between() {
     }
     assert_eq!(named, 3, "{rows:?}");
 }
+
+/// A launched command is held still for a mark's scan too (by the thread that holds its
+/// exit): the mark is exact, and the final scan is at its exit.
+#[test]
+fn stop_for_scan_holds_a_launched_command_still_at_a_mark() {
+    if !privileged("stop_for_scan_holds_a_launched_command_still_at_a_mark") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    let t = start_tracer(&[
+        "-i",
+        "60",
+        "-n",
+        "50",
+        "--stop-for-scan",
+        // Before the command: what start_tracer adds after it goes to holders (ignored).
+        "--format",
+        "json",
+        "--",
+        holders.to_str().unwrap(),
+        "3",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    let (reps, _) = finish(t);
+    let mark = reps.iter().find(|r| r["kind"] == "mark").expect("a mark");
+    check_holders(mark);
+    assert_eq!(mark["scans"][0]["how"], "stopped", "{mark}");
+    let fin = reps.iter().find(|r| r["kind"] == "final").unwrap();
+    check_holders(fin);
+    assert_eq!(fin["scans"][0]["how"], "at_exit", "{fin}");
+    assert_eq!(fin["exit_code"], 0, "{fin}");
+}
+
+/// tracer SIGKILLed at many instants while it scans a launched command held still at every
+/// report: the command always runs to its end and prints its own last line.
+#[test]
+fn a_killed_tracer_never_leaves_a_launched_command_held_for_a_scan() {
+    if !privileged("a_killed_tracer_never_leaves_a_launched_command_held_for_a_scan") {
+        return;
+    }
+    let holders = victim("workloads/holders.c", FP);
+    for i in 0..12u64 {
+        let mut t = Command::new(tracer())
+            .args(["-i", "0.1", "--reachability", "--stop-for-scan", "--"])
+            .arg(&holders)
+            .arg("0.8")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = t.stdout.take().unwrap();
+        // Once the command runs (killed before, it never starts: nothing to hold).
+        let mut err = std::io::BufReader::new(t.stderr.take().unwrap());
+        read_until(&mut err, "tracer: tracing");
+        std::thread::sleep(Duration::from_millis((i * 37) % 600));
+        t.kill().unwrap();
+        t.wait().unwrap();
+        // EOF once the command has ended too (it holds the pipe's other copy).
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+        assert!(
+            text.contains("TRUTH temp_buffer"),
+            "kill #{i}: the command did not finish: {text}"
+        );
+    }
+}

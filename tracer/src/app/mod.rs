@@ -21,7 +21,7 @@ use crate::{
     },
     procs::live::{alive, Live},
     procs::watch::MapWatch,
-    reach::{freeze::Frozen, Known},
+    reach::{freeze::Stopped, Known},
     replay, signals,
 };
 
@@ -219,15 +219,16 @@ impl Session {
         };
         if self.stop_for_scan && !settled {
             for pid in engine.scan_targets() {
-                match Frozen::freeze(pid) {
+                // A launched command is seized by the thread that holds its exit: that thread
+                // stops it.
+                let stopped = match &self.watched {
+                    Some(w) if w.pid == pid => w.freeze(),
+                    _ => Stopped::here(pid),
+                };
+                match stopped {
                     Ok(f) => {
                         self.live.frozen.insert(pid, f);
                     }
-                    Err(e) if self.launched == Some(pid) => eprintln!(
-                        "tracer: warning: cannot stop pid {pid} for the scan ({e}): tracer's \
-                         hold on a launched command's exit keeps other holds out; scanned \
-                         running"
-                    ),
                     Err(e) => eprintln!(
                         "tracer: warning: cannot stop pid {pid} for the scan ({e}): scanned \
                          running"

@@ -11,13 +11,19 @@
 //! kernel kills the other threads first on `exit_group`.
 //!
 //! This thread is also the only one that waits for the child: the ptrace stops and the exit
-//! status come to it, and the others read them from [`Watched`].
+//! status come to it, and the others read them from [`Watched`]. Being the child's tracer, it
+//! is also the one that holds it still for a scan (`--stop-for-scan`, [`Watched::freeze`]):
+//! asked, it is woken from its wait by a signal of its own and stops every thread.
 use std::{
-    sync::{mpsc, Arc, Condvar, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        mpsc, Arc, Condvar, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use super::launch::ExitStatus;
+use crate::reach::freeze::{Frozen, Stopped, ThreadRegs};
 
 /// Where the launched command is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,11 +38,43 @@ pub enum Phase {
 struct State {
     phase: Phase,
     release: bool,
+    freeze: Freeze,
+}
+
+/// A scan's hold, asked of the watching thread.
+enum Freeze {
+    Idle,
+    Asked,
+    Done(Result<(Vec<ThreadRegs>, Instant), String>),
+    /// Held, until the scan lets it go.
+    Holding,
+    Thaw,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// The watching thread's id, for the signal that wakes it.
+    tid: AtomicI32,
+}
+
+/// Wakes the watching thread from its wait (a handler that does nothing, without
+/// SA_RESTART, so that the wait returns EINTR).
+fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn on_wake(_: libc::c_int) {}
+
+/// Lets a scan's hold go when dropped.
+struct Thaw(Arc<Shared>);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.freeze = Freeze::Thaw;
+        self.0.changed.notify_all();
+    }
 }
 
 /// The launched command, watched (and held at its exit) by a thread of its own.
@@ -79,14 +117,26 @@ impl Watched {
             state: Mutex::new(State {
                 phase: Phase::Running,
                 release: false,
+                freeze: Freeze::Idle,
             }),
             changed: Condvar::new(),
+            tid: AtomicI32::new(0),
         });
+        // SAFETY: a handler that does nothing, installed for a signal only tracer sends.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wake as *const () as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(wake_signal(), &sa, std::ptr::null_mut());
+        }
         let (seized_tx, seized_rx) = mpsc::channel();
         let s = shared.clone();
         std::thread::Builder::new()
             .name("tracer-child".into())
             .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                s.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
                 let options = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC;
                 let seized = if !hold {
                     Ok(false)
@@ -120,6 +170,52 @@ impl Watched {
         match self.phase() {
             Phase::Running => None,
             Phase::AtExit(s) | Phase::Ended(s) => Some(s),
+        }
+    }
+
+    /// Holds it still for a scan (every thread stopped, registers read) until the returned
+    /// guard is dropped; an error when it cannot be (not seized, or exiting).
+    pub fn freeze(&self) -> std::io::Result<Stopped> {
+        let other = |e: String| std::io::Error::other(e);
+        if self.holds_exit != Ok(true) {
+            return Err(other("the command is not seized".into()));
+        }
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.phase != Phase::Running {
+            return Err(other("the command is exiting".into()));
+        }
+        s.freeze = Freeze::Asked;
+        loop {
+            // Woken from its wait; again until it answers (the signal may come between its
+            // look at the request and its wait).
+            let tid = self.shared.tid.load(Ordering::Relaxed);
+            // SAFETY: a signal to one thread of this process, whose handler does nothing.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    std::process::id() as libc::c_long,
+                    tid as libc::c_long,
+                    wake_signal() as libc::c_long,
+                )
+            };
+            let (next, _) = self
+                .shared
+                .changed
+                .wait_timeout_while(s, Duration::from_millis(10), |s| {
+                    matches!(s.freeze, Freeze::Asked) && s.phase == Phase::Running
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            s = next;
+            match std::mem::replace(&mut s.freeze, Freeze::Idle) {
+                Freeze::Done(Ok((regs, since))) => {
+                    s.freeze = Freeze::Holding;
+                    let thaw = Box::new(Thaw(self.shared.clone()));
+                    return Ok(Stopped::elsewhere(regs, since, thaw));
+                }
+                Freeze::Done(Err(e)) => return Err(other(e)),
+                Freeze::Asked if s.phase == Phase::Running => s.freeze = Freeze::Asked,
+                _ => return Err(other("the command is exiting".into())),
+            }
         }
     }
 
@@ -162,9 +258,14 @@ impl Drop for Watched {
     }
 }
 
-/// The watching thread: passes every stop on, holds the exit until released, reaps.
+/// The watching thread: passes every stop on, holds the exit until released, holds the
+/// command still for a scan when asked, reaps.
 fn watch(pid: u32, seized: bool, shared: &Shared) {
     loop {
+        if seized && serve_freeze(pid, shared) {
+            // It began its exit while held for the scan: that was its exit stop.
+            hold_exit(pid, shared);
+        }
         let mut status = 0;
         // SAFETY: waiting for our own child; `__WALL` also reports it as a tracee.
         let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::__WALL) };
@@ -191,28 +292,7 @@ fn watch(pid: u32, seized: bool, shared: &Shared) {
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
         match event {
-            libc::PTRACE_EVENT_EXIT => {
-                let mut msg: libc::c_ulong = 0;
-                // SAFETY: GETEVENTMSG writes one unsigned long to `msg`.
-                unsafe {
-                    libc::ptrace(
-                        libc::PTRACE_GETEVENTMSG,
-                        pid as libc::pid_t,
-                        0usize,
-                        &mut msg as *mut libc::c_ulong,
-                    )
-                };
-                let end = decode(msg as libc::c_int).unwrap_or(ExitStatus::Code(0));
-                let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                s.phase = Phase::AtExit(end);
-                shared.changed.notify_all();
-                while !s.release {
-                    s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
-                }
-                drop(s);
-                // Detached, it finishes exiting; it is still our child, reaped below.
-                ptrace(libc::PTRACE_DETACH, pid, 0);
-            }
+            libc::PTRACE_EVENT_EXIT => hold_exit(pid, shared),
             libc::PTRACE_EVENT_STOP => {
                 if matches!(
                     sig,
@@ -234,6 +314,62 @@ fn watch(pid: u32, seized: bool, shared: &Shared) {
             }
         }
     }
+}
+
+/// The child in its exit stop: says so with its status, waits to be released, lets it go.
+fn hold_exit(pid: u32, shared: &Shared) {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: GETEVENTMSG writes one unsigned long to `msg`.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETEVENTMSG,
+            pid as libc::pid_t,
+            0usize,
+            &mut msg as *mut libc::c_ulong,
+        )
+    };
+    let end = decode(msg as libc::c_int).unwrap_or(ExitStatus::Code(0));
+    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    s.phase = Phase::AtExit(end);
+    shared.changed.notify_all();
+    while !s.release {
+        s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    drop(s);
+    // Detached, it finishes exiting; it is still our child, reaped by the caller.
+    ptrace(libc::PTRACE_DETACH, pid, 0);
+}
+
+/// A scan's hold, when one is asked: every thread stopped (the first one is ours already),
+/// the registers handed over, held until the scan lets go. Whether the command began its exit
+/// meanwhile (it is then in its exit stop).
+fn serve_freeze(pid: u32, shared: &Shared) -> bool {
+    {
+        let s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(s.freeze, Freeze::Asked) {
+            return false;
+        }
+    }
+    let frozen = Frozen::freeze(pid, Some(pid));
+    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    let f = match frozen {
+        Ok(f) => f,
+        Err(e) => {
+            s.freeze = Freeze::Done(Err(e.to_string()));
+            shared.changed.notify_all();
+            return false;
+        }
+    };
+    s.freeze = Freeze::Done(Ok((f.regs.clone(), f.since)));
+    shared.changed.notify_all();
+    while !matches!(s.freeze, Freeze::Thaw) {
+        s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    s.freeze = Freeze::Idle;
+    drop(s);
+    let exiting = f.own_exiting;
+    drop(f);
+    exiting
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::ProcInfo;
 use crate::{
     collector::{stream::Batch, target::AllocatorLib, Event},
     procs::watch::EarlyBook,
-    reach::freeze::Frozen,
+    reach::freeze::Stopped,
     symbolize::{self, Mapping},
 };
 
@@ -63,7 +63,7 @@ pub struct Live {
     /// The frames of the stacks the batch being taken in names.
     stacks: HashMap<i32, Arc<[u64]>>,
     /// Processes held still for the next scan (--stop-for-scan): let go when removed.
-    pub frozen: HashMap<u32, Frozen>,
+    pub frozen: HashMap<u32, Stopped>,
 }
 
 impl Live {

@@ -25,6 +25,11 @@ pub struct ThreadRegs {
 pub struct Frozen {
     /// Each seized thread, and a signal that reached it meanwhile (given back at the end).
     held: Vec<(u32, i32)>,
+    /// A thread this thread had seized before (a launched command's, held for its exit):
+    /// interrupted and continued, never detached.
+    own: Option<u32>,
+    /// That thread began its exit meanwhile: it is left in its exit stop.
+    pub own_exiting: bool,
     pub regs: Vec<ThreadRegs>,
     /// When its first thread was stopped.
     pub since: std::time::Instant,
@@ -49,9 +54,12 @@ fn threads(pid: u32) -> io::Result<Vec<u32>> {
 
 impl Frozen {
     /// Stops every thread of `pid`; an error when one cannot be seized (another debugger
-    /// holds it, or the process is gone), and then none stays held.
-    pub fn freeze(pid: u32) -> io::Result<Frozen> {
+    /// holds it, or the process is gone), and then none stays held. `own`: a thread of it
+    /// the calling thread has already seized.
+    pub fn freeze(pid: u32, own: Option<u32>) -> io::Result<Frozen> {
         let mut f = Frozen {
+            own,
+            own_exiting: false,
             held: Vec::new(),
             regs: Vec::new(),
             since: std::time::Instant::now(),
@@ -67,6 +75,12 @@ impl Frozen {
             }
             let mut seized = Vec::new();
             for t in new {
+                if Some(t) == own {
+                    f.held.push((t, 0));
+                    seized.push(t);
+                    ptrace(libc::PTRACE_INTERRUPT, t, 0)?;
+                    continue;
+                }
                 match ptrace(libc::PTRACE_SEIZE, t, 0) {
                     Ok(()) => {
                         f.held.push((t, 0));
@@ -132,6 +146,9 @@ impl Frozen {
                 continue;
             }
             let event = (status >> 16) & 0xff;
+            if event == libc::PTRACE_EVENT_EXIT && Some(t) == self.own {
+                self.own_exiting = true;
+            }
             if event == 0 {
                 // A signal-delivery stop: stopped too, and the signal is given back at the end.
                 if let Some(h) = self.held.iter_mut().find(|(h, _)| *h == t) {
@@ -147,7 +164,44 @@ impl Drop for Frozen {
     /// Lets every thread go, each with the signal that reached it meanwhile.
     fn drop(&mut self) {
         for &(tid, sig) in &self.held {
-            let _ = ptrace(libc::PTRACE_DETACH, tid, sig as usize);
+            if Some(tid) != self.own {
+                let _ = ptrace(libc::PTRACE_DETACH, tid, sig as usize);
+            } else if !self.own_exiting {
+                let _ = ptrace(libc::PTRACE_CONT, tid, sig as usize);
+            }
+        }
+    }
+}
+
+/// A process held still for a scan, by this thread or by another: its registers, since when,
+/// and what lets it go when dropped.
+pub struct Stopped {
+    pub regs: Vec<ThreadRegs>,
+    pub since: std::time::Instant,
+    _hold: Box<dyn std::any::Any>,
+}
+
+impl Stopped {
+    /// Held by this thread.
+    pub fn here(pid: u32) -> io::Result<Stopped> {
+        let f = Frozen::freeze(pid, None)?;
+        Ok(Stopped {
+            regs: f.regs.clone(),
+            since: f.since,
+            _hold: Box::new(f),
+        })
+    }
+
+    /// Held elsewhere; `hold` lets it go when dropped.
+    pub fn elsewhere(
+        regs: Vec<ThreadRegs>,
+        since: std::time::Instant,
+        hold: Box<dyn std::any::Any>,
+    ) -> Stopped {
+        Stopped {
+            regs,
+            since,
+            _hold: hold,
         }
     }
 }
@@ -177,7 +231,7 @@ mod tests {
         let pid = child.id();
         std::thread::sleep(Duration::from_millis(50));
         {
-            let f = Frozen::freeze(pid).unwrap();
+            let f = Frozen::freeze(pid, None).unwrap();
             assert_eq!(f.regs.len(), 1);
             assert_ne!(f.regs[0].sp, 0);
             assert_eq!(state(pid, pid), 't');
@@ -191,8 +245,8 @@ mod tests {
 
     #[test]
     fn a_missing_or_unseizable_process_is_an_error() {
-        assert!(Frozen::freeze(u32::MAX / 2).is_err());
+        assert!(Frozen::freeze(u32::MAX / 2, None).is_err());
         // ptrace refuses the threads of the caller's own process.
-        assert!(Frozen::freeze(std::process::id()).is_err());
+        assert!(Frozen::freeze(std::process::id(), None).is_err());
     }
 }

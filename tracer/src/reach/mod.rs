@@ -459,7 +459,7 @@ pub fn process(
     pid: u32,
     blocks: &[(u64, summary::Owned)],
     known: Known,
-    frozen: Option<&freeze::Frozen>,
+    frozen: Option<&freeze::Stopped>,
 ) -> Option<summary::ProcessScan> {
     let began = std::time::Instant::now();
     let heap: Vec<HeapBlock> = blocks
