@@ -500,6 +500,8 @@ pub fn process(
         bytes: mem.read_bytes,
         micros: began.elapsed().as_micros() as u64,
         pause_micros: frozen.map_or(0, |f| f.since.elapsed().as_micros() as u64),
+        unreadable_blocks: outcome.unreadable_blocks,
+        unreadable_root_bytes: outcome.unreadable_root_bytes,
     };
     Some(summary::ProcessScan { sites, stats })
 }

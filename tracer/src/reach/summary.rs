@@ -220,6 +220,11 @@ pub struct ScanStats {
     /// How long the process was held still for it (--stop-for-scan), the wait for the
     /// events from before the stop included.
     pub pause_micros: u64,
+    /// Blocks that could not be read (freed and unmapped meanwhile): their pointers were not
+    /// followed.
+    pub unreadable_blocks: u64,
+    /// Root bytes that could not be read (skipped).
+    pub unreadable_root_bytes: u64,
 }
 
 /// What a scan of one process found: per site, and what it cost.

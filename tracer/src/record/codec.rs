@@ -57,6 +57,8 @@ pub(super) fn put_reach_tail(b: &mut Vec<u8>, scan: &ProcessScan) {
     put_var(b, st.bytes);
     put_var(b, st.micros);
     put_var(b, st.pause_micros);
+    put_var(b, st.unreadable_blocks);
+    put_var(b, st.unreadable_root_bytes);
     // And each site's chain of holders, in the sites' order.
     for (_, s) in sites {
         put_u32(b, s.chain.len() as u32);
@@ -599,6 +601,8 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                     bytes: c.var("bytes scanned")?,
                     micros: c.var("scan time")?,
                     pause_micros: c.var("pause")?,
+                    unreadable_blocks: c.var("unreadable blocks")?,
+                    unreadable_root_bytes: c.var("unreadable root bytes")?,
                 }
             } else {
                 ScanStats::default()

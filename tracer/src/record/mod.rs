@@ -316,6 +316,8 @@ mod tests {
                         bytes: 1 << 30,
                         micros: 12_345,
                         pause_micros: 20_000,
+                        unreadable_blocks: 3,
+                        unreadable_root_bytes: 4096,
                     },
                 },
             },

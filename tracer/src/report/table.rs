@@ -264,8 +264,16 @@ fn scan_line(s: &ScanReport) -> String {
         ScanHow::Stopped => format!("held still for {}", millis(st.pause_micros)),
         ScanHow::AtExit => "scanned at its exit".to_string(),
     };
+    let mut skipped = String::new();
+    if st.unreadable_blocks > 0 || st.unreadable_root_bytes > 0 {
+        skipped = format!(
+            ", skipped as unreadable: {} blocks, {} of roots",
+            group(st.unreadable_blocks),
+            bytes(st.unreadable_root_bytes)
+        );
+    }
     format!(
-        "pid {} {how}: {} read in {}",
+        "pid {} {how}: {} read in {}{skipped}",
         s.pid,
         bytes(st.bytes),
         millis(st.micros)
