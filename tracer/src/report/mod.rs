@@ -222,7 +222,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// The memory scans this report tells (see `reachability`): how each process stood, the
-    /// bytes read, how long it took, how long the process was held still.
+    /// bytes read, how long it took, how long the process was held still, what it skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scans: Vec<ScanReport>,
     /// `--by class`: the live blocks of every site by C++ class (`None`: no class), with the
