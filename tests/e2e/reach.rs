@@ -338,7 +338,18 @@ fn reachability_at_every_report_tells_what_kind_of_leak() {
     let holders = victim("workloads/holders.c", FP);
     let v = start(&holders);
     let pid = v.0.id().to_string();
-    let t = start_tracer(&["--pid", &pid, "-d", "5.5", "-i", "1", "--reachability"]);
+    // Held still for each scan: a running target's newest blocks, not on record yet, can
+    // lend one holder to another's (see README), and the test wants exact holders.
+    let t = start_tracer(&[
+        "--pid",
+        &pid,
+        "-d",
+        "5.5",
+        "-i",
+        "1",
+        "--reachability",
+        "--stop-for-scan",
+    ]);
     let (reps, _) = finish(t);
     let last = reps
         .iter()
