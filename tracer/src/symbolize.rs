@@ -49,6 +49,7 @@ impl Frame {
         match (&self.function, &self.module) {
             (Some(f), _) => f.clone(),
             (None, Some(m)) => format!("{}+{:#x}", base_name(m), self.offset),
+            (None, None) if self.unsymbolized.as_deref() == Some(CUT) => "[stack cut]".into(),
             (None, None) => format!("[unknown] {:#x}", self.addr),
         }
     }
@@ -87,6 +88,11 @@ pub struct Mapping {
     /// that is gone). None: the file must not be read (a replay found it changed).
     pub open_path: Option<PathBuf>,
 }
+
+/// The reason a stack's last frame gives when it ends at a return address outside the
+/// process's executable memory (see [`Symbolizer::stack`]).
+pub const CUT: &str = "stack cut: a return address outside the process's code (a caller \
+                       built without frame pointers?)";
 
 pub struct Symbolizer {
     blaze: Blaze,
@@ -169,10 +175,24 @@ impl Symbolizer {
     }
 
     /// Symbolizes return addresses of `pid` (innermost first) into frames, innermost first.
+    ///
+    /// A return address past the first that lies in no file the process maps and no
+    /// anonymous executable memory is no return address: a frame-pointer walk through code
+    /// built without frame pointers reads garbage there. The stack ends at it, with a
+    /// [`CUT`] frame, so that one call site does not become as many rows as there are
+    /// garbage values.
     pub fn stack(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         self.prepare(addrs.iter().map(|&a| (pid, a)));
+        let known = self.maps.get(&pid).is_some_and(|m| !m.is_empty());
         let mut out = Vec::new();
-        for &a in addrs {
+        for (i, &a) in addrs.iter().enumerate() {
+            if i > 0 && known && self.mapping(pid, a).is_none() {
+                out.push(Frame {
+                    unsymbolized: Some(CUT.into()),
+                    ..Frame::default()
+                });
+                break;
+            }
             if let Some(f) = self.cache.get(&(pid, a)) {
                 out.extend(f.iter().cloned());
             }
@@ -206,7 +226,12 @@ impl Symbolizer {
                 Some(p) if p.exists() => p.clone(),
                 Some(_) => m.path.clone(),
                 None => {
-                    let frame = unknown(addr, offset, module, "the file changed since".into());
+                    let why = if m.path.as_os_str() == ANON_CODE {
+                        "code with no file (a JIT's)"
+                    } else {
+                        "the file changed since"
+                    };
+                    let frame = unknown(addr, offset, module, why.into());
                     self.cache.insert((pid, addr), Arc::new(vec![frame]));
                     continue;
                 }
@@ -336,19 +361,32 @@ pub fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     Some(parse_maps(&String::from_utf8_lossy(&buf), &root)).filter(|m| !m.is_empty())
 }
 
+/// The name anonymous executable memory gets as a module.
+pub const ANON_CODE: &str = "[anonymous code]";
+
 /// The file-backed lines of a `/proc/PID/maps` text (`start-end perms offset dev inode path`).
 fn parse_maps(text: &str, root: &Path) -> Vec<Mapping> {
     text.lines()
         .filter_map(|line| {
             let mut f = line.splitn(6, ' ');
-            let (range, _perms, offset) = (f.next()?, f.next()?, f.next()?);
+            let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
             let (_dev, _inode) = (f.next()?, f.next()?);
             let path = f.next()?.trim_start();
+            let (start, end) = range.split_once('-')?;
+            if path.is_empty() && perms.contains('x') {
+                // Anonymous code (a JIT's): a place return addresses may be, with no file.
+                return Some(Mapping {
+                    start: u64::from_str_radix(start, 16).ok()?,
+                    end: u64::from_str_radix(end, 16).ok()?,
+                    offset: 0,
+                    path: PathBuf::from(ANON_CODE),
+                    open_path: None,
+                });
+            }
             if !path.starts_with('/') {
-                return None; // anonymous, [heap], [stack], [vdso]...
+                return None; // anonymous data, [heap], [stack], [vdso]...
             }
             let path = Path::new(path.strip_suffix(" (deleted)").unwrap_or(path));
-            let (start, end) = range.split_once('-')?;
             Some(Mapping {
                 start: u64::from_str_radix(start, 16).ok()?,
                 end: u64::from_str_radix(end, 16).ok()?,
@@ -387,6 +425,13 @@ mod tests {
                     7f0000005000-7f0000006000 r-xp 00001000 08:01 7 /tmp/a b (deleted)\n";
         let m = parse_maps(text, Path::new("/proc/1/root"));
         assert_eq!(m.len(), 3);
+        // Anonymous code is kept, as such.
+        let jit = parse_maps(
+            "7f0000007000-7f0000008000 r-xp 00000000 00:00 0 \n",
+            Path::new("/proc/1/root"),
+        );
+        assert_eq!(jit[0].path, Path::new(ANON_CODE));
+        assert_eq!(jit[0].open_path, None);
         assert_eq!(
             (m[0].start, m[0].end, m[0].offset),
             (0x55d0c0a00000, 0x55d0c0a02000, 0)
@@ -454,6 +499,40 @@ mod tests {
         assert_eq!(f[0].short(), "libgone.so+0x3010");
         // blazesym's reason is kept.
         assert!(f[0].unsymbolized.is_some(), "{f:?}");
+    }
+
+    /// A return address outside the process's code ends the stack with one cut frame, so
+    /// stacks that differ only in the garbage read past it read the same; anonymous code (a
+    /// JIT's) is code.
+    #[test]
+    fn a_stack_ends_at_a_return_address_outside_the_code() {
+        let mut s = Symbolizer::new();
+        let lib = |start: u64, path: &str| Mapping {
+            start,
+            end: start + 0x1000,
+            offset: 0,
+            path: path.into(),
+            open_path: None,
+        };
+        s.set_maps(
+            9,
+            vec![
+                lib(0x1000, "/nonexistent/libgone.so"),
+                lib(0x8000, ANON_CODE),
+            ],
+        );
+        let a = s.stack(9, &[0x1010, 0x8010, 0x277f_dc26, 0x1020]);
+        let b = s.stack(9, &[0x1010, 0x8010, 0x2a7a_cca6]);
+        assert_eq!(a.len(), 3, "{a:?}");
+        assert_eq!(a, b);
+        assert_eq!(a[1].module.as_deref(), Some(ANON_CODE));
+        assert_eq!(a[2].unsymbolized.as_deref(), Some(CUT));
+        assert_eq!(a[2].addr, 0);
+        assert_eq!(a[2].short(), "[stack cut]");
+        // The allocator's caller itself is always kept; a process whose map is not known is
+        // not cut.
+        assert_eq!(s.stack(9, &[0x5, 0x1010]).len(), 2);
+        assert_eq!(s.stack(10, &[0x1010, 0x5, 0x6]).len(), 3);
     }
 
     /// Many addresses of one file in one call give what one call per address gives.
