@@ -37,6 +37,12 @@ fn leaf(site: &Value) -> String {
     functions(site).first().cloned().unwrap_or_default()
 }
 
+/// A mark, as a user takes one (SIGUSR1 to tracer).
+fn take_mark(t: &Running) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+}
+
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or(0)
 }
@@ -385,8 +391,7 @@ fn reachability_at_every_report_tells_what_kind_of_leak() {
     // Without the flag: a mark is scanned, the interval reports after it are not.
     let t = start_tracer(&["--pid", &pid, "-d", "3.5", "-i", "1"]);
     std::thread::sleep(Duration::from_millis(1200));
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    take_mark(&t);
     let (reps, _) = finish(t);
     let at = reps
         .iter()
@@ -446,8 +451,7 @@ fn stop_for_scan_makes_a_running_programs_scan_exact() {
         "--stop-for-scan",
     ]);
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    take_mark(&t);
     let (reps, _) = finish(t);
     for kind in ["mark", "final"] {
         let r = reps.iter().find(|r| r["kind"] == kind).expect(kind);
@@ -532,8 +536,7 @@ fn a_target_gone_in_the_middle_of_a_scan_ends_it_cleanly() {
         let t = start_tracer(&args);
         line_from(&mut out, "READY");
         let began = std::time::Instant::now();
-        // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+        take_mark(&t);
         if stop {
             // Held still by the scan: killed there.
             std::thread::sleep(Duration::from_millis(300));
@@ -631,8 +634,7 @@ fn by_class_between_two_marks_counts_the_objects_made_in_between() {
     ]);
     for wait in [1000, 1500] {
         std::thread::sleep(Duration::from_millis(wait));
-        // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+        take_mark(&t);
     }
     let (reps, _) = finish(t);
     let marks: Vec<&Value> = reps.iter().filter(|r| r["kind"] == "mark").collect();
@@ -696,8 +698,7 @@ fn stop_for_scan_holds_a_launched_command_still_at_a_mark() {
         "3",
     ]);
     std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+    take_mark(&t);
     let (reps, _) = finish(t);
     let mark = reps.iter().find(|r| r["kind"] == "mark").expect("a mark");
     check_holders(mark);

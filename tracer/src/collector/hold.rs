@@ -393,11 +393,7 @@ mod tests {
 
     /// The state letter of `pid` in /proc (`t`: stopped by its tracer).
     fn state(pid: u32) -> char {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next())
-            .unwrap_or('?')
+        crate::procs::live::state(pid).unwrap_or('?')
     }
 
     fn until(what: impl Fn() -> bool) {

@@ -185,7 +185,7 @@ fn read_comm(pid: u32) -> Option<String> {
 }
 
 /// The process state letter from /proc/PID/stat (R, S, T, Z...), None when it is gone.
-fn state(pid: u32) -> Option<char> {
+pub fn state(pid: u32) -> Option<char> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rsplit_once(')')?.1.trim_start().chars().next()
 }

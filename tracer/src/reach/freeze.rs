@@ -212,16 +212,6 @@ mod tests {
 
     use super::*;
 
-    /// The state letter of a thread.
-    fn state(pid: u32, tid: u32) -> char {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
-        stat.rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next())
-            .unwrap_or('?')
-    }
-
     #[test]
     fn every_thread_is_held_then_let_go() {
         let mut child = std::process::Command::new("sleep")
@@ -234,11 +224,11 @@ mod tests {
             let f = Frozen::freeze(pid, None).unwrap();
             assert_eq!(f.regs.len(), 1);
             assert_ne!(f.regs[0].sp, 0);
-            assert_eq!(state(pid, pid), 't');
+            assert_eq!(crate::procs::live::state(pid).unwrap_or('?'), 't');
         }
         // Let go: sleeping again, not stopped.
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(state(pid, pid), 'S');
+        assert_eq!(crate::procs::live::state(pid).unwrap_or('?'), 'S');
         child.kill().unwrap();
         child.wait().unwrap();
     }
