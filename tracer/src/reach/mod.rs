@@ -172,6 +172,96 @@ fn words(
 /// Blocks read in one system call at most, and their bytes at most.
 const BATCH_BLOCKS: usize = 512;
 
+/// Blocks up to this size met alone are read through [`ReadAhead`].
+const AHEAD_BLOCK: usize = 4096;
+
+/// Memory read around a block met alone, for the blocks near it that come next (a list's
+/// nodes, allocated one after the other, lie side by side). The window doubles while it
+/// serves many blocks and halves while it serves few, down to none: a pattern without
+/// neighbours costs a few wasted reads, then reads each block alone.
+struct ReadAhead {
+    start: u64,
+    buf: Vec<u8>,
+    /// The next window's size (0: reading ahead does not pay).
+    size: usize,
+    /// Blocks the current window served.
+    served: u32,
+    /// Where the last window was read for.
+    last: Option<u64>,
+}
+
+const AHEAD_MIN: usize = 16 << 10;
+const AHEAD_MAX: usize = 1 << 20;
+
+impl ReadAhead {
+    fn new() -> ReadAhead {
+        ReadAhead {
+            start: 0,
+            buf: Vec::new(),
+            size: 64 << 10,
+            served: 0,
+            last: None,
+        }
+    }
+
+    /// Reads `out.len()` bytes at `at`, from the window when it holds them.
+    fn read(&mut self, mem: &mut dyn Memory, at: u64, out: &mut [u8]) -> bool {
+        let end = at + out.len() as u64;
+        if at >= self.start && end <= self.start + self.buf.len() as u64 {
+            let i = (at - self.start) as usize;
+            out.copy_from_slice(&self.buf[i..i + out.len()]);
+            self.served += 1;
+            return true;
+        }
+        // A new window: sized by how the last one did.
+        if !self.buf.is_empty() {
+            if self.served >= 8 {
+                self.size = (self.size * 2).min(AHEAD_MAX);
+            } else if self.served < 2 {
+                self.size /= 2;
+                if self.size < AHEAD_MIN {
+                    self.size = 0;
+                }
+            }
+        }
+        self.buf.clear();
+        self.served = 0;
+        if self.size == 0 {
+            return mem.read(at, out);
+        }
+        // Ahead of the way the blocks go (a list met from its newest node goes down), centred
+        // the first time; where that runs past its mapping, smaller, down to a page.
+        let down = self.last.map(|last| at < last);
+        self.last = Some(at);
+        let mut size = self.size as u64;
+        while size >= 4096 {
+            let start = match down {
+                Some(true) => end.next_multiple_of(4096).saturating_sub(size),
+                Some(false) => at & !4095,
+                None => at.saturating_sub(size / 2) & !4095,
+            };
+            if start <= at && start + size >= end {
+                self.buf.resize(size as usize, 0);
+                if mem.read(start, &mut self.buf) {
+                    self.start = start;
+                    let i = (at - start) as usize;
+                    out.copy_from_slice(&self.buf[i..i + out.len()]);
+                    self.served = 1;
+                    return true;
+                }
+            }
+            size /= 2;
+        }
+        // No window fits: the block alone, and smaller windows from now on.
+        self.buf.clear();
+        self.size /= 2;
+        if self.size < AHEAD_MIN {
+            self.size = 0;
+        }
+        mem.read(at, out)
+    }
+}
+
 /// The next blocks of the queue to read together: up to [`BATCH_BLOCKS`] of them and
 /// [`CHUNK`] bytes, or one bigger block alone.
 fn take_batch(queue: &mut VecDeque<usize>, blocks: &[HeapBlock]) -> Vec<usize> {
@@ -317,6 +407,7 @@ fn scan_heap(
         out.unreadable_root_bytes += unread;
     }
     let mut scanned = vec![false; n];
+    let mut ahead = ReadAhead::new();
     let mut phase_two = !weak_roots;
     loop {
         while !queue.is_empty() {
@@ -329,7 +420,12 @@ fn scan_heap(
                 Vec::new()
             } else {
                 buf.resize(ranges.iter().map(|r| r.1).sum(), 0);
-                mem.read_many(&ranges, &mut buf)
+                match ranges[..] {
+                    // One small block at a time (a list, followed node after node): its
+                    // neighbours are likely next, so memory around it is read ahead.
+                    [(at, len)] if len <= AHEAD_BLOCK => vec![ahead.read(mem, at, &mut buf[..len])],
+                    _ => mem.read_many(&ranges, &mut buf),
+                }
             };
             let mut offset = 0;
             for (k, &i) in batch.iter().enumerate() {
@@ -611,6 +707,43 @@ pub(crate) mod tests {
             end: GLOBALS + 64,
         }];
         (m, blocks, roots)
+    }
+
+    /// Memory that counts the reads made of it.
+    struct Counted<'a>(&'a mut Words, u32);
+
+    impl Memory for Counted<'_> {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+            self.1 += 1;
+            self.0.read(addr, buf)
+        }
+    }
+
+    #[test]
+    fn a_list_read_ahead_takes_few_reads_and_a_scattered_one_reads_blocks_alone() {
+        let mut m = Words::default();
+        m.zero(0x10_0000, 1 << 20);
+        let mut c = Counted(&mut m, 0);
+        let mut ahead = ReadAhead::new();
+        let mut out = [0u8; 64];
+        // 1,000 neighbours, from the top down as a list's nodes are met.
+        for k in (0..1000u64).rev() {
+            assert!(ahead.read(&mut c, 0x10_0000 + 64 * k, &mut out));
+        }
+        assert!(c.1 < 20, "{} reads", c.1);
+        // Blocks far apart: after a few windows that serve one block each, one read each.
+        let mut far = Words::default();
+        for k in 0..200u64 {
+            far.zero(k << 32, 64);
+        }
+        let mut c = Counted(&mut far, 0);
+        let mut ahead = ReadAhead::new();
+        for k in 0..200u64 {
+            assert!(ahead.read(&mut c, k << 32, &mut out));
+        }
+        // Windows tried and refused for each of the first few, then one read each.
+        assert!(c.1 <= 200 + 20, "{} reads", c.1);
+        assert_eq!(ahead.size, 0);
     }
 
     #[test]
