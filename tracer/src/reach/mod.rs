@@ -566,14 +566,16 @@ pub fn process(
         })
         .collect();
     let regs = frozen.map(|f| f.regs.as_slice()).unwrap_or_default();
-    let roots = proc::roots(pid, &heap, regs)?;
+    let mut roots = proc::roots(pid, &heap, regs)?;
     let mut mem = proc::ProcMemory::new(pid).with_registers(regs);
+    // Nothing reads the gaps after this: taken, not copied (one per block, attached late).
+    let gaps = std::mem::take(&mut roots.unknown);
     let unknown = if known.since_start && known.settled {
         Vec::new()
     } else if known.glibc_heap {
-        glibc::split_gaps(&mut mem, &heap, roots.unknown.clone())
+        glibc::split_gaps(&mut mem, &heap, gaps)
     } else {
-        roots.unknown.clone()
+        gaps
     };
     let outcome = scan(
         &mut mem,
