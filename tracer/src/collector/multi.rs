@@ -24,6 +24,7 @@ use aya::{maps::Map, Ebpf};
 /// `BPF_PROG_LOAD`, `BPF_LINK_CREATE` (uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_BTF_LOAD: libc::c_long = 18;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_TRACE_UPROBE_MULTI: u32 = 48;
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
@@ -44,6 +45,26 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+}
+
+/// `union bpf_attr` for `BPF_BTF_LOAD`.
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    _pad: u32,
 }
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
@@ -64,7 +85,8 @@ struct LinkCreateAttr {
     _pad: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 72);
+const _: () = assert!(std::mem::size_of::<ProgLoadAttr>() == 112);
+const _: () = assert!(std::mem::size_of::<BtfLoadAttr>() == 32);
 const _: () = assert!(std::mem::size_of::<LinkCreateAttr>() == 64);
 
 /// The `bpf` syscall with `attr`: its non-negative result, or the error.
@@ -127,6 +149,16 @@ impl MultiPrograms {
         sessions: &[&'static str],
     ) -> Result<MultiPrograms> {
         let mut obj = aya_obj::Object::parse(object).context("cannot parse the eBPF object")?;
+        // The object's type information, which the verifier needs for functions passed to
+        // helpers as callbacks (the stack walk's loops): this kernel has every BTF feature
+        // aya knows (uprobe-multi needs Linux 6.6).
+        let features =
+            aya_obj::btf::BtfFeatures::new(true, true, true, true, true, true, true, true);
+        let btf = match obj.fixup_and_sanitize_btf(&features) {
+            Ok(Some(btf)) => Some(load_btf(&btf.to_bytes())?),
+            Ok(None) => None,
+            Err(e) => bail!("the eBPF object's type information: {e}"),
+        };
         let map_objs = obj.maps.clone();
         let mut fds = Vec::new();
         for (name, map) in ebpf.maps() {
@@ -142,8 +174,8 @@ impl MultiPrograms {
         obj.relocate_calls(&text_sections)
             .map_err(|e| anyhow!("relocating the eBPF object's calls: {e}"))?;
         let license = obj.license.clone();
-        // The relocated instructions of program `name`.
-        let code = |name: &str| -> Result<&[aya_obj::generated::bpf_insn]> {
+        // The relocated instructions of program `name`, with their type information.
+        let code = |name: &str| -> Result<Code<'_>> {
             let program = obj
                 .programs
                 .get(name)
@@ -152,7 +184,16 @@ impl MultiPrograms {
                 .functions
                 .get(&program.function_key())
                 .with_context(|| format!("program {name} has no code"))?;
-            Ok(&function.instructions)
+            Ok(Code {
+                insns: &function.instructions,
+                btf: btf.as_ref(),
+                func_info: function.func_info.func_info_bytes(),
+                func_info_cnt: function.func_info.len() as u32,
+                func_info_rec_size: function.func_info_rec_size as u32,
+                line_info: function.line_info.line_info_bytes(),
+                line_info_cnt: function.line_info.len() as u32,
+                line_info_rec_size: function.line_info_rec_size as u32,
+            })
         };
         let mut progs = HashMap::new();
         for &name in names {
@@ -261,12 +302,36 @@ fn link_create(
     sys_bpf(BPF_LINK_CREATE, &mut attr)
 }
 
+/// A program's relocated instructions and the type information the kernel checks them with.
+struct Code<'a> {
+    insns: &'a [aya_obj::generated::bpf_insn],
+    btf: Option<&'a OwnedFd>,
+    func_info: Vec<u8>,
+    func_info_cnt: u32,
+    func_info_rec_size: u32,
+    line_info: Vec<u8>,
+    line_info_cnt: u32,
+    line_info_rec_size: u32,
+}
+
+/// Loads type information into the kernel.
+fn load_btf(bytes: &[u8]) -> Result<OwnedFd> {
+    let mut attr = BtfLoadAttr {
+        btf: bytes.as_ptr() as u64,
+        btf_size: bytes.len() as u32,
+        ..BtfLoadAttr::default()
+    };
+    sys_bpf(BPF_BTF_LOAD, &mut attr)
+        .map_err(|e| anyhow!("the kernel refused the eBPF object's type information: {e}"))
+}
+
 fn load_program(
     name: &str,
-    insns: &[aya_obj::generated::bpf_insn],
+    code: Code<'_>,
     license: &std::ffi::CStr,
     attach_type: u32,
 ) -> Result<OwnedFd> {
+    let insns = code.insns;
     let mut log = vec![0u8; 1 << 16];
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
@@ -281,6 +346,19 @@ fn load_program(
         expected_attach_type: attach_type,
         ..ProgLoadAttr::default()
     };
+    if let Some(btf) = code.btf {
+        attr.prog_btf_fd = btf.as_raw_fd() as u32;
+        if code.func_info_rec_size > 0 {
+            attr.func_info = code.func_info.as_ptr() as u64;
+            attr.func_info_cnt = code.func_info_cnt;
+            attr.func_info_rec_size = code.func_info_rec_size;
+        }
+        if code.line_info_rec_size > 0 {
+            attr.line_info = code.line_info.as_ptr() as u64;
+            attr.line_info_cnt = code.line_info_cnt;
+            attr.line_info_rec_size = code.line_info_rec_size;
+        }
+    }
     if let Ok(fd) = sys_bpf(BPF_PROG_LOAD, &mut attr) {
         return Ok(fd);
     }
