@@ -31,6 +31,9 @@ pub mod kind {
     /// A [`ThrowRecord`](super::ThrowRecord), on the `NOTICES` ring only: an exception left an
     /// allocator call, whose process is stopping until its caller's return address is back.
     pub const THROWN: u8 = 9;
+    /// An [`UnwindMissRecord`](super::UnwindMissRecord), on the `NOTICES` ring only: a stack
+    /// went through a file that has no unwind table yet (build one).
+    pub const UNWIND_MISS: u8 = 10;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.
@@ -164,7 +167,10 @@ pub struct Header {
     pub kind: u8,
     /// An [`AllocFn`] as `u8`.
     pub func: u8,
-    pub _pad: u16,
+    /// An [`ALLOC_STACK`](kind::ALLOC_STACK) record: how its stack ended, one of
+    /// [`stack_end`], with [`stack_end::FP_FALLBACK`] set when a frame was walked by frame
+    /// pointers because its file's unwind table was not ready. 0 in other records.
+    pub stack_end: u16,
     /// Process (thread group) id.
     pub pid: u32,
     /// `CLOCK_MONOTONIC` nanoseconds at the allocator's return (allocs) or entry (frees).
@@ -294,6 +300,134 @@ pub struct MapCaller {
     pub ret: u64,
 }
 
+/// How a walked stack ended ([`Header::stack_end`]).
+pub mod stack_end {
+    /// Walked by frame pointers to a null frame pointer or an unreadable frame (whether that
+    /// was the outermost frame is not known).
+    pub const FRAME_POINTERS: u16 = 0;
+    /// At the outermost frame (`_start`, a thread's start): the stack is whole.
+    pub const OUTERMOST: u16 = 1;
+    /// At the depth limit ([`MAX_STACK_DEPTH`](super::MAX_STACK_DEPTH)).
+    pub const DEPTH: u16 = 2;
+    /// At an address its file's unwind table has no rule for.
+    pub const NO_INFO: u16 = 3;
+    /// At a rule the unwinder does not follow (a DWARF expression other than the PLT's).
+    pub const UNSUPPORTED: u16 = 4;
+    /// A saved register or return address could not be read.
+    pub const UNREADABLE: u16 = 5;
+    /// At a return address in no mapping of the process.
+    pub const UNMAPPED: u16 = 6;
+    /// The low byte's mask.
+    pub const REASON: u16 = 0xff;
+    /// Set when some frame was walked by frame pointers because its file's unwind table was
+    /// not built yet (its frames may be wrong from there on).
+    pub const FP_FALLBACK: u16 = 0x100;
+}
+
+/// The base of the pseudo-frames userspace appends to a stack cut short (far above any user
+/// address): the low bits are the record's [`Header::stack_end`].
+pub const STACK_CUT_MARK: u64 = 0xffff_ffff_ffff_f000;
+
+/// The pseudo-frame that ends a stack the walk cut short (the depth limit, a frame no rule
+/// covers, an unreadable one, a return address in no mapping), None for a stack that ended at
+/// its outermost frame or at the end of its frame-pointer chain. A frame walked by frame
+/// pointers for want of its table is counted apart (`counter::FP_FALLBACK`), not marked: in a
+/// file that keeps frame pointers its stack is the right one, and in one that does not, the
+/// garbage it reads is cut where it leaves the process's code.
+pub fn stack_cut_marker(end: u16) -> Option<u64> {
+    let cut = matches!(
+        end & stack_end::REASON,
+        stack_end::DEPTH
+            | stack_end::NO_INFO
+            | stack_end::UNSUPPORTED
+            | stack_end::UNREADABLE
+            | stack_end::UNMAPPED
+    );
+    cut.then_some(STACK_CUT_MARK | (end & 0x1ff) as u64)
+}
+
+/// A file's identity for its unwind table: the mapping's `st_dev` (the kernel's encoding,
+/// `major << 20 | minor`) and inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A file's unwind table in the `UNWIND_FILES` map: rows `first_row..first_row + rows` of
+/// `UNWIND_ROWS`, sorted by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileTable {
+    /// One of [`table_state`].
+    pub state: u32,
+    pub first_row: u32,
+    pub rows: u32,
+    pub _pad: u32,
+    /// The file's link-time address of a byte minus that byte's offset in the file, for its
+    /// executable segment: a row's `pc` is the file offset plus this.
+    pub vaddr_minus_offset: i64,
+}
+
+/// [`FileTable::state`].
+pub mod table_state {
+    /// Asked for (a stack met the file), not built yet: frames in it are walked by frame
+    /// pointers meanwhile.
+    pub const PENDING: u32 = 0;
+    /// Its rows are loaded.
+    pub const ROWS: u32 = 1;
+    /// The file keeps frame pointers: walked by them (cheaper, same frames).
+    pub const FRAME_POINTERS: u32 = 2;
+    /// No table can be built (no `.eh_frame`, not an ELF file): frame pointers, as before.
+    pub const NONE: u32 = 3;
+}
+
+/// One row of an unwind table: from `pc` to the next row's, how to find the caller's frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// Link-time address (see [`FileTable::vaddr_minus_offset`]).
+    pub pc: u32,
+    /// The canonical frame address is this register's value plus `cfa_offset`.
+    pub cfa_offset: u16,
+    /// One of [`unwind_rule`].
+    pub rule: u8,
+    /// Where the caller's rbp was saved, in 8-byte words from the CFA; 0: rbp is unchanged
+    /// (not saved, or restored already); [`RBP_LOST`]: unknown from here on.
+    pub rbp: i8,
+}
+
+/// [`UnwindRow::rbp`]: the caller's rbp cannot be recovered.
+pub const RBP_LOST: i8 = i8::MIN;
+
+/// [`UnwindRow::rule`]. The return address is always at CFA - 8 (x86-64).
+pub mod unwind_rule {
+    /// CFA = rsp + offset.
+    pub const CFA_RSP: u8 = 0;
+    /// CFA = rbp + offset.
+    pub const CFA_RBP: u8 = 1;
+    /// The PLT's expression: CFA = rsp + 8, + 8 more from the 11th byte of each 16-byte entry.
+    pub const CFA_PLT: u8 = 2;
+    /// The outermost frame: the return address is undefined.
+    pub const OUTERMOST: u8 = 3;
+    /// No rule covers this address (between functions).
+    pub const NO_INFO: u8 = 4;
+    /// A rule this unwinder does not follow.
+    pub const UNSUPPORTED: u8 = 5;
+}
+
+/// A stack met a file with no unwind table in `UNWIND_FILES` (now marked pending): build it.
+/// The mapping `[vm_start, vm_end)` of process `hdr.pid` is that file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMissRecord {
+    pub hdr: Header,
+    pub key: FileKey,
+    pub vm_start: u64,
+    pub vm_end: u64,
+}
+
 /// Per-CPU counters (index into the `COUNTERS` map) of what happened in the kernel, and above
 /// all of what could not be recorded.
 pub mod counter {
@@ -349,8 +483,13 @@ pub mod counter {
     pub const THROWN: u32 = 21;
     /// Sampled blocks the kernel's table of them had no room for: their frees are not seen.
     pub const SAMPLED_FULL: u32 = 22;
+    /// Stack frames walked by frame pointers because their file's unwind table was not ready.
+    pub const FP_FALLBACK: u32 = 23;
+    /// Stack frames walked by frame pointers because the process's mappings were being
+    /// changed that instant (their lock was taken: the lookup does not wait).
+    pub const FP_MAPS_BUSY: u32 = 24;
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 25;
 }
 
 /// Every kind of loss, in one table: the kernel counter (or the reader's own count) it is
@@ -528,6 +667,10 @@ pub mod names {
     /// `u32 tgid → u64`: events lost per process (an LRU table: a process evicted from it
     /// starts again from zero).
     pub const LOST_BY_PID: &str = "LOST_BY_PID";
+    /// [`FileKey`](super::FileKey) → [`FileTable`](super::FileTable): the unwind tables.
+    pub const UNWIND_FILES: &str = "UNWIND_FILES";
+    /// Array of [`UnwindRow`](super::UnwindRow)s, every file's table in its own range.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
 }
 
 /// Load-time settings (read-only globals of the eBPF object).
@@ -554,6 +697,35 @@ pub mod globals {
     /// `[u32; SAMPLE_GAP_COUNT]`: quantiles of the exponential distribution of mean 1, in
     /// 1/1024ths, the sampler's gaps are drawn from.
     pub const SAMPLE_GAPS: &str = "SAMPLE_GAPS";
+    /// `u32`: how stacks are walked, one of [`unwind_mode`](super::unwind_mode).
+    pub const UNWIND_MODE: &str = "UNWIND_MODE";
+    /// `[u64; 8]`: byte offsets in kernel structures (from its BTF) the unwinder reads a
+    /// mapping's file identity with, in the order of [`vma_offsets`](super::vma_offsets).
+    pub const VMA_OFFSETS: &str = "VMA_OFFSETS";
+}
+
+/// `globals::UNWIND_MODE`.
+pub mod unwind_mode {
+    /// Frame pointers only.
+    pub const FP: u32 = 0;
+    /// Unwind tables for files without frame pointers, frame pointers for the others.
+    pub const AUTO: u32 = 1;
+    /// Unwind tables wherever a file has one.
+    pub const DWARF: u32 = 2;
+}
+
+/// Indexes into `globals::VMA_OFFSETS`: `vm_area_struct.vm_start`, `.vm_end`, `.vm_pgoff`,
+/// `.vm_file`, `file.f_inode`, `inode.i_ino`, `inode.i_sb`, `super_block.s_dev`.
+pub mod vma_offsets {
+    pub const VM_START: usize = 0;
+    pub const VM_END: usize = 1;
+    pub const VM_PGOFF: usize = 2;
+    pub const VM_FILE: usize = 3;
+    pub const F_INODE: usize = 4;
+    pub const I_INO: usize = 5;
+    pub const I_SB: usize = 6;
+    pub const S_DEV: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 /// How many quantiles of the exponential distribution the sampler draws its gaps from
@@ -630,6 +802,9 @@ pub const STACK_AT_ENTRY_INLINE: i32 = i32::MIN;
 mod user {
     // SAFETY: plain-old-data: repr(C), explicit padding, every bit pattern valid.
     unsafe impl aya::Pod for super::InFlight {}
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::FileTable {}
+    unsafe impl aya::Pod for super::UnwindRow {}
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 16);
@@ -640,3 +815,6 @@ const _: () = assert!(core::mem::size_of::<ExecRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<MunmapRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<AllocStackRecord>() == 64 + 8 + 8 * MAX_STACK_DEPTH);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 96);
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+const _: () = assert!(core::mem::size_of::<FileTable>() == 24);
+const _: () = assert!(core::mem::size_of::<UnwindMissRecord>() == 48);

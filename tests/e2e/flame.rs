@@ -117,6 +117,7 @@ fn every_format_of_the_leaks_view_from_one_run() {
             "path_a",
             "path_b",
             "main",
+            "_start",
             "all",
         ]
         .contains(&f.as_str())

@@ -13,5 +13,6 @@ mod metrics;
 mod reach;
 mod safety;
 mod sampled;
+mod stacks;
 mod system;
 mod workflow;

@@ -21,17 +21,19 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    counter, kind, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord, FreeRecord,
-    Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord, COOKIE_ENTRY_ONLY,
-    COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH, SAMPLE_GAP_COUNT,
-    STACK_AT_ENTRY_INLINE, STALE_CALL_NS,
+    counter, kind, stack_end, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord,
+    FreeRecord, Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
+    COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
+    SAMPLE_GAP_COUNT, STACK_AT_ENTRY_INLINE, STALE_CALL_NS,
 };
+
+use crate::unwind;
 
 /// Sizes here are defaults; userspace sets the real ones before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
-static NOTICES: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
+pub(crate) static NOTICES: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
 #[map]
 static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Per thread, the last block a free-like function was entered with (see [`free`]).
@@ -134,11 +136,25 @@ const EEXIST: i64 = 17;
 #[derive(Clone, Copy)]
 struct EntryStack {
     nr_bytes: u64,
+    /// How the stack ended ([`tracer_common::stack_end`]).
+    end: u64,
     ips: [u64; MAX_STACK_DEPTH],
 }
 
+/// The stack buffers a walk writes into: 0, the allocation record's; 1, the entry stack's.
 #[inline(always)]
-fn bump(idx: u32) {
+pub(crate) fn stack_buffer(which: u64) -> Option<*mut [u64; MAX_STACK_DEPTH]> {
+    if which == 0 {
+        let buf = RECORD_SCRATCH.get_ptr_mut(0)?;
+        Some(unsafe { core::ptr::addr_of_mut!((*buf).ips) })
+    } else {
+        let buf = ENTRY_SCRATCH.get_ptr_mut(0)?;
+        Some(unsafe { core::ptr::addr_of_mut!((*buf).ips) })
+    }
+}
+
+#[inline(always)]
+pub(crate) fn bump(idx: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
         // Per-CPU slot: no other writer while this program runs on this CPU.
         unsafe { *c += 1 };
@@ -189,17 +205,17 @@ fn followed_child(tgid: u32) -> bool {
 
 /// CLOCK_MONOTONIC nanoseconds, the records' clock.
 #[inline(always)]
-fn ktime() -> u64 {
+pub(crate) fn ktime() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
 /// The start of every record.
 #[inline(always)]
-fn header(kind: u8, func: u8, pid: u32, ts_ns: u64) -> Header {
+pub(crate) fn header(kind: u8, func: u8, pid: u32, ts_ns: u64) -> Header {
     Header {
         kind,
         func,
-        _pad: 0,
+        stack_end: 0,
         pid,
         ts_ns,
     }
@@ -228,7 +244,15 @@ fn nested_in_outer_call(pid_tgid: u64, sp: u64) -> bool {
 
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) -> u32 {
-    enter_heap(ctx, size, ptr, 0)
+    enter_heap::<false>(ctx, size, ptr, 0)
+}
+
+/// The entry of a function probed at entry only ([`COOKIE_ENTRY_ONLY`]: libstdc++'s
+/// `operator new`), whose stack is walked here. Only this program has the unwind-table walk
+/// at entry: each program with it takes the verifier a quarter of a second to check.
+#[inline(always)]
+pub fn enter_entry_only(ctx: &ProbeContext, size: u64) -> u32 {
+    enter_heap::<true>(ctx, size, 0, 0)
 }
 
 /// An allocator call's entry; `heap`: the heap the caller named (mimalloc's `mi_heap_*`).
@@ -236,7 +260,14 @@ pub fn enter(ctx: &ProbeContext, size: u64, ptr: u64) -> u32 {
 /// calls it keeps: that return is handed to [`leave`]. Returns [`KEEP_RETURN`] or
 /// [`SKIP_RETURN`].
 #[inline(always)]
-pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
+/// `BY_TABLES`: an entry-only call's stack may be walked by unwind tables (see
+/// [`enter_entry_only`]); else by frame pointers.
+pub fn enter_heap<const BY_TABLES: bool>(
+    ctx: &ProbeContext,
+    size: u64,
+    ptr: u64,
+    heap: u64,
+) -> u32 {
     let Some(pid_tgid) = traced() else {
         return SKIP_RETURN;
     };
@@ -347,7 +378,7 @@ pub fn enter_heap(ctx: &ProbeContext, size: u64, ptr: u64, heap: u64) -> u32 {
     };
     let filtered = size < min || size > max || release_only;
     let stack_id = if entry_only && !filtered {
-        entry_stack(ctx, pid_tgid, ret)
+        entry_stack::<BY_TABLES>(ctx, pid_tgid, ret)
     } else {
         0
     };
@@ -490,13 +521,22 @@ fn sample_gap(rate: u64) -> i64 {
 /// instruction, `endbr64` or `push %rbp`, runs before the function's own frame exists) and then
 /// the caller's frame-pointer chain, so the stack is the one a return probe would have seen.
 #[inline(always)]
-fn entry_stack(ctx: &ProbeContext, pid_tgid: u64, ret: u64) -> i32 {
+fn entry_stack<const BY_TABLES: bool>(ctx: &ProbeContext, pid_tgid: u64, ret: u64) -> i32 {
     let Some(scratch) = ENTRY_SCRATCH.get_ptr_mut(0) else {
         bump(counter::STACK_FAILED);
         return -1;
     };
-    let n = unsafe { walk_user_stack(ret, (*ctx.regs).rbp, &mut (*scratch).ips) };
-    unsafe { (*scratch).nr_bytes = (n * 8) as u64 };
+    let regs = unsafe { &*ctx.regs };
+    let (n, end) = if BY_TABLES && unwind::by_tables() {
+        // The caller's frame as it will be at the return: the return address popped.
+        unwind::walk(1, ret, regs.rsp + 8, regs.rbp)
+    } else {
+        unsafe { walk_user_stack(ret, regs.rbp, &mut (*scratch).ips) }
+    };
+    unsafe {
+        (*scratch).nr_bytes = (n * 8) as u64;
+        (*scratch).end = end as u64;
+    }
     if ENTRY_STACKS
         .insert(pid_tgid, unsafe { &*scratch }, 0)
         .is_err()
@@ -714,12 +754,17 @@ fn send_with_walked_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
         return;
     };
     record.hdr.kind = kind::ALLOC_STACK;
-    let n = unsafe {
-        (*buf).alloc = record;
-        let regs = &*ctx.regs;
-        walk_user_stack(regs.rip, regs.rbp, &mut (*buf).ips)
+    let regs = unsafe { &*ctx.regs };
+    unsafe { (*buf).alloc = record };
+    let (n, end) = if unwind::by_tables() {
+        unwind::walk(0, regs.rip, regs.rsp, regs.rbp)
+    } else {
+        unsafe { walk_user_stack(regs.rip, regs.rbp, &mut (*buf).ips) }
     };
-    unsafe { (*buf).nr_bytes = (n * 8) as u64 };
+    unsafe {
+        (*buf).alloc.hdr.stack_end = end;
+        (*buf).nr_bytes = (n * 8) as u64;
+    }
     output_alloc_stack(buf, n);
 }
 
@@ -735,10 +780,11 @@ fn output_alloc_stack(buf: *mut AllocStackRecord, n: usize) {
 }
 
 /// The user stack from `ip` (the innermost frame) up the frame-pointer chain from `fp`, into
-/// `ips`: how many frames. The walk ends at a null frame pointer (the outermost frame, which
-/// `_start` and thread starts mark so), an unreadable or misaligned one, or `ips`' end.
+/// `ips`: how many frames, and how the walk ended. The walk ends at a null frame pointer (the
+/// outermost frame, which `_start` and thread starts mark so), an unreadable or misaligned
+/// one, or `ips`' end.
 #[inline(always)]
-fn walk_user_stack(ip: u64, mut fp: u64, ips: &mut [u64; MAX_STACK_DEPTH]) -> usize {
+fn walk_user_stack(ip: u64, mut fp: u64, ips: &mut [u64; MAX_STACK_DEPTH]) -> (usize, u16) {
     ips[0] = ip;
     let mut n = 1;
     while n < MAX_STACK_DEPTH {
@@ -756,7 +802,12 @@ fn walk_user_stack(ip: u64, mut fp: u64, ips: &mut [u64; MAX_STACK_DEPTH]) -> us
         n += 1;
         fp = frame[0];
     }
-    n
+    let end = if n == MAX_STACK_DEPTH {
+        stack_end::DEPTH
+    } else {
+        stack_end::FRAME_POINTERS
+    };
+    (n, end)
 }
 
 /// An entry-only call's record with the stack kept aside at its entry (see [`entry_stack`]).
@@ -774,9 +825,16 @@ fn send_with_entry_stack(pid_tgid: u64, mut record: AllocRecord) {
     };
     record.hdr.kind = kind::ALLOC_STACK;
     let n = unsafe {
+        record.hdr.stack_end = (*saved).end as u16;
         (*buf).alloc = record;
         (*buf).nr_bytes = (*saved).nr_bytes;
-        (*buf).ips = (*saved).ips;
+        // One helper call: a plain assignment becomes a byte-by-byte memmove whose two loops
+        // the verifier walks through, 1,016 bytes each, in every program that has this path.
+        let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            core::ptr::addr_of_mut!((*buf).ips) as *mut core::ffi::c_void,
+            (8 * MAX_STACK_DEPTH) as u32,
+            core::ptr::addr_of!((*saved).ips) as *const core::ffi::c_void,
+        );
         ((*saved).nr_bytes / 8) as usize
     };
     let _ = ENTRY_STACKS.remove(pid_tgid);
@@ -1107,7 +1165,7 @@ fn map_done<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &MapCall, sp: u64, ret
                 } else {
                     AllocFn::Mmap
                 } as u8,
-                _pad: 0,
+                stack_end: 0,
                 pid,
                 ts_ns,
             },

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod alloc;
+mod unwind;
 
 use core::ffi::c_void;
 
@@ -97,6 +98,16 @@ pub fn size_arg0(ctx: *mut c_void) -> u32 {
     alloc::enter(&ctx, size, 0)
 }
 
+/// `operator new(size, ...)` probed at entry only (libstdc++'s: see
+/// `tracer_common::COOKIE_ENTRY_ONLY`): its stack is walked at its entry.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "uprobe")]
+pub fn new_entry_only(ctx: *mut c_void) -> u32 {
+    let ctx = ProbeContext::new(ctx);
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    alloc::enter_entry_only(&ctx, size)
+}
+
 /// `calloc(nmemb, size)`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "uprobe")]
@@ -162,7 +173,7 @@ pub fn heap_size(ctx: *mut c_void) -> u32 {
     let ctx = ProbeContext::new(ctx);
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let size = ctx.arg::<u64>(1).unwrap_or(0);
-    alloc::enter_heap(&ctx, size, 0, heap)
+    alloc::enter_heap::<false>(&ctx, size, 0, heap)
 }
 
 /// `mi_heap_calloc(heap, count, size)`, `mi_heap_mallocn`.
@@ -173,7 +184,7 @@ pub fn heap_calloc(ctx: *mut c_void) -> u32 {
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter_heap(&ctx, n.wrapping_mul(size), 0, heap)
+    alloc::enter_heap::<false>(&ctx, n.wrapping_mul(size), 0, heap)
 }
 
 /// `mi_heap_realloc(heap, ptr, size)` and its variants.
@@ -184,7 +195,7 @@ pub fn heap_realloc(ctx: *mut c_void) -> u32 {
     let heap = ctx.arg::<u64>(0).unwrap_or(0);
     let ptr = ctx.arg::<u64>(1).unwrap_or(0);
     let size = ctx.arg::<u64>(2).unwrap_or(0);
-    alloc::enter_heap(&ctx, size, ptr, heap)
+    alloc::enter_heap::<false>(&ctx, size, ptr, heap)
 }
 
 /// `mi_heap_reallocn(heap, ptr, count, size)`, `mi_heap_recalloc`.
@@ -196,7 +207,7 @@ pub fn heap_reallocarray(ctx: *mut c_void) -> u32 {
     let ptr = ctx.arg::<u64>(1).unwrap_or(0);
     let n = ctx.arg::<u64>(2).unwrap_or(0);
     let size = ctx.arg::<u64>(3).unwrap_or(0);
-    alloc::enter_heap(&ctx, n.wrapping_mul(size), ptr, heap)
+    alloc::enter_heap::<false>(&ctx, n.wrapping_mul(size), ptr, heap)
 }
 
 /// `mi_heap_destroy(heap)`, `mi_heap_delete(heap)`: reported at their return.

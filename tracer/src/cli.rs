@@ -54,6 +54,20 @@ pub struct Cli {
     #[arg(long)]
     pub no_mmap: bool,
 
+    /// How user stacks are walked. `auto`: by each file's unwind table, built from its
+    /// `.eh_frame` (whole stacks through code built without frame pointers), except in files
+    /// that keep frame pointers, which are followed (cheaper); `dwarf`: by the tables
+    /// everywhere; `fp`: by frame pointers only (cheapest; code without them cuts or garbles
+    /// the stack). Tables are built on this machine from the files mapped, x86-64 only.
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub unwind: UnwindArg,
+
+    /// Room for this many unwind-table rows, every file's together (8 bytes each, kernel
+    /// memory; K/M suffixes). A file that finds no room is walked by frame pointers, and the
+    /// report says so.
+    #[arg(long, value_name = "ROWS", default_value = "4M", value_parser = parse_unwind_rows)]
+    pub unwind_rows: u32,
+
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Option<f64>,
@@ -254,6 +268,25 @@ impl From<FormatArg> for Format {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnwindArg {
+    Auto,
+    Dwarf,
+    Fp,
+}
+
+impl UnwindArg {
+    /// The kernel side's setting (`tracer_common::unwind_mode`).
+    pub fn mode(self) -> u32 {
+        use tracer_common::unwind_mode;
+        match self {
+            UnwindArg::Auto => unwind_mode::AUTO,
+            UnwindArg::Dwarf => unwind_mode::DWARF,
+            UnwindArg::Fp => unwind_mode::FP,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ByArg {
     Class,
 }
@@ -407,6 +440,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("'{s}' is not a size (use e.g. 4096, 64K, 8M)"))?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn parse_unwind_rows(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    if !(1024..=1 << 28).contains(&n) {
+        return Err(format!("{n} rows: give between 1K and 256M"));
+    }
+    Ok(n as u32)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -47,6 +47,9 @@ pub struct TraceOptions {
     pub ring_size: u32,
     pub min_size: u64,
     pub max_size: u64,
+    /// How stacks are walked (`tracer_common::unwind_mode`), and the room for table rows.
+    pub unwind_mode: u32,
+    pub unwind_rows: u32,
     /// Mean bytes between sampled allocations (0: every call).
     pub sample_rate: u64,
     pub record: Option<PathBuf>,
@@ -196,6 +199,8 @@ impl Config {
                 min_size,
                 max_size,
                 sample_rate: cli.sample_rate,
+                unwind_mode: cli.unwind.mode(),
+                unwind_rows: cli.unwind_rows,
                 record: cli.record,
                 metrics: cli.metrics,
                 scan_each_report: cli.reachability || report.by_class,

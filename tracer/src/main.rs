@@ -17,6 +17,7 @@ mod serve;
 mod signals;
 mod symbolize;
 mod tui;
+mod unwind;
 
 /// Not the C library's malloc: tracing every process (or children), its probes would trap on
 /// each of tracer's own allocations too (filtered out in the kernel, but after the trap: about

@@ -140,6 +140,7 @@ impl Feed for Recording {
                 }),
                 Some(Frame::Events(evs)) => engine.apply(Fact::Events(&evs)),
                 Some(Frame::Reach { pid, scan }) => engine.apply(Fact::Reach { pid, scan }),
+                Some(Frame::Unwind(summary)) => engine.set_unwind(summary),
                 Some(Frame::Losses(lost)) => {
                     engine.set_process_losses(lost.into_iter().collect())?
                 }

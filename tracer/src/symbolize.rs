@@ -49,9 +49,18 @@ impl Frame {
         match (&self.function, &self.module) {
             (Some(f), _) => f.clone(),
             (None, Some(m)) => format!("{}+{:#x}", base_name(m), self.offset),
-            (None, None) if self.unsymbolized.as_deref() == Some(CUT) => "[stack cut]".into(),
+            (None, None) if self.is_cut() => "[stack cut]".into(),
             (None, None) => format!("[unknown] {:#x}", self.addr),
         }
+    }
+
+    /// The pseudo-frame that ends a stack cut short (its `unsymbolized` says why).
+    pub fn is_cut(&self) -> bool {
+        self.function.is_none()
+            && self
+                .unsymbolized
+                .as_deref()
+                .is_some_and(|u| u.starts_with(CUT_PREFIX))
     }
 
     /// `file:line` (the file's base name), when both are known.
@@ -93,6 +102,31 @@ pub struct Mapping {
 /// process's executable memory (see [`Symbolizer::stack`]).
 pub const CUT: &str = "stack cut: a return address outside the process's code (a caller \
                        built without frame pointers?)";
+/// How every reason of a cut stack's last frame starts.
+pub const CUT_PREFIX: &str = "stack cut";
+
+/// Why the kernel's walk cut a stack short, from its pseudo-frame (see
+/// `tracer_common::stack_cut_marker`).
+pub fn cut_reason(mark: u64) -> String {
+    use tracer_common::stack_end;
+    let end = (mark - tracer_common::STACK_CUT_MARK) as u16;
+    let why = match end & stack_end::REASON {
+        stack_end::DEPTH => "deeper than the frames a record carries",
+        stack_end::NO_INFO => "an address no unwind rule covers",
+        stack_end::UNSUPPORTED => "an unwind rule tracer does not follow",
+        stack_end::UNREADABLE => "a saved register or return address could not be read",
+        stack_end::UNMAPPED => "a return address in no mapping of the process",
+        _ => "frame pointers ended",
+    };
+    if end & stack_end::FP_FALLBACK != 0 {
+        format!(
+            "{CUT_PREFIX}: {why}, after a frame walked by frame pointers while its file's \
+             unwind table was being built"
+        )
+    } else {
+        format!("{CUT_PREFIX}: {why}")
+    }
+}
 
 pub struct Symbolizer {
     blaze: Blaze,
@@ -186,6 +220,14 @@ impl Symbolizer {
         let known = self.maps.get(&pid).is_some_and(|m| !m.is_empty());
         let mut out = Vec::new();
         for (i, &a) in addrs.iter().enumerate() {
+            if a >= tracer_common::STACK_CUT_MARK {
+                out.push(Frame {
+                    addr: a,
+                    unsymbolized: Some(cut_reason(a)),
+                    ..Frame::default()
+                });
+                break;
+            }
             if i > 0 && known && self.mapping(pid, a).is_none() {
                 out.push(Frame {
                     unsymbolized: Some(CUT.into()),
@@ -208,7 +250,10 @@ impl Symbolizer {
         let mut by_file: HashMap<(PathBuf, PathBuf), Vec<Wanted>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for (pid, addr) in wanted {
-            if self.cache.contains_key(&(pid, addr)) || !seen.insert((pid, addr)) {
+            if addr >= tracer_common::STACK_CUT_MARK
+                || self.cache.contains_key(&(pid, addr))
+                || !seen.insert((pid, addr))
+            {
                 continue;
             }
             let Some(m) = self.mapping(pid, addr) else {

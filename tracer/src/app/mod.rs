@@ -48,6 +48,8 @@ struct Session {
     collector: EbpfCollector,
     /// Reads maps into the early book as the kernel's notices come.
     _watch: Option<MapWatch>,
+    /// Builds the unwind tables stacks need (stacks walked by tables only).
+    _unwinder: Option<crate::unwind::Unwinder>,
     /// The kernel's events, in batches, from the ring buffer's reader thread.
     stream: Stream,
     live: Live,

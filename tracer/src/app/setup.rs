@@ -25,6 +25,7 @@ use crate::{
     report::LimitSettings,
     serve::Exporter,
     signals, tui,
+    unwind::Unwinder,
 };
 
 pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
@@ -86,6 +87,8 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                 Target::Pids(p) if p.len() > 1 => p.clone(),
                 _ => Vec::new(),
             },
+            unwind_mode: t.unwind_mode,
+            unwind_rows: t.unwind_rows,
         };
         // Followed children are other processes: the probes must fire in every process that
         // maps the allocator (the kernel keeps only the followed ones).
@@ -94,10 +97,17 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let report_pid = if t.follow_children { 0 } else { head_pid };
         let mut collector = EbpfCollector::load(&settings)?;
         let early = EarlyBook::default();
-        let watch = match collector.take_notices() {
-            Some(ring) => {
-                Some(MapWatch::start(ring, early.clone()).context("cannot start the map reader")?)
+        let unwinder = match collector.take_unwind() {
+            Some(store) => {
+                Some(Unwinder::start(store).context("cannot start the unwind table builder")?)
             }
+            None => None,
+        };
+        let watch = match collector.take_notices() {
+            Some(ring) => Some(
+                MapWatch::start(ring, early.clone(), unwinder.as_ref().map(|u| u.sender()))
+                    .context("cannot start the map reader")?,
+            ),
             None => None,
         };
         // From here on a thread of its own empties the ring buffer: what the probes send
@@ -131,6 +141,19 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                     ));
                 }
             }
+        }
+        // A running target's code already mapped gets its tables before the probes go on;
+        // tracing every process, the code running processes share most, in up to half the
+        // room (the rest is for what starts later).
+        match (&unwinder, &t.target) {
+            (Some(u), Target::Pids(pids)) => {
+                u.preload(pids.iter().flat_map(|&p| target::mapped_code(p)).collect())
+            }
+            (Some(u), Target::All) => u.preload_within(
+                target::mapped_code_everywhere(),
+                Some(u64::from(t.unwind_rows) / 2),
+            ),
+            _ => {}
         }
         for (pid, lib) in &plan {
             if pid.is_some() {
@@ -166,11 +189,26 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             } else {
                 None
             };
+            let mut probed_paths = Vec::new();
             for lib in target::system_allocators(&dirs) {
                 match collector.attach(&lib, scope) {
-                    Ok(_) => probed.push(lib.path.display().to_string()),
+                    Ok(_) => {
+                        probed.push(lib.path.display().to_string());
+                        probed_paths.push(lib.path.clone());
+                    }
                     Err(e) => eprintln!("tracer: note: {e:#}"),
                 }
+            }
+            // Programs not started yet go through these libraries (and the C library's
+            // start-up code below their `main`): their tables are there before the first
+            // such program allocates, so its first stacks are walked as its later ones.
+            if let (Some(u), false) = (&unwinder, launching && !t.follow_children) {
+                u.preload(
+                    plan.iter()
+                        .map(|(_, l)| l.path.clone())
+                        .chain(probed_paths)
+                        .collect(),
+                );
             }
             if !probed.is_empty() {
                 eprintln!(
@@ -180,6 +218,10 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             }
         }
         let noted = program.as_deref().and_then(file_id).into_iter().collect();
+        // A launched program's tables are in place before its first allocation.
+        if let (Some(u), Some(program)) = (&unwinder, &program) {
+            u.preload(target::program_files(program));
+        }
         let watched = match (held, program) {
             (Some(child), Some(program)) => Some(child.release(&program)?),
             _ => None,
@@ -284,6 +326,9 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         // Reports go through a writer thread: a slow reader of stdout never stalls the draining.
         let (out, writer) = output::spawn(std::io::stdout());
         let mut engine = Engine::new(opts, head, recorder, Box::new(out));
+        if let Some(stats) = unwinder.as_ref().map(|u| u.stats()) {
+            engine.report_unwind(Box::new(move || stats.summary()));
+        }
         if let Some(mut v) = view {
             engine.show_only_final();
             engine.publish_to(Box::new(move |r| v.show(r)));
@@ -309,6 +354,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let mut session = Session {
             collector,
             _watch: watch,
+            _unwinder: unwinder,
             stream,
             live: Live::new(allocator_of, default_allocator, early),
             prober: Prober::new(launched, scope_all, noted, attached),

@@ -19,7 +19,10 @@ use tracer_common::{
 
 use super::{
     multi::MultiPrograms,
-    probes::{Group, ProbeSpec, FREE_PROGRAM, MAP_RETURN_PROGRAM, PROBES, RETURN_PROGRAM},
+    probes::{
+        Group, ProbeSpec, ENTRY_ONLY_PROGRAM, FREE_PROGRAM, MAP_RETURN_PROGRAM, PROBES,
+        RETURN_PROGRAM,
+    },
     target::{file_id, AllocatorLib},
 };
 
@@ -225,7 +228,8 @@ impl Attached {
             }
         }
         for (p, off) in &plan {
-            self.attach_one(ebpf, (p.entry, *off, cookies.of(p)), p.symbol, lib, scope)?;
+            let entry = cookies.entry_program(p);
+            self.attach_one(ebpf, (entry, *off, cookies.of(p)), p.symbol, lib, scope)?;
         }
         if let Some(off) = exit {
             let cookie = EXIT_SPEC.func as u64;
@@ -250,7 +254,7 @@ impl Attached {
             let ret = cookies.return_program(p);
             if self.sessions && ret == Some(RETURN_PROGRAM) {
                 sessions
-                    .entry(p.entry)
+                    .entry(cookies.entry_program(p))
                     .or_default()
                     .push((*off, cookies.of(p)));
                 continue;
@@ -259,7 +263,7 @@ impl Attached {
                 returns.entry(ret).or_default().push((*off, cookies.of(p)));
             }
             entries
-                .entry(p.entry)
+                .entry(cookies.entry_program(p))
                 .or_default()
                 .push((*off, cookies.of(p)));
         }
@@ -388,6 +392,15 @@ impl Cookies<'_> {
             }
         }
         c
+    }
+
+    /// The program on `p`'s entry.
+    fn entry_program(&self, p: &ProbeSpec) -> &'static str {
+        if self.lib.entry_only(p) {
+            ENTRY_ONLY_PROGRAM
+        } else {
+            p.entry
+        }
     }
 
     /// The program on `p`'s return, if it has one.

@@ -11,7 +11,7 @@ use aya::{
     programs::{FExit, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, globals, names, SAMPLE_GAP_COUNT};
+use tracer_common::{counter, globals, names, vma_offsets, SAMPLE_GAP_COUNT};
 
 use super::{
     attach::{Attached, MapHook, EXIT_PROGRAM},
@@ -51,6 +51,10 @@ pub struct Settings {
     pub trace_maps: bool,
     /// Several processes, no pid filter: only these (the tracepoints see every process).
     pub filter_set: Vec<u32>,
+    /// How stacks are walked (`tracer_common::unwind_mode`).
+    pub unwind_mode: u32,
+    /// Room for this many unwind-table rows (every file's together).
+    pub unwind_rows: u32,
 }
 
 pub struct EbpfCollector {
@@ -64,6 +68,8 @@ pub struct EbpfCollector {
     lost_by_pid: AyaHashMap<MapData, u32, u64>,
     followed: AyaHashMap<MapData, u32, u32>,
     notices: Option<RingBuf<MapData>>,
+    /// The unwind tables' maps, until taken (stacks walked by tables only).
+    unwind: Option<crate::unwind::Store>,
     /// The probes attached (see `attach`).
     attached: Attached,
 }
@@ -223,6 +229,15 @@ impl EbpfCollector {
         } else {
             0
         };
+        let (unwind_mode, vma_offsets) = match s.unwind_mode {
+            tracer_common::unwind_mode::FP => (s.unwind_mode, [0; vma_offsets::COUNT]),
+            mode => (
+                mode,
+                kernel_vma_offsets().context(
+                    "walking stacks by unwind tables needs the kernel's BTF (use --unwind fp)",
+                )?,
+            ),
+        };
         #[allow(deprecated)]
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
@@ -239,7 +254,10 @@ impl EbpfCollector {
             )
             .override_global(globals::SAMPLE_RATE, &s.sample_rate, true)
             .override_global(globals::SAMPLE_GAPS, &sample_gaps(), true)
+            .override_global(globals::UNWIND_MODE, &unwind_mode, true)
+            .override_global(globals::VMA_OFFSETS, &vma_offsets, true)
             .map_max_entries(names::EVENTS, s.ring_size)
+            .map_max_entries(names::UNWIND_ROWS, s.unwind_rows.max(1))
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         let uprobes: Vec<&'static str> = entry_programs()
@@ -313,6 +331,18 @@ impl EbpfCollector {
             ebpf.take_map(names::LOST_BY_PID)
                 .context("no LOST_BY_PID map")?,
         )?;
+        let unwind = if unwind_mode == tracer_common::unwind_mode::FP {
+            None
+        } else {
+            Some(crate::unwind::Store::new(
+                ebpf.take_map(names::UNWIND_FILES)
+                    .context("no UNWIND_FILES map")?,
+                ebpf.take_map(names::UNWIND_ROWS)
+                    .context("no UNWIND_ROWS map")?,
+                s.unwind_rows.max(1),
+                unwind_mode,
+            )?)
+        };
         let reader_counts = Arc::new(ReaderCounts::default());
         let reader = Reader::new(
             ring_buf,
@@ -328,6 +358,7 @@ impl EbpfCollector {
             lost_by_pid,
             followed,
             notices: Some(notices),
+            unwind,
             attached: Attached::new(maps, system_wide, multi, sessions),
         })
     }
@@ -356,6 +387,11 @@ impl EbpfCollector {
     /// The ring of notices (when to read a process's map), for a reader of its own.
     pub fn take_notices(&mut self) -> Option<RingBuf<MapData>> {
         self.notices.take()
+    }
+
+    /// The unwind tables, for a thread of their own (None: stacks by frame pointers only).
+    pub fn take_unwind(&mut self) -> Option<crate::unwind::Store> {
+        self.unwind.take()
     }
 
     /// What empties the ring buffer, for a thread of its own (see [`Stream`]).
@@ -390,6 +426,27 @@ impl EbpfCollector {
             self.reader_counts.stacks_failed.load(Ordering::Relaxed);
         out
     }
+}
+
+/// The offsets the unwinder reads a mapping's file identity with (see
+/// `tracer_common::vma_offsets`), from the kernel's BTF.
+fn kernel_vma_offsets() -> Result<[u64; vma_offsets::COUNT]> {
+    let btf = super::btf::Btf::kernel()?;
+    let fields = [
+        ("vm_area_struct", "vm_start"),
+        ("vm_area_struct", "vm_end"),
+        ("vm_area_struct", "vm_pgoff"),
+        ("vm_area_struct", "vm_file"),
+        ("file", "f_inode"),
+        ("inode", "i_ino"),
+        ("inode", "i_sb"),
+        ("super_block", "s_dev"),
+    ];
+    let mut out = [0; vma_offsets::COUNT];
+    for (o, (st, member)) in out.iter_mut().zip(fields) {
+        *o = btf.member_offset(st, member)?;
+    }
+    Ok(out)
 }
 
 /// Root or CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), and a kernel with uprobes: checked first so

@@ -150,6 +150,9 @@ pub enum Record {
     /// A notice: an exception left an allocator call; the process stopped itself until the
     /// return address the uretprobe replaced (`ret`, at `sp`) is put back.
     Thrown { pid: u32, sp: u64, ret: u64 },
+    /// A notice: a stack met a file with no unwind table; the file is mapped at
+    /// `[vm_start, vm_end)` in `pid`.
+    UnwindMiss(crate::unwind::Miss),
 }
 
 /// Reads one record of either ring (events, notices): the one place that reads the wire
@@ -187,12 +190,15 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
                     let nr: u64 = read(bytes.get(base..)?)?;
                     let n = (nr as usize / 8).min(MAX_STACK_DEPTH);
                     let ips = bytes.get(base + 8..base + 8 + 8 * n)?;
-                    Some(
-                        ips.chunks_exact(8)
-                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                            .filter(|&ip| ip != 0)
-                            .collect(),
-                    )
+                    let mut ips: Vec<u64> = ips
+                        .chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .filter(|&ip| ip != 0)
+                        .collect();
+                    // A stack cut short says why in a last pseudo-frame (see
+                    // `tracer_common::stack_cut_marker`): it is part of the stack's identity.
+                    ips.extend(tracer_common::stack_cut_marker(hdr.stack_end));
+                    Some(ips)
                 })
                 .flatten();
             Ok(Record::Event { event, stack })
@@ -225,6 +231,15 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
                 sp: r.sp,
                 ret: r.ret,
             })
+        }
+        kind::UNWIND_MISS => {
+            let r: tracer_common::UnwindMissRecord = read(bytes).ok_or_else(short)?;
+            Ok(Record::UnwindMiss(crate::unwind::Miss {
+                pid: r.hdr.pid,
+                key: r.key,
+                vm_start: r.vm_start,
+                vm_end: r.vm_end,
+            }))
         }
         kind::MUNMAP => {
             let r: MunmapRecord = read(bytes).ok_or_else(short)?;
@@ -299,7 +314,7 @@ mod tests {
             hdr: Header {
                 kind: kind::ALLOC,
                 func: AllocFn::Calloc as u8,
-                _pad: 0,
+                stack_end: 0,
                 pid: 7,
                 ts_ns: 99,
             },
@@ -325,7 +340,7 @@ mod tests {
                 hdr: Header {
                     kind: kind::HEAP_RELEASE,
                     func: func as u8,
-                    _pad: 0,
+                    stack_end: 0,
                     pid: 7,
                     ts_ns: 6,
                 },
@@ -345,7 +360,7 @@ mod tests {
             hdr: Header {
                 kind: kind::FREE,
                 func: AllocFn::Free as u8,
-                _pad: 0,
+                stack_end: 0,
                 pid: 7,
                 ts_ns: 5,
             },
@@ -368,7 +383,7 @@ mod tests {
                 hdr: Header {
                     kind: kind::ALLOC_STACK,
                     func: AllocFn::Malloc as u8,
-                    _pad: 0,
+                    stack_end: 0,
                     pid: 7,
                     ts_ns: 1,
                 },

@@ -46,6 +46,8 @@ pub enum Group {
 /// The symbol that marks a file as defining C++'s `operator new`.
 pub const CXX_NEW: &str = "_Znwm";
 pub const RETURN_PROGRAM: &str = "alloc_return";
+/// The entry program of functions probed at entry only (see `AllocatorLib::entry_only`).
+pub const ENTRY_ONLY_PROGRAM: &str = "new_entry_only";
 pub const FREE_PROGRAM: &str = "free";
 pub const MAP_CALLER_PROGRAM: &str = "map_caller";
 /// The return of a C-library mapping wrapper whose call is the record.
@@ -279,6 +281,7 @@ pub fn session_programs() -> Vec<&'static str> {
 /// The entry program names, each once.
 pub fn entry_programs() -> Vec<&'static str> {
     let mut v: Vec<_> = PROBES.iter().map(|p| p.entry).collect();
+    v.push(ENTRY_ONLY_PROGRAM);
     v.sort_unstable();
     v.dedup();
     v

@@ -99,7 +99,8 @@ impl Reader {
                 }
                 Ok(Record::Event { event, .. }) => batch.events.push(event),
                 // Notices come on their own ring, to the map reader: not here.
-                Ok(Record::Exiting { .. } | Record::Thrown { .. }) | Err(_) => {
+                Ok(Record::Exiting { .. } | Record::Thrown { .. } | Record::UnwindMiss(_))
+                | Err(_) => {
                     self.counts.bad_records.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -4,7 +4,7 @@
 //! static (or defines malloc), a preloaded or linked allocator library, else the C library.
 //! Paths are opened through `/proc/PID/root` so a target in another mount namespace works.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -581,6 +581,84 @@ fn denied(pid: u32, root: bool) -> String {
 pub fn for_program(program: &Path) -> Result<AllocatorLib> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     for_program_depth(program, 0, &LoaderEnv::of_this_process(), &cwd)
+}
+
+/// The files an ELF program maps before it runs code of its own: itself, its loader and its
+/// libraries, found as [`for_program`] finds them (nothing is run). Empty for a script.
+pub fn program_files(program: &Path) -> Vec<PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let program = cwd.join(program);
+    let Ok(dynamic) = super::ldso::read_dynamic(&program) else {
+        return Vec::new();
+    };
+    let resolver = Resolver::new(Path::new("/"));
+    let mut out = vec![program.clone()];
+    if let Some(interp) = &dynamic.interp {
+        out.push(resolver.open_path(Path::new(interp)));
+    }
+    if let Ok(libs) = resolver.libraries(&program, &LoaderEnv::of_this_process(), &cwd) {
+        out.extend(libs.iter().map(|l| resolver.open_path(l)));
+    }
+    out
+}
+
+/// The files of running process `pid` that hold code, as it maps them
+/// (`/proc/PID/map_files/START-END`: the very file mapped, whatever its path has become).
+pub fn mapped_code(pid: u32) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    code_mappings(pid)
+        .into_iter()
+        .filter(|(file, _)| seen.insert(*file))
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// The files of code every process maps, most shared first (each as one of its mappings,
+/// under `/proc/PID/map_files`).
+pub fn mapped_code_everywhere() -> Vec<PathBuf> {
+    let mut files: HashMap<(u64, u64), (usize, PathBuf)> = HashMap::new();
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let mut seen = std::collections::HashSet::new();
+        for (file, path) in code_mappings(pid) {
+            if seen.insert(file) {
+                files.entry(file).or_insert((0, path)).0 += 1;
+            }
+        }
+    }
+    let mut files: Vec<(usize, PathBuf)> = files.into_values().collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    files.into_iter().map(|(_, path)| path).collect()
+}
+
+/// The mappings of executable file memory in `pid`'s map: (device, inode) and the mapping's
+/// `/proc/PID/map_files` path.
+fn code_mappings(pid: u32) -> Vec<((u64, u64), PathBuf)> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (range, perms) = (w.next()?, w.next()?);
+            let (_, dev, ino) = (w.next()?, w.next()?, w.next()?);
+            let path = w.next()?;
+            let (major, minor) = dev.split_once(':')?;
+            let dev =
+                u64::from_str_radix(major, 16).ok()? << 20 | u64::from_str_radix(minor, 16).ok()?;
+            let ino: u64 = ino.parse().ok()?;
+            (perms.contains('x') && path.starts_with('/') && ino != 0).then(|| {
+                (
+                    (dev, ino),
+                    PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The allocator of a process that has just exec'd (before its dynamic loader has mapped any

@@ -30,7 +30,7 @@ use crate::{
     report::{
         build::{self, Builder, Selection},
         writer::Writer,
-        ClassRow, LimitSettings, ProcessReport, Report, ReportKind,
+        ClassRow, LimitSettings, ProcessReport, Report, ReportKind, UnwindSummary,
     },
 };
 
@@ -69,6 +69,10 @@ pub struct Engine {
     /// Output failures waiting for the next report.
     warnings: Vec<String>,
     recording_failure_told: bool,
+    /// Where the unwind tables' figures come from (live tracing with tables only), and the
+    /// figures every report gives (read at each drain point, or replayed).
+    unwind_source: Option<Box<dyn Fn() -> UnwindSummary + Send>>,
+    unwind: Option<UnwindSummary>,
     /// `--by class`: the classes at the last interval report and at the last mark.
     classes_at: HashMap<ReportKind, BTreeMap<Option<String>, (u64, u64)>>,
 }
@@ -112,7 +116,32 @@ impl Engine {
             warnings: Vec::new(),
             recording_failure_told: false,
             classes_at: HashMap::new(),
+            unwind_source: None,
+            unwind: None,
         }
+    }
+
+    /// Every report says what the unwind tables cost, read from `summary` at each drain
+    /// point (and recorded when it changed).
+    pub fn report_unwind(&mut self, summary: Box<dyn Fn() -> UnwindSummary + Send>) {
+        self.unwind_source = Some(summary);
+    }
+
+    /// The unwind tables' figures as a recording gives them.
+    pub fn set_unwind(&mut self, summary: UnwindSummary) {
+        self.unwind = Some(summary);
+    }
+
+    /// Reads the unwind tables' figures before a drain point; records them when they changed.
+    fn read_unwind(&mut self) -> Result<()> {
+        let Some(now) = self.unwind_source.as_ref().map(|f| f()) else {
+            return Ok(());
+        };
+        if self.unwind.as_ref() != Some(&now) {
+            self.intake.tap.unwind(&now)?;
+            self.unwind = Some(now);
+        }
+        Ok(())
     }
 
     /// When the next interval report is due, in ns since the start.
@@ -250,6 +279,7 @@ impl Engine {
     }
 
     fn interval(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
+        self.read_unwind()?;
         self.intake.tap.tick(t_ns, c)?;
         if t_ns < self.next_report_ns {
             return Ok(Flow::Continue);
@@ -289,6 +319,7 @@ impl Engine {
 
     /// A mark: reports what changed since the previous mark (or the start).
     pub fn mark(&mut self, t_ns: u64, c: &Counters) -> Result<Flow> {
+        self.read_unwind()?;
         self.intake.tap.mark(t_ns, c)?;
         let (n, snap, (base, base_ns)) = self.books.mark(t_ns);
         let mut r = self
@@ -310,6 +341,7 @@ impl Engine {
 
     /// The end: the outstanding report.
     pub fn finish(&mut self, t_ns: u64, c: &Counters, exit_code: Option<i32>) -> Result<()> {
+        self.read_unwind()?;
         self.intake.tap.end(t_ns, c, exit_code)?;
         let snap = self.books.end(t_ns, c, exit_code.is_some());
         let none = Default::default();
@@ -452,6 +484,7 @@ impl Engine {
             }
         }
         r.warnings = std::mem::take(&mut self.warnings);
+        r.unwind = self.unwind.clone();
         for sink in &mut self.sinks {
             sink(r);
         }

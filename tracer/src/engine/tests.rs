@@ -350,6 +350,8 @@ fn every_kernel_counter_is_a_loss_or_a_count() {
         counter::FORKS_FOLLOWED,
         counter::MAPS,
         counter::THROWN,
+        counter::FP_FALLBACK,
+        counter::FP_MAPS_BUSY,
     ];
     for i in 0..counter::COUNT {
         let loss = tracer_common::losses::of_counter(i).is_some();
@@ -521,10 +523,20 @@ fn a_recording_replays_to_the_same_reports() {
         Some(rec),
         Box::new(live.clone()),
     );
+    // The unwind tables grow during the run: each report's figures replay too.
+    let rows = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let source = rows.clone();
+    e.report_unwind(Box::new(move || crate::report::UnwindSummary {
+        files: 1,
+        rows: source.load(std::sync::atomic::Ordering::Relaxed),
+        build_ms: 0.5,
+        ..Default::default()
+    }));
     let mut w = Fake::default();
     let mut cache = VecDeque::new();
     let c = Counters::default();
     for sec in 0..8 {
+        rows.store(100 * (sec / 3), std::sync::atomic::Ordering::Relaxed);
         leaky_second(&mut e, &mut w, sec, &mut cache);
         e.tick(sec * S + S / 2, &c).unwrap();
         if sec == 4 {
@@ -537,6 +549,13 @@ fn a_recording_replays_to_the_same_reports() {
     let replayed = Buf::default();
     crate::replay::run_to(&path, opts(&["--warmup", "2i"]), Box::new(replayed.clone())).unwrap();
     assert_eq!(live.reports().len(), 10);
+    let table_rows: Vec<u64> = live
+        .reports()
+        .iter()
+        .map(|r| r["unwind"]["rows"].as_u64().unwrap())
+        .collect();
+    // Reports at 1..=8 s, the mark in the fifth second, the final one.
+    assert_eq!(table_rows, [0, 0, 0, 100, 100, 100, 100, 200, 200, 200]);
     assert_eq!(
         String::from_utf8(replayed.0.borrow().clone()).unwrap(),
         String::from_utf8(live.0.borrow().clone()).unwrap()

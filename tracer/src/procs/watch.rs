@@ -111,7 +111,12 @@ pub struct MapWatch {
 }
 
 impl MapWatch {
-    pub fn start(mut ring: RingBuf<MapData>, book: EarlyBook) -> std::io::Result<MapWatch> {
+    /// `unwind`: where the files stacks met without an unwind table are sent.
+    pub fn start(
+        mut ring: RingBuf<MapData>,
+        book: EarlyBook,
+        unwind: Option<std::sync::mpsc::Sender<crate::unwind::Job>>,
+    ) -> std::io::Result<MapWatch> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -140,6 +145,11 @@ impl MapWatch {
                                 thrown::restore_return(pid, sp, ret)
                             }
                             Ok(Record::Exiting { pid }) => batch.push((kind::EXITING, pid)),
+                            Ok(Record::UnwindMiss(m)) => {
+                                if let Some(u) = &unwind {
+                                    let _ = u.send(crate::unwind::Job::Miss(m));
+                                }
+                            }
                             Ok(Record::Event {
                                 event: Event::Exec { pid, .. },
                                 ..

@@ -6,6 +6,7 @@ use tracer_common::AllocFn;
 
 use super::{tag, FormatError, Frame, RecordHeader, RecordedMapping};
 use crate::collector::{Alloc, Counters, Event};
+use crate::report::UnwindSummary;
 
 pub(super) fn put_u16(b: &mut Vec<u8>, v: u16) {
     b.extend_from_slice(&v.to_le_bytes());
@@ -243,6 +244,20 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
             }
             put_reach_tail(b, scan);
             tag::REACH
+        }
+        Frame::Unwind(u) => {
+            for v in [
+                u.files,
+                u.rows,
+                u.table_bytes,
+                u.frame_pointer_files,
+                u.failed,
+                u.full,
+            ] {
+                put_var(b, v);
+            }
+            put_u64(b, u.build_ms.to_bits());
+            tag::UNWIND
         }
         Frame::Process {
             pid,
@@ -639,6 +654,15 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
                 scan: ProcessScan { sites, stats },
             }
         }
+        tag::UNWIND => Frame::Unwind(UnwindSummary {
+            files: c.var("files")?,
+            rows: c.var("rows")?,
+            table_bytes: c.var("table bytes")?,
+            frame_pointer_files: c.var("frame-pointer files")?,
+            failed: c.var("failed files")?,
+            full: c.var("files left out")?,
+            build_ms: f64::from_bits(c.u64("build time")?),
+        }),
         tag::PROCESS => {
             let pid = c.u32("pid")?;
             let command = String::from_utf8_lossy(c.bytes("command")?).into_owned();

@@ -23,6 +23,9 @@
 //!   8 process u32 pid, str command, str allocator, u8 exited   (version 2)
 //!             [str allocator kind]   (absent in recordings of earlier tracers)
 //!   9 losses  u32 n, n × (u32 pid, u64 events lost)   (version 4)
+//!  10 reach   a reachability scan (version 5; its cost from version 6)
+//!  11 unwind  the unwind tables so far: varint files, rows, table bytes, frame-pointer
+//!             files, failed, full; u64 bits of the build milliseconds   (version 7)
 //! counters: u64 bad records, u8 n, n × u64 kernel counter
 //! str/bytes: u16 length, bytes
 //! ```
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     collector::{Counters, Event},
+    report::UnwindSummary,
     symbolize::Mapping,
 };
 
@@ -50,10 +54,12 @@ pub use write::{Recorder, Tap};
 pub(super) const MAGIC: &[u8; 8] = b"TRACEREC";
 /// Written; readers accept every version from 1 (which has no process frames) to this one (3
 /// added events in named heaps and heap releases, 4 a checksum per frame, 5 reachability
-/// scans, 6 their cost).
-pub const VERSION: u16 = 6;
+/// scans, 6 their cost, 7 the unwind tables' figures).
+pub const VERSION: u16 = 7;
 /// Recordings hold reachability scans from this version on.
 pub(super) const REACH_VERSION: u16 = 5;
+/// Recordings hold the unwind tables' figures from this version on.
+pub(super) const UNWIND_VERSION: u16 = 7;
 /// The first version whose frames end with a CRC-32.
 pub(super) const CRC_VERSION: u16 = 4;
 
@@ -78,6 +84,7 @@ mod tag {
     pub const PROCESS: u8 = 8;
     pub const LOSSES: u8 = 9;
     pub const REACH: u8 = 10;
+    pub const UNWIND: u8 = 11;
 }
 
 /// What a replay needs to know about the run before its first event.
@@ -138,6 +145,9 @@ pub enum Frame {
         pid: u32,
         scan: ProcessScan,
     },
+    /// The unwind tables' figures (version 7; written when they change, before the drain
+    /// point that reports them).
+    Unwind(UnwindSummary),
     /// A process first seen, renamed, or exited.
     Process {
         pid: u32,
@@ -279,6 +289,15 @@ mod tests {
                 exited: true,
             },
             Frame::Losses(vec![(42, 7), (43, 1 << 40)]),
+            Frame::Unwind(UnwindSummary {
+                files: 3,
+                rows: 30_767,
+                table_bytes: 246_136,
+                frame_pointer_files: 1,
+                failed: 0,
+                full: 2,
+                build_ms: 11.25,
+            }),
             Frame::Reach {
                 pid: 42,
                 scan: ProcessScan {
@@ -458,7 +477,7 @@ mod tests {
     #[test]
     fn recordings_of_earlier_versions_still_read() {
         let mut frames = sample_frames();
-        frames.retain(|f| !matches!(f, Frame::Reach { .. }));
+        frames.retain(|f| !matches!(f, Frame::Reach { .. } | Frame::Unwind(_)));
         assert_eq!(read_all(&to_bytes_version(&frames, 3)).unwrap(), frames);
     }
 

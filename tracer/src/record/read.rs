@@ -7,7 +7,8 @@ use std::{
 };
 
 use super::{
-    codec::decode, frame_crc, tag, Frame, CRC_VERSION, MAGIC, MAX_FRAME, REACH_VERSION, VERSION,
+    codec::decode, frame_crc, tag, Frame, CRC_VERSION, MAGIC, MAX_FRAME, REACH_VERSION,
+    UNWIND_VERSION, VERSION,
 };
 
 /// Why a recording cannot be read on.
@@ -137,6 +138,16 @@ impl<R: Read> Reader<R> {
                 what: format!(
                     "a scan's frame in a recording of version {} (they came with version \
                      {REACH_VERSION})",
+                    self.version
+                ),
+            });
+        }
+        if head[0] == tag::UNWIND && self.version < UNWIND_VERSION {
+            return Err(FormatError {
+                offset: at,
+                what: format!(
+                    "an unwind tables' frame in a recording of version {} (they came with \
+                     version {UNWIND_VERSION})",
                     self.version
                 ),
             });

@@ -15,6 +15,7 @@ use super::{
 use crate::{
     collector::{Counters, Event},
     procs::ProcInfo,
+    report::UnwindSummary,
     symbolize::Mapping,
 };
 
@@ -83,6 +84,14 @@ impl Tap {
     pub fn losses(&mut self, lost: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
         match &mut self.0 {
             Some(rec) => rec.write(&Frame::Losses(lost.iter().map(|(&p, &n)| (p, n)).collect())),
+            None => Ok(()),
+        }
+    }
+
+    /// The unwind tables' figures.
+    pub fn unwind(&mut self, summary: &UnwindSummary) -> anyhow::Result<()> {
+        match &mut self.0 {
+            Some(rec) => rec.write(&Frame::Unwind(summary.clone())),
             None => Ok(()),
         }
     }

@@ -71,6 +71,8 @@ impl Builder<'_> {
             heap_releases: st.heap_releases,
             heap_freed: st.heap_freed,
             thrown: c.get(counter::THROWN),
+            fp_fallback: c.get(counter::FP_FALLBACK),
+            fp_maps_busy: c.get(counter::FP_MAPS_BUSY),
         };
         (lost, events)
     }
@@ -194,6 +196,11 @@ impl Builder<'_> {
                 },
                 assessment,
                 objects: b.summary(now_mono),
+                stack_cut: g
+                    .frames
+                    .last()
+                    .filter(|f| f.is_cut())
+                    .and_then(|f| f.unsymbolized.clone()),
                 frames: g.frames,
                 live_objects,
                 live_bytes,
@@ -249,6 +256,7 @@ impl Builder<'_> {
             exited_omitted: 0,
             processes_omitted,
             warnings: Vec::new(),
+            unwind: None,
             sampling: (self.sample_rate != 0).then_some(super::Sampling {
                 rate_bytes: self.sample_rate,
                 estimates: true,

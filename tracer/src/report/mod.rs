@@ -64,6 +64,11 @@ pub struct SiteReport {
     pub category: Category,
     /// Innermost first; the allocator itself is not included.
     pub frames: Vec<Frame>,
+    /// Why the stack ends short of the program's outermost frame (the last frame is then a
+    /// `[stack cut]` pseudo-frame). Absent: the walk reached the outermost frame, or the end
+    /// of a frame-pointer chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_cut: Option<String>,
     pub live_objects: u64,
     pub live_bytes: u64,
     pub delta_objects: i64,
@@ -183,6 +188,13 @@ pub struct EventCounts {
     /// Allocator calls an exception left (a throwing `operator new`): the process was stopped
     /// for a moment while its caller's return address was put back (see README).
     pub thrown: u64,
+    /// Stack frames walked by frame pointers because their file's unwind table was not
+    /// built yet (the first allocations after a library appears); those stacks may be cut
+    /// short or wrong below that frame.
+    pub fp_fallback: u64,
+    /// Stack frames walked by frame pointers because another thread was changing the
+    /// process's mappings that instant (same caveat).
+    pub fp_maps_busy: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -244,6 +256,27 @@ pub struct Report {
     /// Sampled mode (--sample-rate): the figures are estimates (absent in a full trace).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+    /// Stacks walked by unwind tables (--unwind auto or dwarf): the tables built so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<UnwindSummary>,
+}
+
+/// The unwind tables behind the stacks, so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UnwindSummary {
+    /// Files whose tables are loaded, their rows, and the kernel memory those take.
+    pub files: u64,
+    pub rows: u64,
+    pub table_bytes: u64,
+    /// Files walked by frame pointers, which they keep (--unwind auto).
+    pub frame_pointer_files: u64,
+    /// Files no table could be built for (no call-frame information), walked by frame
+    /// pointers.
+    pub failed: u64,
+    /// Files left without a table for want of room: raise --unwind-rows.
+    pub full: u64,
+    /// Milliseconds spent building and loading tables.
+    pub build_ms: f64,
 }
 
 /// How the allocations were sampled: one every `rate_bytes` bytes on average, each sampled
@@ -389,6 +422,7 @@ pub(crate) fn sample_report() -> Report {
         sites: vec![SiteReport {
             pid: 42,
             category: Category::Heap,
+            stack_cut: None,
             frames: vec![Frame {
                 addr: 0x401136,
                 function: Some("leak_fixed".into()),
@@ -446,6 +480,7 @@ pub(crate) fn sample_report() -> Report {
         processes_omitted: 0,
         warnings: Vec::new(),
         sampling: None,
+        unwind: None,
     }
 }
 

@@ -520,6 +520,14 @@ pub fn write(report: &Report, limits: LimitSettings, out: &mut dyn Write) -> std
             crate::report::size_name(s.rate_bytes)
         )?;
     }
+    if let Some(u) = report.unwind.as_ref().filter(|u| u.full > 0) {
+        writeln!(
+            out,
+            "  warning: {} files have no unwind table for want of room (their stacks may be \
+             cut or wrong): raise --unwind-rows",
+            u.full
+        )?;
+    }
     if !report.processes.is_empty() {
         process_table(report, out)?;
     }
