@@ -3,7 +3,11 @@
 #   untraced           churn alone
 #   floor              bpftrace with empty uprobes on malloc entry+return and free (the cost of
 #                      the traps alone: no tool that does not modify the target can be cheaper)
-#   tracer             tracer --pid (attached the same way as the floor)
+#   tracer             tracer --pid (attached the same way as the floor; --unwind auto: churn's
+#                      own frames by frame pointers, the C library's by its unwind table)
+#   tracer-fp          tracer --pid --unwind fp (frame pointers only)
+#   floor-nofp         the floor on churn built without frame pointers (plain -O2)
+#   dwarf-nofp         tracer --pid --unwind dwarf on churn built without frame pointers
 #   sampled64k         tracer --pid --sample-rate 64K
 #   sampled512k        tracer --pid --sample-rate 512K
 #   memleak            bcc's memleak-bpfcc -p PID (report every 5 s)
@@ -38,6 +42,8 @@ mkdir -p target/bench
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 CHURN=target/bench/churn
 gcc -O2 -g -fno-omit-frame-pointer -pthread -o "$CHURN" tests/workloads/churn.c
+CHURN_NOFP=target/bench/churn-nofp
+gcc -O2 -g -fomit-frame-pointer -pthread -o "$CHURN_NOFP" tests/workloads/churn.c
 LEAKY=target/bench/leaky
 gcc -O2 -g -fno-omit-frame-pointer -o "$LEAKY" tests/workloads/leaky.c
 SYSCALLS=target/bench/syscalls
@@ -67,6 +73,8 @@ wait_for() { # FILE REGEX TIMEOUT_S
 # run MODE -> prints "ops_per_sec lost"
 run() {
     local mode=$1 log=$tmp/churn.txt tlog=$tmp/tool.txt tout=$tmp/tool.out cp tp="" lost=0
+    local churn=$CHURN
+    case $mode in *-nofp) churn=$CHURN_NOFP ;; esac
     : > "$log"; : > "$tlog"; : > "$tout"
     case $mode in
       heaptrack)
@@ -77,7 +85,7 @@ run() {
         valgrind --tool=memcheck "$CHURN" 1000000000000 "$THREADS" "$SECS" > "$log" 2>&1
         echo "$(grep -oE 'ops_per_sec=[0-9]+' "$log" | cut -d= -f2) -"; return ;;
     esac
-    CHURN_WAIT=1 "$CHURN" 1000000000000 "$THREADS" "$SECS" > "$log" 2>&1 &
+    CHURN_WAIT=1 "$churn" 1000000000000 "$THREADS" "$SECS" > "$log" 2>&1 &
     cp=$!
     wait_for "$log" 'waiting for SIGUSR1' 10
     local libc
@@ -96,13 +104,13 @@ run() {
             kill -USR1 "$cp"; wait "$cp" || true
             echo "none -"; return
         fi ;;
-      floor)
+      floor|floor-nofp)
         bpftrace -p "$cp" -e "uprobe:$libc:malloc {} uretprobe:$libc:malloc {} uprobe:$libc:free {}" > "$tlog" 2>&1 &
         tp=$!; wait_for "$tlog" 'Attaching' 30; sleep 1 ;;
-      tracer|sampled64k|sampled512k)
-        local rate=0
-        case $mode in sampled64k) rate=64K;; sampled512k) rate=512K;; esac
-        "$TRACER" --pid "$cp" --sample-rate "$rate" -i 60 --format json > "$tout" 2> "$tlog" &
+      tracer|tracer-fp|dwarf-nofp|sampled64k|sampled512k)
+        local rate=0 unwind=auto
+        case $mode in sampled64k) rate=64K;; sampled512k) rate=512K;; tracer-fp) unwind=fp;; dwarf-nofp) unwind=dwarf;; esac
+        "$TRACER" --pid "$cp" --sample-rate "$rate" --unwind "$unwind" -i 60 --format json > "$tout" 2> "$tlog" &
         tp=$!; wait_for "$tlog" 'tracing pid' 30 ;;
     esac
     kill -USR1 "$cp"; wait "$cp" || true
@@ -112,7 +120,7 @@ run() {
         wait "$tp" 2>/dev/null || true
     fi
     case $mode in
-      tracer|sampled*)
+      tracer|tracer-fp|dwarf-nofp|sampled*)
         lost=$(python3 -c "
 import json,sys
 r=[json.loads(l) for l in open('$tout') if l.startswith('{')]
@@ -124,7 +132,7 @@ print(sum(r[-1]['lost'].values()) if r else -1)") ;;
 echo "mode,rep,ops_per_sec,lost" > "$tmp/results.csv"
 for rep in $(seq 1 "$REPS"); do
     # Rotate the order so drift in the machine does not favour one mode.
-    modes=(untraced floor tracer sampled64k sampled512k)
+    modes=(untraced floor tracer tracer-fp floor-nofp dwarf-nofp sampled64k sampled512k)
     order=""
     for i in "${!modes[@]}"; do order="$order ${modes[$(( (i + rep) % ${#modes[@]} ))]}"; done
     for mode in $order $peers; do
@@ -150,19 +158,22 @@ python3 - "$tmp/results.csv" "$THREADS" "$tmp/bystanders.csv" $peers <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 peers = sys.argv[4:]
-ours = ["tracer", "sampled64k", "sampled512k"]
+ours = ["tracer", "tracer-fp", "dwarf-nofp", "sampled64k", "sampled512k"]
 number = lambda v: v.replace(".", "", 1).isdigit()
 ops = {m: [float(r["ops_per_sec"]) for r in rows if r["mode"] == m and number(r["ops_per_sec"])]
-       for m in ["untraced", "floor"] + ours + peers}
+       for m in ["untraced", "floor", "floor-nofp"] + ours + peers}
 med = {m: statistics.median(v) for m, v in ops.items() if v}
 lost = {m: sum(int(r["lost"]) for r in rows if r["mode"] == m) for m in ours}
 reps = len(ops["tracer"])
 print(f"\nchurn, {sys.argv[2]} thread(s), {reps} repetitions, median ops/s:")
-for m in ["untraced", "floor"] + ours:
+for m in ["untraced", "floor", "floor-nofp"] + ours:
     print(f"  {m:11s} {med[m]:>12,.0f}   (min {min(ops[m]):,.0f}, max {max(ops[m]):,.0f})")
 by_rep = lambda a, b: [x / y for x, y in zip(ops[a], ops[b])]
+# Each against the floor on the same build of churn.
+floor_of = lambda m: "floor-nofp" if m.endswith("-nofp") else "floor"
 for m in ours:
-    print(f"  {m + ' / floor':22s} = {med[m] / med['floor']:.3f}  (per repetition: {', '.join(f'{r:.2f}' for r in by_rep(m, 'floor'))})")
+    f = floor_of(m)
+    print(f"  {m + ' / ' + f:22s} = {med[m] / med[f]:.3f}  (per repetition: {', '.join(f'{r:.2f}' for r in by_rep(m, f))})")
 print(f"  {'floor / untraced':22s} = {med['floor'] / med['untraced']:.4f}")
 print(f"  {'tracer / untraced':22s} = {med['tracer'] / med['untraced']:.4f}")
 print(f"  events lost over all runs: " + ", ".join(f"{m} {lost[m]}" for m in ours))
