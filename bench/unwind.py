@@ -9,7 +9,8 @@ tracer's peak RSS in the same run (wait4's ru_maxrss: tracer's, or its command's
 is larger).
 
 Programs: the C library alone (`/bin/true`), libstdc++ (tests/victims/containers.cpp, built
-here), Debian's python3, and a large one, clang (libLLVM and libclang-cpp), when installed.
+here), Debian's python3, and a large one: the Rust compiler this project builds with (rustc's
+librustc_driver, 153 MB with LLVM inside, 6 MB of .eh_frame).
 
 Needs root and a release build. usage: bench/unwind.py
 """
@@ -32,9 +33,11 @@ programs = [
     ("libstdc++ (containers)", [containers, "10"]),
     ("python3", [shutil.which("python3") or "python3", "-c", "pass"]),
 ]
-clang = shutil.which("clang")
-if clang:
-    programs.append(("clang (libLLVM)", [clang, "--version"]))
+sysroot = subprocess.run(["rustc", "--print", "sysroot"], capture_output=True, text=True)
+if sysroot.returncode == 0:
+    # The compiler itself, not rustup's proxy (which would exec it).
+    rustc = os.path.join(sysroot.stdout.strip(), "bin", "rustc")
+    programs.append(("rustc (librustc_driver)", [rustc, "--version"]))
 
 
 def traced(how, argv):
