@@ -963,6 +963,7 @@ pub const NR_MMAP: u64 = 9;
 pub const NR_MUNMAP: u64 = 11;
 pub const NR_MREMAP: u64 = 25;
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_EXEC: u64 = 0x4;
 /// Offsets in x86_64's `struct pt_regs` (a kernel ABI): the syscall's arguments and the user
 /// stack pointer.
 const REGS_R10: u64 = 56;
@@ -1110,6 +1111,14 @@ pub fn map_exit<C: EbpfContext>(ctx: &C, regs: u64, ret: u64) {
 #[inline(always)]
 pub fn map_syscall<C: EbpfContext>(ctx: &C, nr: u64, regs: u64, ret: u64) {
     let Some(pid_tgid) = traced() else { return };
+    if nr == NR_MMAP
+        && ret <= (-4096i64) as u64
+        && reg(regs, REGS_DX) & PROT_EXEC != 0
+        && reg(regs, REGS_R10) & MAP_ANONYMOUS == 0
+    {
+        crate::unwind::code_mapped(ret);
+        return;
+    }
     let Some(call) = syscall_call(pid_tgid, regs, nr) else {
         return;
     };

@@ -286,6 +286,40 @@ fn look_up(w: &mut Walk, at: u64) -> Result<(), u16> {
     Ok(())
 }
 
+/// A traced process mapped code from a file at `addr` (an executable `mmap`, as the dynamic
+/// loader makes for each library it loads): the file's table is asked for now, before any stack
+/// meets it, so that a library's first allocations after a `dlopen` find it more often ready.
+#[inline(always)]
+pub fn code_mapped(addr: u64) {
+    if !by_tables() {
+        return;
+    }
+    let mut at_vma: u64 = 0;
+    let found = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            vma_found as *mut c_void,
+            &mut at_vma as *mut u64 as *mut c_void,
+            0,
+        )
+    };
+    if found != 0 || at_vma == 0 {
+        return;
+    }
+    let vma = read_vma(at_vma);
+    if vma.ino == 0 || vma.end == 0 {
+        return;
+    }
+    let key = FileKey {
+        dev: vma.dev,
+        ino: vma.ino,
+    };
+    if unsafe { UNWIND_FILES.get(&key) }.is_none() {
+        ask_for_table(key, &vma);
+    }
+}
+
 /// `bpf_find_vma`'s answer when the mappings' lock is taken.
 const EBUSY: i64 = 16;
 
