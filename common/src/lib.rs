@@ -34,6 +34,11 @@ pub mod kind {
     /// An [`UnwindMissRecord`](super::UnwindMissRecord), on the `NOTICES` ring only: a stack
     /// went through a file that has no unwind table yet (build one).
     pub const UNWIND_MISS: u8 = 10;
+    /// An [`UnwindMissRecord`](super::UnwindMissRecord) whose key is not known (zero), on the
+    /// `NOTICES` ring only: a traced process mapped code from a file at `vm_start` (an
+    /// executable `mmap`, as the dynamic loader makes for each library); userspace finds the
+    /// file and builds its table before a stack meets it.
+    pub const CODE_MAPPED: u8 = 11;
 }
 
 /// The allocator entry point an event came from ([`Header::func`]); also the uprobe cookie.

@@ -497,3 +497,57 @@ fn sqlite_stacks_agree_with_valgrind_four_frames_deep() {
         "--unwind fp: {one}‰ {two}‰ agree 1, 2 frames deep"
     );
 }
+
+/// Tables are kept on disk by build id (root's directory only): a second run reads every table
+/// the first built, and its stacks are the same; a directory others may write to is refused.
+#[test]
+fn tables_kept_on_disk_make_the_next_run_warm() {
+    if !privileged("tables_kept_on_disk_make_the_next_run_warm") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", NOFP);
+    let dir = std::path::PathBuf::from(format!("/var/cache/tracer-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let flags = ["--unwind-cache", dir.to_str().unwrap()];
+    let first = launch_json(&flags, &leaky, &["1", "0"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let u1 = &first.final_report["unwind"];
+    assert_eq!(u1["cached"], 0, "{u1}");
+    let kept = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".rows"))
+        })
+        .count() as u64;
+    assert_eq!(kept, u1["files"].as_u64().unwrap(), "{u1}");
+    let second = launch_json(&flags, &leaky, &["1", "0"]);
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    let u2 = &second.final_report["unwind"];
+    assert_eq!(u2["cached"], u1["files"], "{u2}");
+    assert_eq!(u2["rows"], u1["rows"], "{u2}");
+    let stacks = |fin: &Value| -> std::collections::BTreeSet<Vec<String>> {
+        sites(fin).iter().map(functions).collect()
+    };
+    assert_eq!(stacks(&first.final_report), stacks(&second.final_report));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A shared directory (the temporary one's parent may be written by anyone) is refused.
+    let shared = std::env::temp_dir().join(format!("tracer-e2e-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let run = launch_json(
+        &["--unwind-cache", shared.to_str().unwrap()],
+        &leaky,
+        &["1", "0"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("unwind tables are not kept between runs"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+    std::fs::remove_dir_all(&shared).ok();
+}

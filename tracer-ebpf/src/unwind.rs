@@ -287,37 +287,24 @@ fn look_up(w: &mut Walk, at: u64) -> Result<(), u16> {
 }
 
 /// A traced process mapped code from a file at `addr` (an executable `mmap`, as the dynamic
-/// loader makes for each library it loads): the file's table is asked for now, before any stack
-/// meets it, so that a library's first allocations after a `dlopen` find it more often ready.
+/// loader makes for each library it loads): userspace is told at once, so the file's table is
+/// built before a stack meets it (a library's first allocations after a `dlopen` find it more
+/// often ready). The file is found there: the lookup of a mapping (`bpf_find_vma`) is not
+/// allowed where this runs, at the return of the `mmap` system call.
 #[inline(always)]
 pub fn code_mapped(addr: u64) {
     if !by_tables() {
         return;
     }
-    let mut at_vma: u64 = 0;
-    let found = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            addr,
-            vma_found as *mut c_void,
-            &mut at_vma as *mut u64 as *mut c_void,
-            0,
-        )
+    let pid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let note = UnwindMissRecord {
+        hdr: header(kind::CODE_MAPPED, 0, pid, ktime()),
+        key: FileKey { dev: 0, ino: 0 },
+        vm_start: addr,
+        vm_end: 0,
     };
-    if found != 0 || at_vma == 0 {
-        return;
-    }
-    let vma = read_vma(at_vma);
-    if vma.ino == 0 || vma.end == 0 {
-        return;
-    }
-    let key = FileKey {
-        dev: vma.dev,
-        ino: vma.ino,
-    };
-    if unsafe { UNWIND_FILES.get(&key) }.is_none() {
-        ask_for_table(key, &vma);
-    }
+    let _ =
+        NOTICES.output::<UnwindMissRecord>(&note, aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// `bpf_find_vma`'s answer when the mappings' lock is taken.

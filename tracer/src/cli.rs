@@ -68,6 +68,12 @@ pub struct Cli {
     #[arg(long, value_name = "ROWS", default_value = "4M", value_parser = parse_unwind_rows)]
     pub unwind_rows: u32,
 
+    /// Where unwind tables are kept between runs, by each file's build id, so the next run
+    /// starts warm; `none` keeps none. A directory anyone but root may write to (or whose
+    /// parents are) is refused, with a note.
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/tracer")]
+    pub unwind_cache: std::path::PathBuf,
+
     /// Stop after this many seconds and print the final report.
     #[arg(short, long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Option<f64>,

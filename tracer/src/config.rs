@@ -28,8 +28,10 @@ pub enum Target {
     },
 }
 
-/// What to do: trace live, or replay a recording.
+/// What to do: trace live, or replay a recording. (One per run: the variants' sizes do not
+/// matter.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Mode {
     Trace(TraceOptions),
     Replay(PathBuf),
@@ -50,6 +52,8 @@ pub struct TraceOptions {
     /// How stacks are walked (`tracer_common::unwind_mode`), and the room for table rows.
     pub unwind_mode: u32,
     pub unwind_rows: u32,
+    /// Where tables are kept between runs (--unwind-cache; None: `none`).
+    pub unwind_cache: Option<PathBuf>,
     /// Mean bytes between sampled allocations (0: every call).
     pub sample_rate: u64,
     pub record: Option<PathBuf>,
@@ -201,6 +205,7 @@ impl Config {
                 sample_rate: cli.sample_rate,
                 unwind_mode: cli.unwind.mode(),
                 unwind_rows: cli.unwind_rows,
+                unwind_cache: (cli.unwind_cache.as_os_str() != "none").then_some(cli.unwind_cache),
                 record: cli.record,
                 metrics: cli.metrics,
                 scan_each_report: cli.reachability || report.by_class,

@@ -98,7 +98,16 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let mut collector = EbpfCollector::load(&settings)?;
         let early = EarlyBook::default();
         let unwinder = match collector.take_unwind() {
-            Some(store) => {
+            Some(mut store) => {
+                if let Some(dir) = &t.unwind_cache {
+                    match crate::unwind::cache::Cache::open(dir) {
+                        Ok(cache) => store.use_cache(cache),
+                        Err(e) => eprintln!(
+                            "tracer: note: unwind tables are not kept between runs: {e:#} \
+                             (--unwind-cache names another directory)"
+                        ),
+                    }
+                }
                 Some(Unwinder::start(store).context("cannot start the unwind table builder")?)
             }
             None => None,

@@ -153,6 +153,8 @@ pub enum Record {
     /// A notice: a stack met a file with no unwind table; the file is mapped at
     /// `[vm_start, vm_end)` in `pid`.
     UnwindMiss(crate::unwind::Miss),
+    /// A notice: `pid` mapped code from a file at `addr`; its table can be built now.
+    CodeMapped { pid: u32, addr: u64 },
 }
 
 /// Reads one record of either ring (events, notices): the one place that reads the wire
@@ -240,6 +242,13 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
                 vm_start: r.vm_start,
                 vm_end: r.vm_end,
             }))
+        }
+        kind::CODE_MAPPED => {
+            let r: tracer_common::UnwindMissRecord = read(bytes).ok_or_else(short)?;
+            Ok(Record::CodeMapped {
+                pid: r.hdr.pid,
+                addr: r.vm_start,
+            })
         }
         kind::MUNMAP => {
             let r: MunmapRecord = read(bytes).ok_or_else(short)?;

@@ -150,6 +150,11 @@ impl MapWatch {
                                     let _ = u.send(crate::unwind::Job::Miss(m));
                                 }
                             }
+                            Ok(Record::CodeMapped { pid, addr }) => {
+                                if let Some(u) = &unwind {
+                                    let _ = u.send(crate::unwind::Job::Mapped { pid, addr });
+                                }
+                            }
                             Ok(Record::Event {
                                 event: Event::Exec { pid, .. },
                                 ..

@@ -253,6 +253,7 @@ pub(super) fn encode(frame: &Frame, b: &mut Vec<u8>) -> u8 {
                 u.frame_pointer_files,
                 u.failed,
                 u.full,
+                u.cached,
             ] {
                 put_var(b, v);
             }
@@ -661,6 +662,7 @@ pub(super) fn decode(t: u8, payload: &[u8], base: u64) -> Result<Frame, FormatEr
             frame_pointer_files: c.var("frame-pointer files")?,
             failed: c.var("failed files")?,
             full: c.var("files left out")?,
+            cached: c.var("files from the cache")?,
             build_ms: f64::from_bits(c.u64("build time")?),
         }),
         tag::PROCESS => {

@@ -25,7 +25,7 @@
 //!   9 losses  u32 n, n × (u32 pid, u64 events lost)   (version 4)
 //!  10 reach   a reachability scan (version 5; its cost from version 6)
 //!  11 unwind  the unwind tables so far: varint files, rows, table bytes, frame-pointer
-//!             files, failed, full; u64 bits of the build milliseconds   (version 7)
+//!             files, failed, full, cached; u64 bits of the build milliseconds   (version 7)
 //! counters: u64 bad records, u8 n, n × u64 kernel counter
 //! str/bytes: u16 length, bytes
 //! ```
@@ -296,6 +296,7 @@ mod tests {
                 frame_pointer_files: 1,
                 failed: 0,
                 full: 2,
+                cached: 1,
                 build_ms: 11.25,
             }),
             Frame::Reach {

@@ -275,6 +275,8 @@ pub struct UnwindSummary {
     pub failed: u64,
     /// Files left without a table for want of room: raise --unwind-rows.
     pub full: u64,
+    /// Files whose table was read from the disk cache (--unwind-cache).
+    pub cached: u64,
     /// Milliseconds spent building and loading tables.
     pub build_ms: f64,
 }

@@ -1,5 +1,6 @@
 //! Unwind tables for the kernel side's stack walk (see `tracer-ebpf/src/unwind.rs`): built
 //! from each file's call-frame information, one per file, on a thread of their own.
+pub mod cache;
 pub mod store;
 pub mod table;
 
@@ -18,6 +19,11 @@ pub use store::{Miss, Stats, Store};
 /// What the unwind thread is asked to do.
 pub enum Job {
     Miss(Miss),
+    /// `pid` mapped code from a file at `addr`.
+    Mapped {
+        pid: u32,
+        addr: u64,
+    },
     /// Build these files' tables now (while the tables hold fewer rows than the limit),
     /// then answer.
     Preload(Vec<PathBuf>, Option<u64>, mpsc::Sender<()>),
@@ -38,6 +44,11 @@ impl Unwinder {
         let thread = std::thread::Builder::new()
             .name("tracer-unwind".into())
             .spawn(move || {
+                // A table asked for is awaited by every walk through its file (walked by frame
+                // pointers meanwhile): this thread runs before the busy ones when woken. Not
+                // real-time: a large file takes half a second to build.
+                // SAFETY: sets this thread's own nice value.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -15) };
                 let mut next_sweep = Instant::now() + SWEEP_EVERY;
                 loop {
                     let job = match rx
@@ -54,6 +65,7 @@ impl Unwinder {
                     match job {
                         Job::Stop => break,
                         Job::Miss(m) => store.miss(&m),
+                        Job::Mapped { pid, addr } => store.mapped(pid, addr),
                         Job::Preload(paths, limit, done) => {
                             for p in &paths {
                                 if limit.is_some_and(|l| store.rows() >= l) {

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use tracer_common::{table_state, unwind_mode, FileKey, FileTable, UnwindRow};
 
-use super::table;
+use super::{cache::Cache, table};
 
 /// A stack met a file with no table (see `tracer_common::UnwindMissRecord`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct Stats {
     pub build_micros: AtomicU64,
     /// Files left without a table because the rows array was full.
     pub full: AtomicU64,
+    /// Tables read from the disk cache instead of built.
+    pub cached: AtomicU64,
 }
 
 impl Stats {
@@ -62,6 +64,7 @@ impl Stats {
             frame_pointer_files: get(&self.frame_pointer_files),
             failed: get(&self.failed),
             full: get(&self.full),
+            cached: get(&self.cached),
             build_ms: get(&self.build_micros) as f64 / 1000.0,
         }
     }
@@ -247,6 +250,11 @@ pub struct Store {
     placement: Placement,
     mode: u32,
     stats: Arc<Stats>,
+    /// Tables kept on disk by build id, and whether a failure to write one was told.
+    disk: Option<Cache>,
+    disk_failure_told: bool,
+    /// The table just built, to keep on disk once it is published (build id, table).
+    to_keep: Option<(Vec<u8>, table::Table)>,
 }
 
 impl Store {
@@ -262,7 +270,15 @@ impl Store {
             placement: Placement::new(capacity),
             mode,
             stats: Arc::new(Stats::default()),
+            disk: None,
+            disk_failure_told: false,
+            to_keep: None,
         })
+    }
+
+    /// Tables are read from and written to `cache` (files with a build id).
+    pub fn use_cache(&mut self, cache: Cache) {
+        self.disk = Some(cache);
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -272,6 +288,10 @@ impl Store {
     /// Builds the table a [`Miss`] asks for. A process gone meanwhile leaves the file to the
     /// next stack that meets it.
     pub fn miss(&mut self, m: &Miss) {
+        // Built already, from its mapping (`mapped`), after the walk marked it pending.
+        if self.placement.has(&m.key) {
+            return;
+        }
         let path = format!("/proc/{}/map_files/{:x}-{:x}", m.pid, m.vm_start, m.vm_end);
         let file = match File::open(&path) {
             Ok(f) if key_of(&f).is_some_and(|k| k == m.key) => f,
@@ -281,6 +301,31 @@ impl Store {
             }
         };
         self.install(m.key, file);
+    }
+
+    /// `pid` mapped code at `addr`: the table of the file mapped there, unless it has one.
+    pub fn mapped(&mut self, pid: u32, addr: u64) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        let Some(range) = maps.lines().find_map(|l| {
+            let (range, key) = (l.split_whitespace().next()?, code_file_of(l)?);
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            ((a..b).contains(&addr) && !self.placement.has(&key)).then(|| range.to_string())
+        }) else {
+            return;
+        };
+        let Ok(file) = File::open(format!("/proc/{pid}/map_files/{range}")) else {
+            return;
+        };
+        let Some(key) = key_of(&file) else { return };
+        if !self.placement.has(&key) {
+            self.install(key, file);
+        }
     }
 
     /// Builds the table of the file at `path` before any stack needs it (a launched
@@ -333,11 +378,25 @@ impl Store {
         self.stats
             .build_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        // Kept on disk only now: the walks waiting for this table do not wait for the disk.
+        if let (Some(disk), Some((id, t))) = (&self.disk, self.to_keep.take()) {
+            if let Err(e) = disk.save(&id, &t) {
+                if !self.disk_failure_told {
+                    self.disk_failure_told = true;
+                    eprintln!("tracer: note: cannot keep unwind tables on disk: {e:#}");
+                }
+            }
+        }
     }
 
     fn build(&mut self, key: FileKey, file: File) -> Result<FileTable> {
         let cache = object::ReadCache::new(file);
-        let t = table::build(&cache)?;
+        let (t, save) = self.table_of(&cache)?;
+        if let Some(id) = save.clone().filter(|_| t.frame_pointers) {
+            // Nothing goes into the kernel, but the next run still skips the building.
+            self.to_keep = Some((id, t.clone()));
+        }
+        let save = save.filter(|_| !t.frame_pointers);
         if t.frame_pointers && self.mode == unwind_mode::AUTO {
             self.stats
                 .frame_pointer_files
@@ -354,13 +413,39 @@ impl Store {
             bail!("the unwind rows array is full");
         };
         self.memory.write(first_row, &t.rows);
-        Ok(FileTable {
+        let entry = FileTable {
             state: table_state::ROWS,
             first_row,
             rows: n,
             _pad: 0,
             vaddr_minus_offset: t.vaddr_minus_offset,
-        })
+        };
+        if let Some(id) = save {
+            self.to_keep = Some((id, t));
+        }
+        Ok(entry)
+    }
+}
+
+impl Store {
+    /// The table of the file read through `file`: from the disk cache when it holds the file's
+    /// build id, else built; and the build id to keep it under when it was built.
+    fn table_of(
+        &mut self,
+        file: &object::ReadCache<File>,
+    ) -> Result<(table::Table, Option<Vec<u8>>)> {
+        let Some((disk, id)) = self
+            .disk
+            .as_ref()
+            .and_then(|d| Some((d, table::build_id(file)?)))
+        else {
+            return Ok((table::build(file)?, None));
+        };
+        if let Some(t) = disk.load(&id) {
+            self.stats.cached.fetch_add(1, Ordering::Relaxed);
+            return Ok((t, None));
+        }
+        Ok((table::build(file)?, Some(id)))
     }
 }
 

@@ -32,7 +32,7 @@ const PLT_EXPRESSION: [u8; 11] = [
 const FRAME_POINTER_SHARE: f64 = 0.8;
 
 /// A file's table.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Table {
     /// Sorted by `pc`, no two alike in a row.
     pub rows: Vec<UnwindRow>,
@@ -40,6 +40,14 @@ pub struct Table {
     pub vaddr_minus_offset: i64,
     /// The file keeps frame pointers (most functions set up rbp frames).
     pub frame_pointers: bool,
+}
+
+/// The GNU build id of the ELF file `data`, when it has one: the file's identity on any
+/// machine, which the disk cache keys tables by.
+pub fn build_id<'d, R: object::ReadRef<'d>>(data: R) -> Option<Vec<u8>> {
+    let file = object::File::parse(data).ok()?;
+    let id = file.build_id().ok()??;
+    (id.len() >= 8).then(|| id.to_vec())
 }
 
 /// The table of the ELF file `data`.
@@ -236,7 +244,7 @@ fn convert(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use object::ObjectSymbol;
 
@@ -247,7 +255,7 @@ mod tests {
     }
 
     /// The C library this test process runs on (any machine tracer runs on has one).
-    fn libc_path() -> std::path::PathBuf {
+    pub fn libc_path() -> std::path::PathBuf {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         maps.lines()
             .filter_map(|l| l.split_whitespace().nth(5))
