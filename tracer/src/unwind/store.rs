@@ -390,8 +390,9 @@ impl Store {
     }
 
     fn build(&mut self, key: FileKey, file: File) -> Result<FileTable> {
+        let identity = file_identity(&file);
         let cache = object::ReadCache::new(file);
-        let (t, save) = self.table_of(&cache)?;
+        let (t, save) = self.table_of(&cache, identity)?;
         if let Some(id) = save.clone().filter(|_| t.frame_pointers) {
             // Nothing goes into the kernel, but the next run still skips the building.
             self.to_keep = Some((id, t.clone()));
@@ -429,15 +430,17 @@ impl Store {
 
 impl Store {
     /// The table of the file read through `file`: from the disk cache when it holds the file's
-    /// build id, else built; and the build id to keep it under when it was built.
+    /// build id (or, for a file without one, its `identity` on this machine), else built; and
+    /// the id to keep it under when it was built.
     fn table_of(
         &mut self,
         file: &object::ReadCache<File>,
+        identity: Option<Vec<u8>>,
     ) -> Result<(table::Table, Option<Vec<u8>>)> {
         let Some((disk, id)) = self
             .disk
             .as_ref()
-            .and_then(|d| Some((d, table::build_id(file)?)))
+            .and_then(|d| Some((d, table::build_id(file).or(identity)?)))
         else {
             return Ok((table::build(file)?, None));
         };
@@ -483,6 +486,23 @@ fn code_file_of(line: &str) -> Option<FileKey> {
         dev: major << 20 | minor,
         ino,
     })
+}
+
+/// A file without a build id, as this machine knows it: device, inode, size and modification
+/// time (a file replaced or rewritten has another), tagged apart from build ids.
+fn file_identity(f: &File) -> Option<Vec<u8>> {
+    let m = f.metadata().ok()?;
+    let mut id = b"file".to_vec();
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ] {
+        id.extend_from_slice(&v.to_le_bytes());
+    }
+    Some(id)
 }
 
 /// A file's identity as the kernel encodes it (`major << 20 | minor`, inode).
