@@ -144,17 +144,10 @@ fn cpp_containers_without_frame_pointers_are_whole_through_libstdcxx() {
     assert!(in_libstdcxx >= 1, "{text}");
 }
 
-#[test]
-fn attached_to_a_running_program_its_stacks_are_whole_from_the_first() {
-    if !privileged("attached_to_a_running_program_its_stacks_are_whole_from_the_first") {
-        return;
-    }
-    let leaky = victim("workloads/leaky.c", NOFP);
-    let mut child = Command::new(&leaky)
-        .args(["2", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `victim`, attaches `tracer --pid` once it printed its first line, and traces it until
+/// it exits: the final report and the rest of the victim's output.
+fn attached_until_exit(victim: &mut Command) -> (Value, String) {
+    let mut child = victim.stdout(Stdio::piped()).spawn().unwrap();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -169,6 +162,16 @@ fn attached_to_a_running_program_its_stacks_are_whole_from_the_first() {
         .into_iter()
         .rfind(|r| r["kind"] == "final")
         .expect("a final report");
+    (fin, rest)
+}
+
+#[test]
+fn attached_to_a_running_program_its_stacks_are_whole_from_the_first() {
+    if !privileged("attached_to_a_running_program_its_stacks_are_whole_from_the_first") {
+        return;
+    }
+    let leaky = victim("workloads/leaky.c", NOFP);
+    let (fin, rest) = attached_until_exit(Command::new(&leaky).args(["2", "1"]));
     // The code it had mapped got its tables before the probes went on.
     assert_eq!(fin["events"]["fp_fallback"], 0, "{}", fin["events"]);
     let truth = truth_leaks(&rest);
@@ -194,26 +197,7 @@ fn a_library_loaded_after_attaching_gets_its_table() {
         "",
     );
     let prog = victim_with("victims/plugin.c", &["-O2", "-g", "-ldl"], "nofp", "");
-    let mut child = Command::new(&prog)
-        .arg(&lib)
-        .args(["1500", "400"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let out =
-        run(Command::new(tracer()).args(["--pid", &child.id().to_string(), "--format", "json"]));
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-    child.wait().unwrap();
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert!(out.status.success(), "{se}");
-    let fin = reports(&so)
-        .into_iter()
-        .rfind(|r| r["kind"] == "final")
-        .expect("a final report");
+    let (fin, rest) = attached_until_exit(Command::new(&prog).arg(&lib).args(["1500", "400"]));
     let truth = truth_leaks(&rest);
     let (blocks, bytes) = truth["plugin_alloc"];
     let rows: Vec<&Value> = sites(&fin)
