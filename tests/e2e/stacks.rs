@@ -535,3 +535,33 @@ fn tables_kept_on_disk_make_the_next_run_warm() {
     assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
     std::fs::remove_dir_all(&shared).ok();
 }
+
+/// The program's own memory mappings (tests/victims/maps.c built without frame pointers),
+/// seen at the C library's wrappers' return: their stacks are walked by the tables too, whole
+/// to `main`; by frame pointers alone only the first frame is left.
+#[test]
+fn mappings_without_frame_pointers_have_whole_stacks() {
+    if !privileged("mappings_without_frame_pointers_have_whole_stacks") {
+        return;
+    }
+    let maps = victim("victims/maps.c", NOFP);
+    let mapped = |flags: &[&str]| -> Vec<Vec<String>> {
+        let run = launch_json(flags, &maps, &[]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let mut v: Vec<Vec<String>> = sites(&run.final_report)
+            .iter()
+            .filter(|s| s["category"] == "mmap")
+            .map(functions)
+            .collect();
+        v.sort();
+        v
+    };
+    let whole = mapped(&[]);
+    let leaves: Vec<&str> = whole.iter().map(|f| f[0].as_str()).collect();
+    assert_eq!(leaves, ["map_cut", "map_grow", "map_leak"], "{whole:?}");
+    for f in &whole {
+        assert_eq!(&f[1], "main", "{whole:?}");
+    }
+    let fp = mapped(&["--unwind", "fp"]);
+    assert!(fp.iter().all(|f| f.len() == 1), "{fp:?}");
+}

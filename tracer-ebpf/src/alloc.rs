@@ -1024,7 +1024,8 @@ pub fn map_return(ctx: &RetProbeContext) {
     }
     let _ = MAP_CALLS.remove(&pid_tgid);
     let ret: u64 = ctx.ret();
-    map_done(ctx, pid_tgid, &call, 0, ret);
+    let regs = unsafe { &*ctx.regs };
+    map_done::<_, true>(ctx, pid_tgid, &call, 0, ret, (regs.rip, regs.rsp, regs.rbp));
 }
 
 /// The mapping a system call `[nr, a0, a1, a2, a3]` made at stack pointer `sp` makes, if it
@@ -1103,7 +1104,7 @@ pub fn map_exit<C: EbpfContext>(ctx: &C, regs: u64, ret: u64) {
         return;
     }
     let _ = MAP_CALLS.remove(&pid_tgid);
-    map_done(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret);
+    map_done::<_, false>(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret, (0, 0, 0));
 }
 
 /// fexit of the mapping system call `nr` itself: its arguments and result at once, and only
@@ -1122,14 +1123,25 @@ pub fn map_syscall<C: EbpfContext>(ctx: &C, nr: u64, regs: u64, ret: u64) {
     let Some(call) = syscall_call(pid_tgid, regs, nr) else {
         return;
     };
-    map_done(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret);
+    map_done::<_, false>(ctx, pid_tgid, &call, reg(regs, REGS_SP), ret, (0, 0, 0));
 }
 
 /// A recorded mapping call returned `ret`: the mapping (with its stack) or unmapping is sent.
 /// `sp`: the stack pointer of the system call, whose stack starts in the C library's wrapper
 /// when one was called (0: the stack is taken at the wrapper's return, at its caller).
+/// `AT_RETURN`: at the wrapper's return, whose user registers `(ip, sp, bp)` are `at`: the
+/// stack is walked from there by the unwind tables when stacks are (the system calls' own
+/// programs keep the kernel's frame-pointer walk: the mapping lookup the tables need is not
+/// allowed in every one of them).
 #[inline(always)]
-fn map_done<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &MapCall, sp: u64, ret: u64) {
+fn map_done<C: EbpfContext, const AT_RETURN: bool>(
+    ctx: &C,
+    pid_tgid: u64,
+    call: &MapCall,
+    sp: u64,
+    ret: u64,
+    at: (u64, u64, u64),
+) {
     // -4095..-1 are errors: nothing changed.
     if ret > (-4096i64) as u64 {
         let _ = MAP_CALLERS.remove(&pid_tgid);
@@ -1186,6 +1198,26 @@ fn map_done<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &MapCall, sp: u64, ret
             weight: 1,
             heap: 0,
         };
+    }
+    if AT_RETURN && unwind::by_tables() {
+        let (n, end) = unwind::walk(0, at.0, at.1, at.2);
+        unsafe {
+            if let Some(ips) = stack_buffer(0) {
+                // One helper call, as for the entry stacks (see `send_with_entry_stack`).
+                let _ = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    (*p).ips.as_mut_ptr() as *mut core::ffi::c_void,
+                    (8 * MAX_STACK_DEPTH) as u32,
+                    ips as *const core::ffi::c_void,
+                );
+            }
+            (*p).alloc.hdr.stack_end = end;
+            (*p).nr_bytes = (n * 8) as u64;
+        }
+        let _ = MAP_CALLERS.remove(&pid_tgid);
+        entry.submit(flags);
+        return;
+    }
+    unsafe {
         let n = bpf_get_stack(
             ctx.as_ptr(),
             (*p).ips.as_mut_ptr() as *mut core::ffi::c_void,
