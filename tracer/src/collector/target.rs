@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol};
+use tracer_common::FileKey;
 
 pub use super::ldso::file_id;
 use super::{
@@ -616,7 +617,7 @@ pub fn mapped_code(pid: u32) -> Vec<PathBuf> {
 /// The files of code every process maps, most shared first (each as one of its mappings,
 /// under `/proc/PID/map_files`).
 pub fn mapped_code_everywhere() -> Vec<PathBuf> {
-    let mut files: HashMap<(u64, u64), (usize, PathBuf)> = HashMap::new();
+    let mut files: HashMap<FileKey, (usize, PathBuf)> = HashMap::new();
     let pids = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -637,26 +638,17 @@ pub fn mapped_code_everywhere() -> Vec<PathBuf> {
 
 /// The mappings of executable file memory in `pid`'s map: (device, inode) and the mapping's
 /// `/proc/PID/map_files` path.
-fn code_mappings(pid: u32) -> Vec<((u64, u64), PathBuf)> {
+fn code_mappings(pid: u32) -> Vec<(FileKey, PathBuf)> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
     maps.lines()
         .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (range, perms) = (w.next()?, w.next()?);
-            let (_, dev, ino) = (w.next()?, w.next()?, w.next()?);
-            let path = w.next()?;
-            let (major, minor) = dev.split_once(':')?;
-            let dev =
-                u64::from_str_radix(major, 16).ok()? << 20 | u64::from_str_radix(minor, 16).ok()?;
-            let ino: u64 = ino.parse().ok()?;
-            (perms.contains('x') && path.starts_with('/') && ino != 0).then(|| {
-                (
-                    (dev, ino),
-                    PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
-                )
-            })
+            let key = crate::unwind::store::code_file_of(l)?;
+            let range = l.split_whitespace().next()?;
+            let path = l.split_whitespace().nth(5)?;
+            path.starts_with('/')
+                .then(|| (key, PathBuf::from(format!("/proc/{pid}/map_files/{range}"))))
         })
         .collect()
 }

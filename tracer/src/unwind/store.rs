@@ -244,6 +244,9 @@ impl Placement {
     }
 }
 
+/// A table built, and the id the disk cache keeps it under.
+type Kept = (Vec<u8>, table::Table);
+
 pub struct Store {
     files: AyaHashMap<MapData, FileKey, FileTable>,
     memory: RowsMemory,
@@ -253,8 +256,6 @@ pub struct Store {
     /// Tables kept on disk by build id, and whether a failure to write one was told.
     disk: Option<Cache>,
     disk_failure_told: bool,
-    /// The table just built, to keep on disk once it is published (build id, table).
-    to_keep: Option<(Vec<u8>, table::Table)>,
 }
 
 impl Store {
@@ -272,7 +273,6 @@ impl Store {
             stats: Arc::new(Stats::default()),
             disk: None,
             disk_failure_told: false,
-            to_keep: None,
         })
     }
 
@@ -361,15 +361,16 @@ impl Store {
 
     fn install(&mut self, key: FileKey, file: File) {
         let started = Instant::now();
-        let entry = match self.build(key, file) {
-            Ok(entry) => entry,
+        let (entry, keep) = match self.build(key, file) {
+            Ok(built) => built,
             Err(_) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 self.placement.note(key);
-                FileTable {
+                let none = FileTable {
                     state: table_state::NONE,
                     ..FileTable::default()
-                }
+                };
+                (none, None)
             }
         };
         self.count();
@@ -379,7 +380,7 @@ impl Store {
             .build_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         // Kept on disk only now: the walks waiting for this table do not wait for the disk.
-        if let (Some(disk), Some((id, t))) = (&self.disk, self.to_keep.take()) {
+        if let (Some(disk), Some((id, t))) = (&self.disk, keep) {
             if let Err(e) = disk.save(&id, &t) {
                 if !self.disk_failure_told {
                     self.disk_failure_told = true;
@@ -389,24 +390,23 @@ impl Store {
         }
     }
 
-    fn build(&mut self, key: FileKey, file: File) -> Result<FileTable> {
+    /// The kernel's entry for the file, its rows written; and the table to keep on disk once
+    /// the entry is published (with the id to keep it under), when it was built here.
+    fn build(&mut self, key: FileKey, file: File) -> Result<(FileTable, Option<Kept>)> {
         let identity = file_identity(&file);
         let cache = object::ReadCache::new(file);
         let (t, save) = self.table_of(&cache, identity)?;
-        if let Some(id) = save.clone().filter(|_| t.frame_pointers) {
-            // Nothing goes into the kernel, but the next run still skips the building.
-            self.to_keep = Some((id, t.clone()));
-        }
-        let save = save.filter(|_| !t.frame_pointers);
         if t.frame_pointers && self.mode == unwind_mode::AUTO {
             self.stats
                 .frame_pointer_files
                 .fetch_add(1, Ordering::Relaxed);
             self.placement.note(key);
-            return Ok(FileTable {
+            let entry = FileTable {
                 state: table_state::FRAME_POINTERS,
                 ..FileTable::default()
-            });
+            };
+            // Nothing goes into the kernel, but the next run still skips the building.
+            return Ok((entry, save.map(|id| (id, t))));
         }
         let n = u32::try_from(t.rows.len()).map_err(|_| anyhow!("too many rows"))?;
         let Some(first_row) = self.placement.place(key, n) else {
@@ -421,10 +421,7 @@ impl Store {
             _pad: 0,
             vaddr_minus_offset: t.vaddr_minus_offset,
         };
-        if let Some(id) = save {
-            self.to_keep = Some((id, t));
-        }
-        Ok(entry)
+        Ok((entry, save.map(|id| (id, t))))
     }
 }
 
@@ -472,7 +469,7 @@ fn mapped_code_everywhere() -> std::collections::HashSet<FileKey> {
 }
 
 /// The file identity of a `/proc/PID/maps` line of executable file memory.
-fn code_file_of(line: &str) -> Option<FileKey> {
+pub(crate) fn code_file_of(line: &str) -> Option<FileKey> {
     let mut w = line.split_whitespace();
     let (_, perms, _, dev, ino) = (w.next()?, w.next()?, w.next()?, w.next()?, w.next()?);
     if !perms.contains('x') {

@@ -32,7 +32,7 @@ const PLT_EXPRESSION: [u8; 11] = [
 const FRAME_POINTER_SHARE: f64 = 0.8;
 
 /// A file's table.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Table {
     /// Sorted by `pc`, no two alike in a row.
     pub rows: Vec<UnwindRow>,
