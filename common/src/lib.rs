@@ -28,9 +28,8 @@ pub mod kind {
     pub const EXITING: u8 = 7;
     /// A [`HeapRecord`](super::HeapRecord): a heap of blocks was destroyed or deleted.
     pub const HEAP_RELEASE: u8 = 8;
-    /// A [`ThrowRecord`](super::ThrowRecord), on the `NOTICES` ring only: an exception left an
-    /// allocator call, whose process is stopping until its caller's return address is back.
-    pub const THROWN: u8 = 9;
+    // 9 was a notice of an exception leaving an allocator call, when the process stopped
+    // until tracer mended its stack; nothing is mended now (see `collector::returns`).
     /// An [`UnwindMissRecord`](super::UnwindMissRecord), on the `NOTICES` ring only: a stack
     /// went through a file that has no unwind table yet (build one).
     pub const UNWIND_MISS: u8 = 10;
@@ -257,19 +256,6 @@ pub struct HeapRecord {
     pub heap: u64,
 }
 
-/// An exception is leaving a throwing `operator new` of thread `tid` (its process stops
-/// itself): the kernel's uretprobe trampoline, which the C++ unwinder cannot step through, is
-/// at `sp`; put `ret` back there and continue the process.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThrowRecord {
-    pub hdr: Header,
-    pub tid: u32,
-    pub _pad: u32,
-    pub sp: u64,
-    pub ret: u64,
-}
-
 /// The program unmapped `[addr, addr + len)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -484,7 +470,7 @@ pub mod counter {
     /// Anonymous mappings the program made (recorded).
     pub const MAPS: u32 = 20;
     /// Allocator calls an exception left (operator new throwing `bad_alloc`): their slot was
-    /// cleared and their caller's return address restored.
+    /// cleared.
     pub const THROWN: u32 = 21;
     /// Sampled blocks the kernel's table of them had no room for: their frees are not seen.
     pub const SAMPLED_FULL: u32 = 22;
@@ -753,6 +739,9 @@ pub const COOKIE_ENTRY_ONLY: u64 = 1 << 9;
 /// system calls here), its return probe sends it. The system call's number is in the bits
 /// from [`COOKIE_MAP_NR_SHIFT`].
 pub const COOKIE_MAP_CALL: u64 = 1 << 10;
+/// Uprobe cookie: the function has no return probe; uprobes on its `ret` instructions see it
+/// return (an allocator's own throwing `operator new`), so no trampoline is ever in its frame.
+pub const COOKIE_AT_RETS: u64 = 1 << 11;
 pub const COOKIE_MAP_NR_SHIFT: u32 = 16;
 
 /// Entry state kept between an allocator call's entry and its return, per thread.
@@ -777,8 +766,7 @@ pub struct InFlight {
     pub stack_id: i32,
     /// The heap named by the caller (`mi_heap_*`), 0 when none.
     pub heap: u64,
-    /// A throwing `operator new`'s return address as it was at entry (before the kernel
-    /// pointed it at its uretprobe trampoline), to put back if the call throws.
+    /// An entry-only call's return address, its stack's first frame.
     pub ret: u64,
     /// An entry-only call: the stack pointer at entry of the nested call that completes it
     /// (0 until that call enters), and that call's own pointer argument and function
@@ -786,7 +774,10 @@ pub struct InFlight {
     pub inner_sp: u64,
     pub inner_ptr: u64,
     pub inner_func: u8,
-    pub _pad: [u8; 7],
+    /// Seen returning at its `ret` instructions ([`COOKIE_AT_RETS`]): its return address is
+    /// never the kernel's trampoline.
+    pub at_rets: u8,
+    pub _pad: [u8; 6],
     /// That nested call's entry address (sampled mode: its session's return is told by it).
     pub inner_ip: u64,
     /// Sampled mode: the call's entry address (its session's return is not at it) and when it

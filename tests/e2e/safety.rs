@@ -321,15 +321,43 @@ fn tracer_killed_at_any_instant_leaves_launched_commands_running() {
 }
 
 /// SIGKILLs tracer at many instants while it traces a C++ program that throws from `operator
-/// new` in a loop: the program is never left stopped, catches every throw and exits 0.
+/// new` in a loop, on the C library's allocator (libstdc++'s `operator new`) and on two that
+/// bring their own (seen returning at their `ret` instructions, no return probe): the program
+/// is never left stopped, catches every throw and exits 0.
 #[test]
 fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
     if !privileged("tracer_killed_at_any_instant_leaves_a_throwing_program_well") {
         return;
     }
-    let throws = victim("victims/throws.cpp", FP);
+    let builds = [
+        ("glibc", victim("victims/throws.cpp", FP)),
+        (
+            "jemalloc",
+            victim_with(
+                "victims/throws.cpp",
+                &[FP, &["-ljemalloc"]].concat(),
+                "je",
+                "",
+            ),
+        ),
+        (
+            "tcmalloc",
+            victim_with(
+                "victims/throws.cpp",
+                &[FP, &["-ltcmalloc_minimal"]].concat(),
+                "tc",
+                "",
+            ),
+        ),
+    ];
+    for (name, throws) in builds {
+        killed_while_throwing(name, &throws);
+    }
+}
+
+fn killed_while_throwing(name: &str, throws: &Path) {
     // Rounds of 3 throws every 2 ms (see throws.cpp), for longer than the kills take.
-    let victim = Command::new(&throws)
+    let victim = Command::new(throws)
         .args(["100000", "2"])
         .stdout(Stdio::piped())
         .spawn()
@@ -337,7 +365,7 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
     let pid = victim.id();
     let mut stopped = Vec::new();
     let mut killed = Vec::new();
-    for (i, at) in instants(50, 300).enumerate() {
+    for (i, at) in instants(40, 300).enumerate() {
         let mut t = Command::new(tracer())
             .args(["--pid", &pid.to_string(), "-i", "60"])
             .stdout(Stdio::null())
@@ -355,7 +383,7 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
         }
         assert!(
             live_state(pid).is_some(),
-            "the program died after kill #{i}"
+            "{name}: the program died after kill #{i}"
         );
     }
     for mut t in killed {
@@ -364,9 +392,13 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
     // SAFETY: as above; SIGTERM ends its loop early, cleanly (see throws.cpp).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let out = victim.wait_with_output().unwrap();
-    assert!(stopped.is_empty(), "left stopped: {stopped:?}");
+    assert!(stopped.is_empty(), "{name}: left stopped: {stopped:?}");
     let text = stdout(&out);
-    assert!(out.status.success(), "exit {:?}: {text}", out.status);
+    assert!(
+        out.status.success(),
+        "{name}: exit {:?}: {text}",
+        out.status
+    );
     let caught = text
         .lines()
         .find(|l| l.starts_with("caught"))
@@ -374,7 +406,7 @@ fn tracer_killed_at_any_instant_leaves_a_throwing_program_well() {
     let words: Vec<&str> = caught.split_whitespace().collect();
     assert!(
         words.len() == 4 && words[1] == words[3] && words[1] != "0",
-        "{text}"
+        "{name}: {text}"
     );
 }
 

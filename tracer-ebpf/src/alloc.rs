@@ -13,7 +13,6 @@ use aya_ebpf::{
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32,
         bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_send_signal,
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -22,7 +21,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     counter, kind, stack_end, AllocFn, AllocRecord, AllocStackRecord, ExecRecord, ForkRecord,
-    FreeRecord, Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, ThrowRecord,
+    FreeRecord, Header, HeapRecord, InFlight, MapCall, MapCaller, MunmapRecord, COOKIE_AT_RETS,
     COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES, MAX_STACK_DEPTH,
     SAMPLE_GAP_COUNT, STACK_AT_ENTRY_INLINE, STALE_CALL_NS,
 };
@@ -307,7 +306,7 @@ pub fn enter_heap<const BY_TABLES: bool>(
                 }
             };
             if own {
-                leave(&RetProbeContext::new(ctx.as_ptr()));
+                leave(Returned::from_regs(regs));
             }
             return KEEP_RETURN;
         }
@@ -344,7 +343,7 @@ pub fn enter_heap<const BY_TABLES: bool>(
                 }
             }
             bump(counter::NESTED);
-            if rate != 0 {
+            if rate != 0 && unsafe { (*outer).at_rets } == 0 {
                 learn_trampoline(pid_tgid, unsafe { (*outer).sp });
             }
             return SKIP_RETURN;
@@ -364,14 +363,8 @@ pub fn enter_heap<const BY_TABLES: bool>(
     // as nested; their return does no stack walk and sends nothing but a release.
     let min = unsafe { core::ptr::read_volatile(&MIN_SIZE) };
     let max = unsafe { core::ptr::read_volatile(&MAX_SIZE) };
-    // A throwing operator new's return address, read before the kernel points it at its
-    // uretprobe trampoline (see `thrown`); an entry-only call's, its stack's first frame.
-    let ret = if entry_only
-        || (func == AllocFn::New as u8
-            || func == AllocFn::NewArray as u8
-            || func == AllocFn::NewAligned as u8
-            || func == AllocFn::NewArrayAligned as u8)
-    {
+    // An entry-only call's return address: its stack's first frame.
+    let ret = if entry_only {
         unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0)
     } else {
         0
@@ -396,7 +389,8 @@ pub fn enter_heap<const BY_TABLES: bool>(
         inner_sp: 0,
         inner_ptr: 0,
         inner_func: 0,
-        _pad: [0; 7],
+        at_rets: (cookie & COOKIE_AT_RETS != 0) as u8,
+        _pad: [0; 6],
         inner_ip: 0,
         entry_ip: if rate != 0 { regs.rip } else { 0 },
         ts_ns: if rate != 0 { ktime() } else { 0 },
@@ -547,10 +541,63 @@ fn entry_stack<const BY_TABLES: bool>(ctx: &ProbeContext, pid_tgid: u64, ret: u6
     STACK_AT_ENTRY_INLINE
 }
 
+/// A thread's registers just after an allocator call returned, as [`leave`] needs them.
+#[derive(Clone, Copy)]
+pub struct Returned {
+    /// The return address the call went back to (the caller's next instruction).
+    pub ip: u64,
+    /// The stack pointer past the return address.
+    pub sp: u64,
+    pub bp: u64,
+    /// The call's return value.
+    pub ret: u64,
+}
+
+impl Returned {
+    /// At a return probe (or a uprobe session's return): the registers as they are.
+    #[inline(always)]
+    pub fn from_regs(regs: &aya_ebpf::bindings::pt_regs) -> Returned {
+        Returned {
+            ip: regs.rip,
+            sp: regs.rsp,
+            bp: regs.rbp,
+            ret: regs.rax,
+        }
+    }
+}
+
+/// A uprobe on a `ret` instruction of an allocator's own `operator new` (or of a function it
+/// tail-calls), which has no return probe: see `collector::returns` in tracer. At the `ret`,
+/// the stack pointer is the call's entry stack pointer exactly when this is the return of the
+/// call in flight; the return address is still the caller's, read from the stack, and the
+/// value is in rax.
 #[inline(always)]
-pub fn leave(ctx: &RetProbeContext) {
+pub fn left_at_ret(ctx: &ProbeContext) {
     let Some(pid_tgid) = traced() else { return };
-    let sp = unsafe { (*ctx.regs).rsp };
+    let regs = unsafe { &*ctx.regs };
+    let Some(slot) = INFLIGHT.get_ptr(pid_tgid) else {
+        return;
+    };
+    if unsafe { (*slot).sp != regs.rsp || (*slot).at_rets == 0 } {
+        // Another call's ret: one nested in the call, or a function with a return probe
+        // (tcmalloc's malloc) that tail-calls the same slow path.
+        return;
+    }
+    let Ok(ip) = (unsafe { bpf_probe_read_user(regs.rsp as *const u64) }) else {
+        return;
+    };
+    leave(Returned {
+        ip,
+        sp: regs.rsp + 8,
+        bp: regs.rbp,
+        ret: regs.rax,
+    });
+}
+
+#[inline(always)]
+pub fn leave(after: Returned) {
+    let Some(pid_tgid) = traced() else { return };
+    let sp = after.sp;
     let Some(slot) = INFLIGHT.get_ptr(pid_tgid) else {
         return;
     };
@@ -572,7 +619,7 @@ pub fn leave(ctx: &RetProbeContext) {
         heap_released(pid_tgid, call.func, call.ptr);
         return;
     }
-    let ret: u64 = ctx.ret();
+    let ret = after.ret;
 
     let mut addr = ret;
     // What the returning call is: an entry-only call's result is its nested call's.
@@ -658,7 +705,7 @@ pub fn leave(ctx: &RetProbeContext) {
     if !entry_only && addr != 0 {
         // Taken at the return: the walk starts at the caller's return address, so the
         // immediate caller is always the first frame whatever the allocator's prologue is.
-        send_with_walked_stack(ctx, record);
+        send_with_walked_stack(&after, record);
         return;
     }
     if entry_only && stack_id == STACK_AT_ENTRY_INLINE {
@@ -683,10 +730,10 @@ fn send<T: 'static>(record: T, lost: u32) {
 }
 
 /// `__cxa_throw`: an exception is thrown. Thrown inside the allocator call in flight on this
-/// thread (operator new's `bad_alloc`), the call never returns: its slot goes, and its
-/// caller's return address goes back on the stack where the kernel had put its uretprobe
-/// trampoline, which the C++ unwinder cannot step through (the program would terminate
-/// instead of catching).
+/// thread (operator new's `bad_alloc`), the call never returns: its slot goes, or the calls
+/// made after the catch, deeper than it was, would look nested in it. (No return probe is in
+/// its frame: an allocator's own throwing `operator new` is seen returning at its `ret`
+/// instructions, libstdc++'s at its malloc's return; see `left_at_ret`.)
 #[inline(always)]
 pub fn thrown(ctx: &ProbeContext) {
     let Some(pid_tgid) = traced() else { return };
@@ -703,30 +750,6 @@ pub fn thrown(ctx: &ProbeContext) {
     if call.entry_only != 0 && call.stack_id == STACK_AT_ENTRY_INLINE {
         let _ = ENTRY_STACKS.remove(pid_tgid);
     }
-    // An entry-only call has no trampoline in its frame: nothing to put back.
-    if call.entry_only != 0 || call.ret == 0 {
-        return;
-    }
-    // The process stops before __cxa_throw runs; the map reader thread puts the return
-    // address back (the kernel does not let tracing programs write user memory everywhere)
-    // and continues it.
-    // The stop is pending before the notice can be read: a reader quick enough to continue
-    // the process before the stop would leave it stopped for good.
-    let Some(mut entry) = NOTICES.reserve::<ThrowRecord>(0) else {
-        return;
-    };
-    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
-        entry.discard(0);
-        return;
-    }
-    entry.write(ThrowRecord {
-        hdr: header(kind::THROWN, 0, (pid_tgid >> 32) as u32, ktime()),
-        tid: pid_tgid as u32,
-        _pad: 0,
-        sp: call.sp,
-        ret: call.ret,
-    });
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
 }
 
 /// A heap went, at the return of the call that released it (see `enter_heap`).
@@ -747,19 +770,18 @@ fn heap_released(pid_tgid: u64, func: u8, heap: u64) {
 /// `kernel.bpf_stats_enabled`: 1.58 us against 0.15 us for this walk of the same frames),
 /// most of the return probe's time.
 #[inline(always)]
-fn send_with_walked_stack(ctx: &RetProbeContext, mut record: AllocRecord) {
+fn send_with_walked_stack(after: &Returned, mut record: AllocRecord) {
     let Some(buf) = RECORD_SCRATCH.get_ptr_mut(0) else {
         bump(counter::STACK_FAILED);
         send(record, counter::RING_FULL_ALLOC);
         return;
     };
     record.hdr.kind = kind::ALLOC_STACK;
-    let regs = unsafe { &*ctx.regs };
     unsafe { (*buf).alloc = record };
     let (n, end) = if unwind::by_tables() {
-        unwind::walk(0, regs.rip, regs.rsp, regs.rbp)
+        unwind::walk(0, after.ip, after.sp, after.bp)
     } else {
-        unsafe { walk_user_stack(regs.rip, regs.rbp, &mut (*buf).ips) }
+        unsafe { walk_user_stack(after.ip, after.bp, &mut (*buf).ips) }
     };
     unsafe {
         (*buf).alloc.hdr.stack_end = end;
@@ -1238,8 +1260,6 @@ fn map_done<C: EbpfContext, const AT_RETURN: bool>(
     let _ = MAP_CALLERS.remove(&pid_tgid);
     entry.submit(flags);
 }
-
-const SIGSTOP: u32 = 19;
 
 /// A traced process exec'd: tell userspace (its books restart), waking the reader at once.
 /// Nothing holds the process meanwhile: a process stopped for tracer would stay stopped if

@@ -226,10 +226,18 @@ pub fn cxa_throw(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A `ret` instruction of an allocator's own throwing `operator new`, or of a function it
+/// tail-calls: see `alloc::left_at_ret`.
+#[uprobe]
+pub fn alloc_ret_site(ctx: ProbeContext) -> u32 {
+    alloc::left_at_ret(&ctx);
+    0
+}
+
 /// Return of every allocation function above.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    alloc::leave(&ctx);
+    alloc::leave(alloc::Returned::from_regs(unsafe { &*ctx.regs }));
     0
 }
 

@@ -1,7 +1,7 @@
 //! Attaching the probe table to allocator files: one uprobe per address through aya, or
 //! uprobe-multi links (one per program and file) where the kernel has them; each address
 //! probed once per scope; attach failures explained by their system error.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,15 +14,17 @@ use aya::{
     Ebpf,
 };
 use tracer_common::{
-    AllocFn, COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT, COOKIE_NESTING_FREES,
+    AllocFn, COOKIE_AT_RETS, COOKIE_ENTRY_ONLY, COOKIE_MAP_CALL, COOKIE_MAP_NR_SHIFT,
+    COOKIE_NESTING_FREES,
 };
 
 use super::{
     multi::MultiPrograms,
     probes::{
         Group, ProbeSpec, ENTRY_ONLY_PROGRAM, FREE_PROGRAM, MAP_RETURN_PROGRAM, PROBES,
-        RETURN_PROGRAM,
+        RETURN_PROGRAM, RET_SITE_PROGRAM,
     },
+    returns::{self, ElfCode},
     target::{file_id, AllocatorLib},
 };
 
@@ -37,6 +39,11 @@ pub const EXIT_SPEC: ProbeSpec = ProbeSpec {
 };
 /// One uprobe-multi link to make: program, at returns, (offset, cookie) pairs.
 type LinkPlan = (&'static str, bool, Vec<(u64, u64)>);
+/// A throwing `operator new`'s offset → the offsets of its `ret` sites (see
+/// `collector::returns`).
+type RetSites = HashMap<u64, Vec<u64>>;
+/// Set on a `ret` site's offset in [`Attached::probed`]: its probe is not an entry's.
+const RET_SITE_KEY: u64 = 1 << 63;
 
 /// How the memory-mapping system calls (mmap, munmap, mremap) are seen.
 pub enum MapHook {
@@ -170,7 +177,7 @@ impl Attached {
             }
         }
         for file in std::iter::once(lib).chain(&lib.also) {
-            self.attach_file(ebpf, file, scope, by_wrappers)?;
+            self.attach_file(ebpf, file, scope, by_wrappers, &mut warnings)?;
         }
         Ok(warnings)
     }
@@ -184,6 +191,7 @@ impl Attached {
         lib: &AllocatorLib,
         scope: UProbeScope,
         by_wrappers: bool,
+        warnings: &mut Vec<String>,
     ) -> Result<()> {
         let mut seen = HashSet::new();
         let trace_maps = !matches!(self.maps, MapHook::Off);
@@ -211,7 +219,7 @@ impl Attached {
         let id = file_id(&lib.open_path)
             .with_context(|| format!("cannot read {}", lib.open_path.display()))?;
         let key = |off: u64| (pid.unwrap_or(0), id, off);
-        let plan: Vec<_> = plan
+        let mut plan: Vec<_> = plan
             .into_iter()
             .filter(|(_, off)| self.probed.insert(key(*off)))
             .collect();
@@ -219,17 +227,35 @@ impl Attached {
         if plan.is_empty() && exit.is_none() {
             return Ok(());
         }
+        let mut rets = ret_sites(&cookies, &mut plan, warnings);
+        // A site shared with a function probed before (in this scope) is probed already.
+        for sites in rets.values_mut() {
+            sites.retain(|s| self.probed.insert(key(s | RET_SITE_KEY)));
+        }
         if self.multi.is_some() {
-            return self.attach_file_multi(&cookies, &plan, exit, pid);
+            return self.attach_file_multi(&cookies, &plan, &rets, exit, pid);
         }
         for (p, off) in &plan {
-            if let Some(ret) = cookies.return_program(p) {
+            for site in rets.get(off).into_iter().flatten() {
+                let probe = (RET_SITE_PROGRAM, *site, cookies.of(p));
+                self.attach_one(ebpf, probe, p.symbol, lib, scope)?;
+            }
+            if let Some(ret) = cookies
+                .return_program(p)
+                .filter(|_| !rets.contains_key(off))
+            {
                 self.attach_one(ebpf, (ret, *off, cookies.of(p)), p.symbol, lib, scope)?;
             }
         }
         for (p, off) in &plan {
             let entry = cookies.entry_program(p);
-            self.attach_one(ebpf, (entry, *off, cookies.of(p)), p.symbol, lib, scope)?;
+            let at_rets = if rets.contains_key(off) {
+                COOKIE_AT_RETS
+            } else {
+                0
+            };
+            let probe = (entry, *off, cookies.of(p) | at_rets);
+            self.attach_one(ebpf, probe, p.symbol, lib, scope)?;
         }
         if let Some(off) = exit {
             let cookie = EXIT_SPEC.func as u64;
@@ -243,6 +269,7 @@ impl Attached {
         &mut self,
         cookies: &Cookies,
         plan: &[(&'static ProbeSpec, u64)],
+        rets: &RetSites,
         exit: Option<u64>,
         pid: Option<u32>,
     ) -> Result<()> {
@@ -251,6 +278,16 @@ impl Attached {
         let mut entries: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         let mut sessions: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         for (p, off) in plan {
+            if let Some(sites) = rets.get(off) {
+                // Returns seen at its `ret`s, by plain uprobes: nothing to skip at entry.
+                let at_rets = returns.entry(RET_SITE_PROGRAM).or_default();
+                at_rets.extend(sites.iter().map(|s| (*s, cookies.of(p))));
+                entries
+                    .entry(cookies.entry_program(p))
+                    .or_default()
+                    .push((*off, cookies.of(p) | COOKIE_AT_RETS));
+                continue;
+            }
             let ret = cookies.return_program(p);
             if self.sessions && ret == Some(RETURN_PROGRAM) {
                 sessions
@@ -269,7 +306,7 @@ impl Attached {
         }
         let mut groups: Vec<LinkPlan> = returns
             .into_iter()
-            .map(|(prog, probes)| (prog, true, probes))
+            .map(|(prog, probes)| (prog, prog != RET_SITE_PROGRAM, probes))
             .collect();
         groups.extend(
             entries
@@ -368,6 +405,76 @@ fn link_error(
         lib.path.display(),
         lib.kinds()
     )
+}
+
+/// The `ret` sites of the throwing `operator new`s in `plan` that would otherwise have a
+/// return probe (an allocator's own; libstdc++'s is probed at entry only). One whose returns
+/// cannot be found leaves the plan with a warning: its entry alone would leave its calls in
+/// flight for ever, and a return probe would make its `bad_alloc` end the program.
+fn ret_sites(
+    cookies: &Cookies,
+    plan: &mut Vec<(&'static ProbeSpec, u64)>,
+    warnings: &mut Vec<String>,
+) -> RetSites {
+    let lib = cookies.lib;
+    let wanted: Vec<_> = plan
+        .iter()
+        .filter(|(p, _)| p.throws() && cookies.return_program(p) == Some(RETURN_PROGRAM))
+        .copied()
+        .collect();
+    if wanted.is_empty() {
+        return RetSites::new();
+    }
+    let found = std::fs::File::open(&lib.open_path)
+        .map_err(|e| e.to_string())
+        // SAFETY: a read-only private mapping of a library (see `target::allocator_functions`).
+        .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string()))
+        .and_then(|map| {
+            let code = ElfCode::parse(&map)?;
+            Ok(wanted
+                .iter()
+                .map(|(_, off)| {
+                    let sites = code
+                        .vaddr(*off)
+                        .ok_or_else(|| "its offset is in no segment".to_string())
+                        .and_then(|entry| returns::sites(&code, entry))
+                        .and_then(|sites| {
+                            sites
+                                .iter()
+                                .map(|s| code.offset(*s).ok_or_else(|| format!("{s:#x}?")))
+                                .collect()
+                        });
+                    (*off, sites)
+                })
+                .collect::<Vec<_>>())
+        });
+    let found = match found {
+        Ok(f) => f,
+        Err(why) => wanted
+            .iter()
+            .map(|(_, off)| (*off, Err(why.clone())))
+            .collect(),
+    };
+    let mut rets = RetSites::new();
+    for (off, sites) in found {
+        match sites {
+            Ok(sites) => {
+                rets.insert(off, sites);
+            }
+            Err(why) => {
+                let (p, _) = plan.iter().find(|(_, o)| *o == off).expect("from the plan");
+                warnings.push(format!(
+                    "{} in {}: where it returns cannot be found ({why}); the allocations it \
+                     makes are not traced (a return probe would end the program at its first \
+                     bad_alloc)",
+                    p.symbol,
+                    lib.path.display()
+                ));
+                plan.retain(|(_, o)| *o != off);
+            }
+        }
+    }
+    rets
 }
 
 /// The uprobe cookies of one file's probes, and which have return probes.

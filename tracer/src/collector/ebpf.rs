@@ -16,7 +16,9 @@ use tracer_common::{counter, globals, names, vma_offsets, SAMPLE_GAP_COUNT};
 use super::{
     attach::{Attached, MapHook, EXIT_PROGRAM},
     multi::MultiPrograms,
-    probes::{entry_programs, session_programs, MAP_RETURN_PROGRAM, RETURN_PROGRAM},
+    probes::{
+        entry_programs, session_programs, MAP_RETURN_PROGRAM, RETURN_PROGRAM, RET_SITE_PROGRAM,
+    },
     stacks::Stacks,
     stream::{Reader, ReaderCounts},
     target::AllocatorLib,
@@ -262,7 +264,12 @@ impl EbpfCollector {
             .map_err(explain_load_error)?;
         let uprobes: Vec<&'static str> = entry_programs()
             .into_iter()
-            .chain([RETURN_PROGRAM, MAP_RETURN_PROGRAM, EXIT_PROGRAM])
+            .chain([
+                RETURN_PROGRAM,
+                RET_SITE_PROGRAM,
+                MAP_RETURN_PROGRAM,
+                EXIT_PROGRAM,
+            ])
             .collect();
         // uprobe-multi links where the kernel has them (TRACER_UPROBE_MULTI=0 forces the
         // perf-event probes, as on older kernels); loaded before any map is taken out of aya.

@@ -11,10 +11,10 @@ pub mod launch;
 pub mod ldso;
 pub mod multi;
 pub mod probes;
+pub mod returns;
 pub mod stacks;
 pub mod stream;
 pub mod target;
-pub mod thrown;
 
 use tracer_common::{
     kind, AllocFn, AllocRecord, ExecRecord, ForkRecord, FreeRecord, Header, HeapRecord,
@@ -147,9 +147,6 @@ pub enum Record {
     },
     /// A notice: the process is entering `exit()`, its map is read now.
     Exiting { pid: u32 },
-    /// A notice: an exception left an allocator call; the process stopped itself until the
-    /// return address the uretprobe replaced (`ret`, at `sp`) is put back.
-    Thrown { pid: u32, sp: u64, ret: u64 },
     /// A notice: a stack met a file with no unwind table; the file is mapped at
     /// `[vm_start, vm_end)` in `pid`.
     UnwindMiss(crate::unwind::Miss),
@@ -226,14 +223,6 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
             }))
         }
         kind::EXITING => Ok(Record::Exiting { pid: hdr.pid }),
-        kind::THROWN => {
-            let r: tracer_common::ThrowRecord = read(bytes).ok_or_else(short)?;
-            Ok(Record::Thrown {
-                pid: r.hdr.pid,
-                sp: r.sp,
-                ret: r.ret,
-            })
-        }
         kind::UNWIND_MISS => {
             let r: tracer_common::UnwindMissRecord = read(bytes).ok_or_else(short)?;
             Ok(Record::UnwindMiss(crate::unwind::Miss {
@@ -450,29 +439,6 @@ mod tests {
             ..Header::default()
         };
         assert_eq!(parse(&bytes(&h)), Ok(Record::Exiting { pid: 4 }));
-        let t = tracer_common::ThrowRecord {
-            hdr: Header {
-                kind: kind::THROWN,
-                pid: 5,
-                ..Header::default()
-            },
-            tid: 5,
-            _pad: 0,
-            sp: 0x7ff0,
-            ret: 0x401234,
-        };
-        assert_eq!(
-            parse(&bytes(&t)),
-            Ok(Record::Thrown {
-                pid: 5,
-                sp: 0x7ff0,
-                ret: 0x401234
-            })
-        );
-        assert!(matches!(
-            parse(&bytes(&t)[..20]),
-            Err(DecodeError::Short { .. })
-        ));
     }
 
     #[test]

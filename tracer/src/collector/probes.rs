@@ -39,13 +39,16 @@ pub enum Group {
     /// at entry and return, as the record itself (see `COOKIE_MAP_CALL`).
     Syscall,
     /// C++'s `__cxa_throw`, probed at entry in the first file that defines it: an `operator
-    /// new` that throws never returns, and its uretprobe would stop the exception.
+    /// new` that throws never returns, and its call in flight must be forgotten.
     Throw,
 }
 
 /// The symbol that marks a file as defining C++'s `operator new`.
 pub const CXX_NEW: &str = "_Znwm";
 pub const RETURN_PROGRAM: &str = "alloc_return";
+/// On the `ret` instructions of an allocator's own throwing `operator new`, which has no
+/// return probe (see `collector::returns`).
+pub const RET_SITE_PROGRAM: &str = "alloc_ret_site";
 /// The entry program of functions probed at entry only (see `AllocatorLib::entry_only`).
 pub const ENTRY_ONLY_PROGRAM: &str = "new_entry_only";
 pub const FREE_PROGRAM: &str = "free";
@@ -60,6 +63,14 @@ impl ProbeSpec {
         self.entry != FREE_PROGRAM
             && self.entry != MAP_CALLER_PROGRAM
             && self.entry != THROW_PROGRAM
+    }
+
+    /// An `operator new` that throws `bad_alloc` when it fails: an allocator's own is seen
+    /// returning at its `ret` instructions, never by a return probe, which would stop the
+    /// exception (see `collector::returns`).
+    pub fn throws(&self) -> bool {
+        self.entry != THROW_PROGRAM
+            && matches!(self.func, New | NewArray | NewAligned | NewArrayAligned)
     }
 
     /// A mapping wrapper's system call number (x86_64), in its cookie (0: not a wrapper).

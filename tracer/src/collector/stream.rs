@@ -99,12 +99,7 @@ impl Reader {
                 }
                 Ok(Record::Event { event, .. }) => batch.events.push(event),
                 // Notices come on their own ring, to the map reader: not here.
-                Ok(
-                    Record::Exiting { .. }
-                    | Record::Thrown { .. }
-                    | Record::UnwindMiss(_)
-                    | Record::CodeMapped { .. },
-                )
+                Ok(Record::Exiting { .. } | Record::UnwindMiss(_) | Record::CodeMapped { .. })
                 | Err(_) => {
                     self.counts.bad_records.fetch_add(1, Ordering::Relaxed);
                 }

@@ -4,9 +4,7 @@
 //! with it /proc/PID/maps: its frames could not be named. The kernel sends a notice on a
 //! small ring of its own at two moments: right after an exec (the program and its loader are
 //! mapped) and on entry to `exit()` (every library is). This thread wakes on each and reads
-//! the map at once, waiting for nothing else the pipeline does. The same ring says when an
-//! exception leaves a throwing `operator new`: that notice goes to `collector::thrown`, the one
-//! place tracer writes into a traced process.
+//! the map at once, waiting for nothing else the pipeline does.
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
@@ -23,7 +21,7 @@ use aya::maps::{MapData, RingBuf};
 use tracer_common::kind;
 
 use crate::{
-    collector::{self, thrown, Event, Record},
+    collector::{self, Event, Record},
     symbolize::Mapping,
 };
 
@@ -140,10 +138,6 @@ impl MapWatch {
                 while !flag.load(Ordering::Relaxed) {
                     while let Some(item) = ring.next() {
                         match collector::parse(&item) {
-                            // At once: the process is stopped until then.
-                            Ok(Record::Thrown { pid, sp, ret }) => {
-                                thrown::restore_return(pid, sp, ret)
-                            }
                             Ok(Record::Exiting { pid }) => batch.push((kind::EXITING, pid)),
                             Ok(Record::UnwindMiss(m)) => {
                                 if let Some(u) = &unwind {
