@@ -65,6 +65,18 @@ impl ProbeSpec {
             && self.entry != THROW_PROGRAM
     }
 
+    /// How many argument registers its entry program reads (the rest are the function's
+    /// scratch before the probe; see `target::at_emulated`).
+    pub fn arguments(&self) -> usize {
+        match self.entry {
+            "size_arg0" | "heap_release" | FREE_PROGRAM => 1,
+            "calloc" | "realloc" | "size_arg1" | "heap_size" => 2,
+            "reallocarray" | "posix_memalign" | "heap_calloc" | "heap_realloc" => 3,
+            "heap_reallocarray" => 4,
+            _ => 6,
+        }
+    }
+
     /// An `operator new` that throws `bad_alloc` when it fails: an allocator's own is seen
     /// returning at its `ret` instructions, never by a return probe, which would stop the
     /// exception (see `collector::returns`).

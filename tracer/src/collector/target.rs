@@ -171,10 +171,15 @@ pub fn allocator_functions(path: &Path) -> Result<ElfAllocs> {
         }
         if let Some(off) = file_offset(&file, sym.address()) {
             let spec = &probes::PROBES[idx];
-            let off = if spec.entry == probes::FREE_PROGRAM {
+            let moved = if spec.entry == probes::FREE_PROGRAM {
                 past_null_check(&map, off)
             } else {
                 off
+            };
+            let off = if moved == off {
+                at_emulated(&map, off, spec.arguments())
+            } else {
+                moved
             };
             found.insert(idx, off);
         }
@@ -205,7 +210,7 @@ pub fn allocator_functions(path: &Path) -> Result<ElfAllocs> {
 /// Where a free-like function at file offset `off` is probed: past its opening null check
 /// (`test %rdi,%rdi` and a `je`, glibc's `free`), when it has one. A free of NULL does nothing
 /// and is not recorded anyway; every other call falls through to the next instruction with
-/// the same registers and stack pointer. The x86 kernel emulates a uprobe's `push` or `mov`
+/// the same registers and stack pointer. The x86 kernel emulates a uprobe's `push`
 /// but single-steps a `test` out of line, a second trap that cost about 15 us a call on the
 /// machine the README's numbers come from: more than every other part of tracing a free.
 fn past_null_check(image: &[u8], off: u64) -> u64 {
@@ -225,6 +230,81 @@ fn past_null_check(image: &[u8], off: u64) -> u64 {
         _ => return off,
     };
     off + (start + 3 + je) as u64
+}
+
+/// Where a function at file offset `off` is probed at the least cost: at its first instruction
+/// the kernel emulates (a direct jump or call, a push of a register, a nop), when every
+/// instruction before it only sets flags or scratch registers (jemalloc's `cmp $0x1000,%rdi;
+/// ja`, tcmalloc's `mov tls_size(%rip),%rax; test %rax,%rax; jne`). The probe then sees what
+/// it would at the entry: the arguments, the stack pointer and the return address on the
+/// stack are untouched. The kernel single-steps any other instruction out of line, a second
+/// trap: a probe on jemalloc's `cmp` let 69.6k operator new/delete pairs a second through, one
+/// on the `ja` after it 913k (tracefs uprobe events, bench/newloop.cpp).
+fn at_emulated(image: &[u8], off: u64, arguments: usize) -> u64 {
+    use iced_x86::{
+        Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
+        Register,
+    };
+    let Some(code) = image.get(off as usize..).map(|c| &c[..c.len().min(64)]) else {
+        return off;
+    };
+    let mut info = InstructionInfoFactory::new();
+    // What the entry program reads: its arguments, the stack and frame pointers.
+    let args = [
+        Register::RDI,
+        Register::RSI,
+        Register::RDX,
+        Register::RCX,
+        Register::R8,
+        Register::R9,
+    ];
+    let kept: Vec<Register> = args[..arguments.min(6)]
+        .iter()
+        .chain(&[Register::RSP, Register::RBP])
+        .copied()
+        .collect();
+    for insn in Decoder::with_ip(64, code, off, DecoderOptions::NONE)
+        .into_iter()
+        .take(12)
+    {
+        if insn.is_invalid() {
+            return off;
+        }
+        let emulated = match insn.flow_control() {
+            FlowControl::UnconditionalBranch
+            | FlowControl::ConditionalBranch
+            | FlowControl::Call => {
+                matches!(insn.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64)
+            }
+            FlowControl::Next => {
+                insn.mnemonic() == Mnemonic::Nop
+                    || (insn.mnemonic() == Mnemonic::Push && insn.op0_kind() == OpKind::Register)
+            }
+            _ => false,
+        };
+        if emulated {
+            return insn.ip();
+        }
+        if insn.flow_control() != FlowControl::Next {
+            return off;
+        }
+        let used = info.info(&insn);
+        let writes = |a: OpAccess| {
+            !matches!(
+                a,
+                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess | OpAccess::None
+            )
+        };
+        if used.used_memory().iter().any(|m| writes(m.access()))
+            || used
+                .used_registers()
+                .iter()
+                .any(|r| writes(r.access()) && kept.contains(&r.register().full_register()))
+        {
+            return off;
+        }
+    }
+    off
 }
 
 fn file_offset<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>, vaddr: u64) -> Option<u64> {
@@ -802,6 +882,46 @@ mod tests {
         at.extend_from_slice(&glibc);
         assert_eq!(past_null_check(&at, 16), 25);
         assert_eq!(past_null_check(&glibc, 100), 100);
+    }
+
+    #[test]
+    fn entries_are_probed_at_the_first_instruction_the_kernel_emulates() {
+        // cmp $0x1000,%rdi; ja (jemalloc's malloc and operator new): at the ja.
+        let je = [0x48, 0x81, 0xff, 0x00, 0x10, 0x00, 0x00, 0x77, 0x05];
+        assert_eq!(at_emulated(&je, 0, 6), 7);
+        // mov 0x10(%rip),%rax; test %rax,%rax; jne (tcmalloc's): at the jne.
+        let tc = [
+            0x48, 0x8b, 0x05, 0x10, 0, 0, 0, 0x48, 0x85, 0xc0, 0x75, 0x20,
+        ];
+        assert_eq!(at_emulated(&tc, 0, 6), 10);
+        // mov %rdi,%rax; push %rbx: rax is scratch, at the push; at an offset too.
+        let mut at = vec![0x90; 8];
+        at.extend_from_slice(&[0x48, 0x89, 0xf8, 0x53]);
+        assert_eq!(at_emulated(&at, 8, 6), 11);
+        // Already emulated at the entry (push %rbp; nop; direct jmp): stays.
+        for first in [&[0x55][..], &[0x90][..], &[0xe9, 0, 0, 0, 0][..]] {
+            assert_eq!(at_emulated(first, 0, 6), 0, "{first:x?}");
+        }
+        // Writes what the entry programs read, or memory, or never reaches an emulated one:
+        // stays at the entry.
+        for other in [
+            &[0x48, 0x89, 0xc7, 0x55][..],       // mov %rax,%rdi
+            &[0x48, 0x83, 0xec, 0x08, 0x55][..], // sub $8,%rsp
+            &[0x48, 0x89, 0x07, 0x55][..],       // mov %rax,(%rdi)
+            &[0x48, 0x85, 0xff, 0xc3][..],       // test; ret
+            &[0x06][..],                         // no 64-bit form
+        ] {
+            assert_eq!(at_emulated(other, 0, 6), 0, "{other:x?}");
+        }
+        // Too far: past the twelve instructions looked at.
+        let far = [[0x48, 0x85, 0xff].repeat(12), vec![0x55]].concat();
+        assert_eq!(at_emulated(&far, 0, 6), 0);
+        assert_eq!(at_emulated(&je, 100, 6), 100);
+        // A scratch register of a one-argument function (jemalloc's free moves the block's
+        // address into rdx, rcx, rax before its first jne): skipped for it, not for more.
+        let free = [0x48, 0x89, 0xfa, 0x48, 0x89, 0xf9, 0x75, 0x10];
+        assert_eq!(at_emulated(&free, 0, 1), 6);
+        assert_eq!(at_emulated(&free, 0, 3), 0);
     }
 
     #[test]
