@@ -679,6 +679,9 @@ pub mod globals {
     /// `u32`: non-zero traces only the processes in the `FOLLOWED` table (several --pid: the
     /// uprobes are scoped per process, the tracepoints are not).
     pub const FILTER_SET: &str = "FILTER_SET";
+    /// `[u8; 16]`: with `FILTER_SET`, a process that execs a program of this command name
+    /// (the kernel's comm, NUL-padded) joins the `FOLLOWED` table (--comm); all zero: none.
+    pub const FILTER_COMM: &str = "FILTER_COMM";
     /// `u32`: non-zero follows the processes `FILTER_PID` forks, and theirs (--follow-children).
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// `u64`: byte offset of `tgid` in the kernel's `struct task_struct` (from its BTF).

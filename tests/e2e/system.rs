@@ -118,36 +118,147 @@ fn several_pids_each_with_its_own_books() {
     }
 }
 
+/// The first byte of the C library's `malloc` in process `pid`, as the process sees it: an
+/// int3 (0xcc) is a breakpoint, a uprobe's.
+fn malloc_first_byte(pid: u32) -> u8 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let (start, offset, path) = maps
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 6 && w[1].contains('x') && w[5].ends_with("/libc.so.6")).then(|| {
+                let start = u64::from_str_radix(w[0].split('-').next().unwrap(), 16).unwrap();
+                (
+                    start,
+                    u64::from_str_radix(w[2], 16).unwrap(),
+                    w[5].to_string(),
+                )
+            })
+        })
+        .expect("the C library mapped");
+    let nm = run_ok(Command::new("nm").args(["-D", &path]));
+    let malloc = nm
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[2].split('@').next() == Some("malloc"))
+                .then(|| u64::from_str_radix(w[0], 16).unwrap())
+        })
+        .expect("malloc in the C library");
+    // The C library's text segment has file offsets equal to its addresses.
+    let at = start + malloc - offset;
+    let mut b = [0u8];
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+    b[0]
+}
+
+/// `--comm NAME`: the processes of that name, the one running before tracer and the one that
+/// execs it later, are traced; any other process is not probed at all (no breakpoint on its
+/// malloc, so it pays nothing).
 #[test]
-fn comm_filters_processes_by_name() {
-    if !privileged("comm_filters_processes_by_name") {
+fn comm_traces_processes_of_a_name_and_no_other() {
+    if !privileged("comm_traces_processes_of_a_name_and_no_other") {
         return;
     }
     let leaky = victim("workloads/leaky.c", FP);
     let churn = victim("workloads/churn.c", FP);
+    // A bystander, waiting (CHURN_WAIT) for the whole test.
+    let mut bystander = Command::new(&churn)
+        .args(["1000", "1", "30"])
+        .env("CHURN_WAIT", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(bystander.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let early = Command::new(&leaky)
+        .args(["4", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let t = start_tracer(&["--comm", "leaky-fp", "-i", "1", "-d", "4"]);
-    let a = Command::new(&leaky)
+    let late = Command::new(&leaky)
         .args(["2", "0"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let b = Command::new(&churn)
-        .args(["20000", "1", "1"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pa = a.id();
-    a.wait_with_output().unwrap();
-    b.wait_with_output().unwrap();
+    let (pe, pl) = (early.id(), late.id());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let traced = malloc_first_byte(pl);
+    let untouched = malloc_first_byte(bystander.id());
+    let late_out = late.wait_with_output().unwrap();
+    early.wait_with_output().unwrap();
     let (reps, _) = finish(t);
-    let mut seen = false;
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    assert_eq!(traced, 0xcc, "no probe on the named process's malloc");
+    assert_ne!(untouched, 0xcc, "a probe on a bystander's malloc");
+    let fin = reps.last().unwrap();
+    let mut seen = Vec::new();
     for r in &reps {
         for p in r["processes"].as_array().into_iter().flatten() {
             assert_eq!(p["command"], "leaky-fp", "{p}");
-            seen |= p["pid"] == pa;
+            seen.push(p["pid"].as_u64().unwrap() as u32);
         }
     }
-    assert!(seen, "leaky not reported");
+    assert!(seen.contains(&pe), "the running one not reported");
+    assert!(seen.contains(&pl), "the one started later not reported");
+    // The late one is probed at its exec: what it allocates before the probes are on (its
+    // first tick or so) is missed, nothing after.
+    let truth = truth_leaks(&stdout(&late_out));
+    let sites: Vec<&Value> = fin["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == pl)
+        .collect();
+    for (site, (blocks, _)) in &truth {
+        let live: i64 = sites
+            .iter()
+            .filter(|s| site_name(s) == *site)
+            .map(|s| s["live_objects"].as_i64().unwrap_or(0))
+            .sum();
+        assert!(
+            live as f64 >= 0.9 * *blocks as f64 && live as u64 <= *blocks,
+            "{site}: {live} of {blocks} blocks"
+        );
+    }
+}
+
+/// `--comm NAME`: the children a named process forks (a server's workers) are probed on
+/// their own as they come, and their leaks are counted exactly.
+#[test]
+fn comm_follows_the_children_of_a_named_process() {
+    if !privileged("comm_follows_the_children_of_a_named_process") {
+        return;
+    }
+    let forker = victim("victims/forker.c", FP);
+    let t = start_tracer(&["--comm", "forker-fp", "-i", "1", "-d", "3"]);
+    let out = run_ok(Command::new(&forker).args(["2", "300"]));
+    let (reps, _) = finish(t);
+    let fin = reps.last().unwrap();
+    let mut children = 0;
+    for l in out.lines().filter(|l| l.contains("child_leak")) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let pid: u32 = w[1].parse().unwrap();
+        let blocks: i64 = w[4].trim_start_matches("blocks=").parse().unwrap();
+        let live: i64 = fin["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["pid"] == pid && functions(s).first().map(String::as_str) == Some("child_leak")
+            })
+            .map(|s| s["live_objects"].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(live, blocks, "child {pid}: {out}");
+        children += 1;
+    }
+    assert_eq!(children, 2, "{out}");
 }
 
 #[test]

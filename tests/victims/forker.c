@@ -1,6 +1,8 @@
 // forker: leaks in the parent, then forks children that leak and exit at once (without
 // exec, so their symbols are the parent's), then waits for them. Prints the truth per
 // process: "TRUTH <pid> <site> LEAK blocks=B bytes=N".
+//   usage: forker [CHILDREN] [CHILD_DELAY_MS]   (a child waits that long before it leaks, as
+//   a server's worker starts its work a moment after the fork)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,12 +29,14 @@ __attribute__((noinline)) static void child_leak(int n) {
 
 int main(int argc, char **argv) {
     int children = argc > 1 ? atoi(argv[1]) : 2;
+    int delay_ms = argc > 2 ? atoi(argv[2]) : 0;
     parent_leak(10);
     printf("TRUTH %d parent_leak LEAK blocks=10 bytes=400\n", getpid());
     fflush(stdout);
     for (int c = 0; c < children; c++) {
         pid_t pid = fork();
         if (pid == 0) {
+            usleep(delay_ms * 1000);
             child_leak(100 + c);
             printf("TRUTH %d child_leak LEAK blocks=%d bytes=%d\n", getpid(), 100 + c,
                    56 * (100 + c));

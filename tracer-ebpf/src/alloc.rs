@@ -78,6 +78,9 @@ static FOLLOW_FORKS: u32 = 0;
 static TASK_TGID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static FILTER_SET: u32 = 0;
+/// See `tracer_common::globals::FILTER_COMM`.
+#[unsafe(no_mangle)]
+static FILTER_COMM: [u8; 16] = [0; 16];
 /// Mean bytes between sampled allocations (--sample-rate); 0 records every call.
 #[unsafe(no_mangle)]
 static SAMPLE_RATE: u64 = 0;
@@ -1266,10 +1269,19 @@ fn map_done<C: EbpfContext, const AT_RETURN: bool>(
 /// tracer died before continuing it.
 #[inline(always)]
 pub fn exec() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let want = unsafe { core::ptr::read_volatile(&FILTER_COMM) };
+    if want[0] != 0 && bpf_get_current_comm().is_ok_and(|c| c == want) {
+        // A process named as asked (--comm): followed from now on, and its probes go on in
+        // userspace at this exec's record.
+        let tgid = (pid_tgid >> 32) as u32;
+        if FOLLOWED.insert(&tgid, &tgid, 0).is_err() {
+            bump(counter::FOLLOW_FULL);
+        }
+    }
     if traced().is_none() {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         lose(counter::RING_FULL_EXEC);
         return;

@@ -177,7 +177,10 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = SortArg::Bytes)]
     pub sort: SortArg,
 
-    /// Keep only processes whose command name (as in /proc/PID/comm) is NAME.
+    /// With no target: trace only the processes whose command name (as in /proc/PID/comm) is
+    /// NAME: those running now, those that exec a program of that name later (probed at
+    /// their exec) and the children they fork. Each is probed on its own: no other process
+    /// pays anything.
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
 

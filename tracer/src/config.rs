@@ -19,6 +19,10 @@ pub enum Target {
     /// Every process that allocates through the system's C library, including those started
     /// later.
     All,
+    /// The processes of this command name (--comm): those running now, those that exec a
+    /// program of that name later and the children they fork. Each is probed on its own, so
+    /// no other process pays for them.
+    Named(String),
     /// Start this program (already resolved through PATH) with these arguments.
     Launch {
         program: PathBuf,
@@ -167,7 +171,10 @@ impl Config {
                     user,
                 }
             }
-            (true, true) => Target::All,
+            (true, true) => match &report.comm {
+                Some(name) => Target::Named(name.clone()),
+                None => Target::All,
+            },
         };
         if cli.user.is_some() && !matches!(&target, Target::Launch { .. }) {
             bail!("--user runs a launched command as that user: give the command after `--`");
@@ -178,7 +185,7 @@ impl Config {
         {
             bail!("--follow-children follows one process's children: give a command after `--` or one --pid");
         }
-        if report.comm.is_some() && !matches!(target, Target::All) {
+        if report.comm.is_some() && !matches!(target, Target::Named(_)) {
             bail!("--comm filters the processes of system-wide tracing: use it without --pid or a command");
         }
         // Outputs that cannot be written are said now, not after the whole trace.
@@ -292,14 +299,22 @@ mod tests {
     }
 
     #[test]
-    fn no_target_traces_every_process() {
-        let c = cfg(&["tracer", "--comm", "leaky"]).unwrap();
+    fn no_target_traces_every_process_or_those_of_a_name() {
+        let c = cfg(&["tracer"]).unwrap();
         assert!(matches!(
             c.mode,
             Mode::Trace(TraceOptions {
                 target: Target::All,
                 ..
             })
+        ));
+        let c = cfg(&["tracer", "--comm", "leaky"]).unwrap();
+        assert!(matches!(
+            c.mode,
+            Mode::Trace(TraceOptions {
+                target: Target::Named(ref n),
+                ..
+            }) if n == "leaky"
         ));
         assert_eq!(c.report.comm.as_deref(), Some("leaky"));
         let e = cfg(&["tracer", "--pid", "1", "--comm", "x"])

@@ -66,8 +66,11 @@ struct Session {
     launched_status: Option<ExitStatus>,
     /// Processes forked by the target (and theirs) that are still alive (--follow-children).
     followed: Vec<u32>,
-    /// The processes asked for (none: every process).
+    /// The processes asked for (none: every process, or processes of a name).
     targets: Vec<u32>,
+    /// Processes of a name (--comm): the kernel says which exec it or are forked by one;
+    /// each is probed on its own.
+    named: bool,
     start: Instant,
     deadline: Option<Instant>,
     marks_handled: u32,
@@ -268,9 +271,11 @@ impl Session {
     }
 
     fn ingest(&mut self, engine: &mut Engine, mut batch: Batch) -> Result<()> {
+        let mut forked = Vec::new();
         for ev in &batch.events {
             if let crate::collector::Event::Fork { pid, .. } = *ev {
                 self.followed.push(pid);
+                forked.push(pid);
             }
         }
         self.live.take(&mut batch);
@@ -283,10 +288,21 @@ impl Session {
             engine,
         };
         self.prober.retry(&mut cx)?;
+        if self.named {
+            // A named process's child has its parent's probes in no way the kernel keeps for
+            // it (they are scoped per process): its own go on now.
+            for pid in forked {
+                self.prober.running(&mut cx, pid)?;
+            }
+        }
         for pid in cx.engine.take_execs() {
             // With several --pid the kernel reports every exec (its pid filter is off; the
-            // probes are scoped per process): only the targets' matter.
-            if !self.prober.scope_all && !self.targets.contains(&pid) && Some(pid) != self.launched
+            // probes are scoped per process): only the targets' matter. Processes of a name:
+            // the kernel reports only theirs.
+            if !self.prober.scope_all
+                && !self.named
+                && !self.targets.contains(&pid)
+                && Some(pid) != self.launched
             {
                 continue;
             }

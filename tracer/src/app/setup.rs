@@ -53,6 +53,16 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             lib.also.retain(|a| Some(&a.path) != me.as_ref());
             (vec![(None, lib)], None, None, 0)
         }
+        Target::Named(name) => {
+            let mut plan = Vec::new();
+            for pid in user_processes().into_iter().filter(|&p| comm(p) == *name) {
+                match target::for_pid(pid) {
+                    Ok(lib) => plan.push((Some(pid), lib)),
+                    Err(e) => eprintln!("tracer: note: pid {pid} ({name}) is not traced: {e:#}"),
+                }
+            }
+            (plan, None, None, 0)
+        }
         Target::Launch {
             program,
             argv,
@@ -70,6 +80,10 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             )
         }
     };
+    let named = match &t.target {
+        Target::Named(name) => Some(name.clone()),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,12 +95,16 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             min_size: t.min_size,
             sample_rate: t.sample_rate,
             max_size: t.max_size,
-            follow_forks: t.follow_children,
+            // A named process's children are followed too (a server's workers), and probed
+            // on their own as they come.
+            follow_forks: t.follow_children || named.is_some(),
             trace_maps: t.trace_maps,
             filter_set: match &t.target {
                 Target::Pids(p) if p.len() > 1 => p.clone(),
+                Target::Named(_) => plan.iter().filter_map(|(p, _)| *p).collect(),
                 _ => Vec::new(),
             },
+            filter_comm: named.clone(),
             unwind_mode: t.unwind_mode,
             unwind_rows: t.unwind_rows,
         };
@@ -136,7 +154,7 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
                     .to_string(),
             );
         }
-        if let Target::Pids(_) = &t.target {
+        if let Target::Pids(_) | Target::Named(_) = &t.target {
             for (pid, lib) in plan.iter().filter_map(|(p, l)| Some(((*p)?, l))) {
                 let held = target::breakpoints_in_place(pid, lib);
                 if !held.is_empty() {
@@ -155,9 +173,12 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         // tracing every process, the code running processes share most, in up to half the
         // room (the rest is for what starts later).
         match (&unwinder, &t.target) {
-            (Some(u), Target::Pids(pids)) => {
-                u.preload(pids.iter().flat_map(|&p| target::mapped_code(p)).collect())
-            }
+            (Some(u), Target::Pids(_) | Target::Named(_)) => u.preload(
+                plan.iter()
+                    .filter_map(|(p, _)| *p)
+                    .flat_map(target::mapped_code)
+                    .collect(),
+            ),
             (Some(u), Target::All) => u.preload_within(
                 target::mapped_code_everywhere(),
                 Some(u64::from(t.unwind_rows) / 2),
@@ -254,6 +275,14 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         let mut kinds: Vec<String> = plan.iter().map(|(_, l)| l.kinds()).collect();
         kinds.dedup();
         let (command, what) = match (&t.target, head_pid) {
+            (Target::Named(name), _) => (
+                "*".to_string(),
+                format!(
+                    "the processes named {name} ({} running; more as they exec it, and their \
+                     children)",
+                    plan.len()
+                ),
+            ),
             (Target::All, _) => (
                 "*".to_string(),
                 format!(
@@ -345,7 +374,14 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
         if let Some(x) = exporter {
             engine.publish_to(Box::new(move |r| x.publish(r)));
         }
-        let targets: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
+        let running: Vec<u32> = plan.iter().filter_map(|(p, _)| *p).collect();
+        // Processes of a name come and go: tracing them ends when asked, not when those
+        // running now have ended.
+        let targets = if named.is_some() {
+            Vec::new()
+        } else {
+            running.clone()
+        };
         // Keyed by the scope the probes really have (following children, every process).
         let attached = plan
             .iter()
@@ -374,13 +410,14 @@ pub fn trace(t: TraceOptions, opts: ReportOptions) -> Result<i32> {
             launched_status: None,
             followed: Vec::new(),
             targets,
+            named: named.is_some(),
             start,
             deadline: t.duration.map(|d| start + d),
             marks_handled: 0,
             pending: None,
             exit: None,
         };
-        for pid in session.targets.clone() {
+        for pid in running {
             engine.refresh_maps(&mut session.live, pid)?;
         }
         if matches!(t.target, Target::All) {

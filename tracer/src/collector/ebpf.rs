@@ -53,6 +53,8 @@ pub struct Settings {
     pub trace_maps: bool,
     /// Several processes, no pid filter: only these (the tracepoints see every process).
     pub filter_set: Vec<u32>,
+    /// With `filter_set`: processes that exec a program of this name join it (--comm).
+    pub filter_comm: Option<String>,
     /// How stacks are walked (`tracer_common::unwind_mode`).
     pub unwind_mode: u32,
     /// Room for this many unwind-table rows (every file's together).
@@ -240,6 +242,11 @@ impl EbpfCollector {
                 )?,
             ),
         };
+        let mut filter_comm = [0u8; 16];
+        if let Some(name) = &s.filter_comm {
+            let n = name.len().min(15);
+            filter_comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        }
         #[allow(deprecated)]
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::FILTER_PID, &s.filter_pid, true)
@@ -251,9 +258,10 @@ impl EbpfCollector {
             .override_global(globals::TASK_TGID_OFFSET, &tgid_offset, true)
             .override_global(
                 globals::FILTER_SET,
-                &u32::from(!s.filter_set.is_empty()),
+                &u32::from(!s.filter_set.is_empty() || s.filter_comm.is_some()),
                 true,
             )
+            .override_global(globals::FILTER_COMM, &filter_comm, true)
             .override_global(globals::SAMPLE_RATE, &s.sample_rate, true)
             .override_global(globals::SAMPLE_GAPS, &sample_gaps(), true)
             .override_global(globals::UNWIND_MODE, &unwind_mode, true)
@@ -310,7 +318,7 @@ impl EbpfCollector {
         } else {
             MapHook::Off
         };
-        let system_wide = s.filter_pid == 0 && s.filter_set.is_empty();
+        let system_wide = s.filter_pid == 0 && s.filter_set.is_empty() && s.filter_comm.is_none();
         if s.follow_forks {
             let fork: &mut RawTracePoint = ebpf
                 .program_mut(FORK_PROGRAM)
