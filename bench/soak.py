@@ -11,6 +11,7 @@
    verdict on churn's sites; a bounded site must never be `leak`.
 
 Needs root and a release build. usage: bench/soak.py   env: SOAK_S=600 CHURN_S=200 INTERVAL=5
+TRACER_ARGS="--sample-rate 64K" (more options for tracer in part 1; CHURN_S=0 skips part 2)
 """
 import json, os, subprocess, sys, tempfile, time
 
@@ -19,6 +20,7 @@ TRACER = os.environ.get("TRACER", os.path.join(ROOT, "target/release/tracer"))
 SOAK_S = float(os.environ.get("SOAK_S", "600"))
 CHURN_S = float(os.environ.get("CHURN_S", str(SOAK_S / 3)))
 INTERVAL = os.environ.get("INTERVAL", "5")
+TRACER_ARGS = os.environ.get("TRACER_ARGS", "").split()
 TICKS = os.sysconf("SC_CLK_TCK")
 
 if os.geteuid() != 0:
@@ -66,7 +68,7 @@ churn = build("tests/workloads/churn.c", "churn-fp", "-pthread")
 # 1. Every process.
 out_path = os.path.join(work, "system.json")
 out = open(out_path, "w")
-tr = subprocess.Popen([TRACER, "-i", INTERVAL, "-n", "20", "--format", "json"], stdout=out,
+tr = subprocess.Popen([TRACER, "-i", INTERVAL, "-n", "20", "--format", "json", *TRACER_ARGS], stdout=out,
                       stderr=subprocess.PIPE, text=True)
 while True:
     line = tr.stderr.readline()
@@ -122,7 +124,8 @@ processes_seen = set()
 for r in reps:
     for p in r.get("processes") or []:
         processes_seen.add(p.get("pid"))
-print("== every process, %d s: a shell loop of short processes, a compile loop, leaky from the first minute" % SOAK_S)
+print("== every process%s, %d s: a shell loop of short processes, a compile loop, leaky from the first minute" % (
+    (" (" + " ".join(TRACER_ARGS) + ")") if TRACER_ARGS else "", SOAK_S))
 print("tracer RSS (s, MB): %s" % curve)
 after_first = [m for s, m in curve if s >= 60] or [m for _, m in curve]
 print("RSS after the first minute: min %.1f MB, max %.1f MB, growth %.1f MB" % (
@@ -142,6 +145,8 @@ for k in sorted(set(verdicts) | set(truth)):
           "" if t is None else " (truth %.0f B/s)" % (t / run_s)))
 
 # 2. --pid on churn, 2 threads.
+if CHURN_S <= 0:
+    sys.exit(0)
 env = dict(os.environ, CHURN_WAIT="1")
 ch = subprocess.Popen([churn, "1000000000", "2", str(int(CHURN_S))], stdout=subprocess.PIPE, text=True, env=env)
 ch.stdout.readline()
