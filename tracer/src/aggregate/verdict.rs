@@ -271,6 +271,16 @@ pub fn assess(samples: &[Sample], p: &VerdictParams, lost: bool) -> Assessment {
             Verdict::Churn
         }
     };
+    // Sampled: a site whose sampled blocks only came over the window, none went, grew; too
+    // few of them to tell a leak from chance is not evidence of churn or a plateau either
+    // (a 64-byte leak sampled at 64K gets a sample every ten seconds).
+    if matches!(a.verdict, Verdict::Plateau | Verdict::Churn)
+        && p.min_sampled_blocks > 0
+        && uncertainty(first, last) >= 0.5
+        && matches!(sampled_turnover(first, last), (grew, churned) if grew > 0 && churned == grew as u64)
+    {
+        a.verdict = Verdict::Uncertain;
+    }
     // Sampled: a leak on one or two samples is chance as much as growth.
     let few = |n: u64| n < p.min_sampled_blocks;
     if a.verdict == Verdict::Leak
@@ -383,6 +393,15 @@ mod tests {
         let two: Vec<(u64, u64)> = (0..11).map(|i| (u64::from(i >= 5) * 2, 2)).collect();
         let a = assess(&sampled(&two, 64, 1000), &p, false);
         assert_ne!(a.verdict, Verdict::Leak, "{a:?}");
+        // A slow leak's few samples (one every other second, none freed): too few for a leak,
+        // and no sign of churn or a plateau either.
+        let slow: Vec<(u64, u64)> = (0..11).map(|i| (i / 2, i / 2)).collect();
+        let a = assess(&sampled(&slow, 64, 1000), &p, false);
+        assert_eq!(a.verdict, Verdict::Uncertain, "{a:?}");
+        // Temporaries sampled now and then, each freed: churn, as in a full trace.
+        let temps: Vec<(u64, u64)> = (0..11).map(|i| (i % 2, i)).collect();
+        let a = assess(&sampled(&temps, 64, 1000), &p, false);
+        assert_eq!(a.verdict, Verdict::Churn, "{a:?}");
         // A full trace judges the same numbers on the bytes alone.
         let a = assess(&sampled(&cache, 64, 20), &VerdictParams::default(), false);
         assert_eq!(a.rate_error_bytes_per_s, None);
