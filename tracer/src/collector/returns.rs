@@ -188,11 +188,7 @@ impl<'d> ElfCode<'d> {
 
     /// A virtual address's file offset.
     pub fn offset(&self, vaddr: u64) -> Option<u64> {
-        self.file.segments().find_map(|seg| {
-            let (off, size) = seg.file_range();
-            (vaddr >= seg.address() && vaddr - seg.address() < size)
-                .then(|| off + (vaddr - seg.address()))
-        })
+        super::target::file_offset(&self.file, vaddr)
     }
 }
 

@@ -307,7 +307,10 @@ fn at_emulated(image: &[u8], off: u64, arguments: usize) -> u64 {
     off
 }
 
-fn file_offset<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>, vaddr: u64) -> Option<u64> {
+pub(super) fn file_offset<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    vaddr: u64,
+) -> Option<u64> {
     file.segments().find_map(|seg| {
         let (start, size) = (seg.address(), seg.size());
         let (off, fsize) = seg.file_range();
